@@ -1,0 +1,83 @@
+use std::path::PathBuf;
+
+/// Errors of the backbone crate. Every variant names the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BackboneError {
+    /// The architecture name is not one of the presets.
+    #[error(
+        "unknown ResNet architecture `{0}`: expected one of resnet18, resnet34, resnet50, \
+         resnet101, resnet152, wide_resnet50_2 (optionally prefixed by `torchvision::`)"
+    )]
+    UnknownArchitecture(String),
+    /// The configuration cannot build a network.
+    #[error("invalid ResNet configuration: {0}")]
+    InvalidConfig(String),
+    /// A file could not be opened or read.
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a checkpoint in any format we read, or is damaged.
+    #[error("`{path}` is not a readable {format} checkpoint: {message}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The format that was tried.
+        format: &'static str,
+        /// What the reader reported.
+        message: String,
+    },
+    /// A tensor the backbone needs is absent from the checkpoint.
+    #[error(
+        "`{path}` does not hold the backbone tensor `{key}`{hint} ({found} of {expected} \
+         backbone tensors found; is this the right architecture and checkpoint?)"
+    )]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The first missing key, in torchvision naming.
+        key: String,
+        /// A suggestion such as ` (did you mean `visual.cnn.conv1.weight`?)`, or empty.
+        hint: String,
+        /// How many backbone tensors were present.
+        found: usize,
+        /// How many the backbone needs.
+        expected: usize,
+    },
+    /// A tensor has the wrong shape for the configured architecture.
+    #[error("`{path}`: tensor `{key}` has shape {found:?}, the backbone expects {expected:?}")]
+    ShapeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The key, in torchvision naming.
+        key: String,
+        /// Shape the model expects.
+        expected: Vec<usize>,
+        /// Shape found in the file.
+        found: Vec<usize>,
+    },
+    /// Any other failure while applying a tensor.
+    #[error("`{path}`: cannot load tensor `{key}`: {message}")]
+    BadTensor {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Writing a checkpoint failed.
+    #[error("cannot write `{path}`: {message}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Result type of this crate.
+pub type Result<T, E = BackboneError> = std::result::Result<T, E>;

@@ -1,0 +1,48 @@
+//! # virtex-backbone
+//!
+//! The visual backbones of VirTex ([Desai & Johnson, CVPR 2021](https://arxiv.org/abs/2006.06666)):
+//! torchvision's ResNet family (v1.5 topology) in [Burn](https://burn.dev), with weight import
+//! from PyTorch checkpoints and export back to them.
+//!
+//! - Presets: [`ResNetConfig::resnet18`] … [`ResNetConfig::resnet152`],
+//!   [`ResNetConfig::wide_resnet50_2`], or [`ResNetConfig::from_name`] with VirTex's
+//!   `torchvision::resnet50` names.
+//! - Outputs: the `layer4` grid ([`ResNet::forward`], what VirTex trains on), every stage
+//!   ([`ResNet::forward_features`]), global-average-pooled features ([`ResNet::forward_pooled`])
+//!   and their L2-normalised form ([`l2_normalize`], the VOC07 protocol).
+//! - Weights: torchvision `.pth`, the same as safetensors, the VirTex torch-hub backbone and the
+//!   CNN of a full VirTex checkpoint ([`ResNet::load_weights`]); burn's own burnpack format and
+//!   torchvision-named safetensors for the way back ([`ResNet::save_burnpack`],
+//!   [`ResNet::save_torchvision_safetensors`]).
+//!
+//! BatchNorm is PyTorch's ([`BatchNorm2d`]): batch statistics and running-statistic updates on an
+//! autodiff backend, running statistics otherwise (call `model.valid()` for evaluation).
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::tensor::{Distribution, Tensor};
+//! use virtex_backbone::ResNetConfig;
+//!
+//! let device = Default::default();
+//! // A reduced ResNet so the example runs in milliseconds; use `ResNetConfig::resnet50()`.
+//! let model = ResNetConfig::resnet18().with_stem_channels(8).init::<Flex>(&device);
+//! let images = Tensor::<Flex, 4>::random([2, 3, 64, 64], Distribution::Default, &device);
+//! let grid = model.forward(images.clone());
+//! assert_eq!(grid.dims(), [2, 64, 2, 2]);
+//! assert_eq!(model.forward_pooled(images).dims(), [2, 64]);
+//! ```
+#![warn(missing_docs)]
+
+mod batch_norm;
+mod block;
+mod config;
+mod error;
+mod resnet;
+mod weights;
+
+pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
+pub use block::{Downsample, ResidualBlock};
+pub use config::{BlockKind, ResNetConfig};
+pub use error::{BackboneError, Result};
+pub use resnet::{global_average_pool, l2_normalize, ResNet, ResNetFeatures};
+pub use weights::{LoadReport, WeightsFormat};

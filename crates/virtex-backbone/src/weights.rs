@@ -1,0 +1,462 @@
+//! Loading and saving backbone weights.
+//!
+//! # The mapping table
+//!
+//! Module fields are named like torchvision's, so only the projection shortcut is renamed.
+//! Keys on the left are as they appear in the file, after the detected prefix is stripped.
+//!
+//! | file (torchvision `state_dict`)           | burn module path                    |
+//! |-------------------------------------------|-------------------------------------|
+//! | `conv1.weight`                            | `conv1.weight`                      |
+//! | `bn1.{weight,bias,running_mean,running_var}` | same                             |
+//! | `layerN.i.convK.weight`, `layerN.i.bnK.*` | same (`layerN` is a `Vec` of blocks)|
+//! | `layerN.i.downsample.0.weight`            | `layerN.i.downsample.conv.weight`   |
+//! | `layerN.i.downsample.1.*`                 | `layerN.i.downsample.bn.*`          |
+//! | `*.num_batches_tracked`                   | ignored (momentum is fixed)         |
+//! | `fc.weight`, `fc.bias`                    | ignored (the backbone has no `fc`)  |
+//!
+//! Prefixes, detected from where `conv1.weight` sits in the file:
+//!
+//! | file kind                                              | prefix                 |
+//! |--------------------------------------------------------|------------------------|
+//! | torchvision `state_dict` (`torch.save`, `.pth`)        | none                   |
+//! | the same as safetensors                                | none                   |
+//! | VirTex torch-hub backbone (`backbone_*.pth`)           | none                   |
+//! | full VirTex checkpoint `{"model": state_dict, ...}`    | `model.visual.cnn.`    |
+//! | a bare VirTex model `state_dict`                       | `visual.cnn.`          |
+//! | a DDP-wrapped `state_dict`                             | `module.`              |
+//!
+//! Every backbone tensor must be present with the right shape: a missing or mis-shaped key is
+//! an error naming it. (burn-store's `allow_partial` alone would accept a file where a wrong
+//! prefix left most tensors unapplied.)
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn_store::{
+    ApplyError, ApplyResult, BurnpackStore, KeyRemapper, ModuleSnapshot, ModuleStore,
+    PytorchStore, SafetensorsStore, TensorSnapshot,
+};
+
+use crate::error::{BackboneError, Result};
+use crate::resnet::ResNet;
+
+/// torchvision name → burn path, for keys that differ (applied after the prefix is stripped).
+const TORCHVISION_TO_BURN: [(&str, &str); 2] = [
+    (r"^(.+)\.downsample\.0\.(.+)$", "$1.downsample.conv.$2"),
+    (r"^(.+)\.downsample\.1\.(.+)$", "$1.downsample.bn.$2"),
+];
+
+/// burn path → torchvision name (the inverse of [`TORCHVISION_TO_BURN`]).
+const BURN_TO_TORCHVISION: [(&str, &str); 2] = [
+    (".downsample.conv.", ".downsample.0."),
+    (".downsample.bn.", ".downsample.1."),
+];
+
+/// Keys in a file that a backbone never uses.
+fn is_ignored_key(key: &str) -> bool {
+    key.ends_with("num_batches_tracked") || key.starts_with("fc.")
+}
+
+/// On-disk formats the backbone reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsFormat {
+    /// `torch.save` output (`.pth`/`.pt`, zip or legacy pickle).
+    Pytorch,
+    /// safetensors with torchvision (or VirTex) key names.
+    Safetensors,
+    /// burn's own format, as written by [`ResNet::save_burnpack`].
+    Burnpack,
+}
+
+impl FromStr for WeightsFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        match text.to_ascii_lowercase().as_str() {
+            "pytorch" | "torch" | "pth" | "pt" => Ok(Self::Pytorch),
+            "safetensors" => Ok(Self::Safetensors),
+            "burnpack" | "bpk" | "burn" => Ok(Self::Burnpack),
+            other => Err(format!(
+                "unknown weights format `{other}`: expected pytorch, safetensors or burnpack"
+            )),
+        }
+    }
+}
+
+impl WeightsFormat {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pytorch => "PyTorch",
+            Self::Safetensors => "safetensors",
+            Self::Burnpack => "burnpack",
+        }
+    }
+
+    /// Recognises a file by its first bytes (extension as a fallback).
+    ///
+    /// zip (`PK\x03\x04`) or pickle (`\x80`) → PyTorch; an 8-byte little-endian header length
+    /// followed by `{` → safetensors; otherwise the extension decides.
+    pub fn detect(path: &Path) -> Result<Self> {
+        let io_error = |source| BackboneError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut head = [0u8; 9];
+        let mut file = File::open(path).map_err(io_error)?;
+        let read = file.read(&mut head).map_err(io_error)?;
+        let head = &head[..read];
+        if head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80) {
+            return Ok(Self::Pytorch);
+        }
+        if head.len() == 9 && head[8] == b'{' {
+            return Ok(Self::Safetensors);
+        }
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match extension.as_str() {
+            "bpk" | "burnpack" => Ok(Self::Burnpack),
+            "pth" | "pt" => Ok(Self::Pytorch),
+            "safetensors" => Ok(Self::Safetensors),
+            _ if head.is_empty() => Err(BackboneError::Unreadable {
+                path: path.to_path_buf(),
+                format: "weights",
+                message: "the file is empty".into(),
+            }),
+            _ => Err(BackboneError::Unreadable {
+                path: path.to_path_buf(),
+                format: "weights",
+                message: "not a PyTorch (zip/pickle), safetensors or burnpack file".into(),
+            }),
+        }
+    }
+}
+
+/// What a successful load did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// The format that was read.
+    pub format: WeightsFormat,
+    /// The key prefix the backbone was found under (`""`, `"model.visual.cnn."`, …).
+    pub prefix: String,
+    /// Number of tensors applied to the model.
+    pub applied: usize,
+    /// Backbone keys of the file that were skipped (`fc.*`, `num_batches_tracked`).
+    pub ignored: usize,
+}
+
+impl<B: Backend> ResNet<B> {
+    /// Loads weights, detecting the format from the file's first bytes.
+    ///
+    /// Accepts every file kind in the module's table. All backbone tensors must be present.
+    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<LoadReport> {
+        let path = path.as_ref();
+        let format = WeightsFormat::detect(path)?;
+        self.load_weights_as(path, format)
+    }
+
+    /// Loads weights in the given format.
+    pub fn load_weights_as(
+        &mut self,
+        path: impl AsRef<Path>,
+        format: WeightsFormat,
+    ) -> Result<LoadReport> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(BackboneError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        let unreadable = |message: String| BackboneError::Unreadable {
+            path: path.to_path_buf(),
+            format: format.name(),
+            message,
+        };
+        if format == WeightsFormat::Burnpack {
+            let mut store = BurnpackStore::from_file(path)
+                .auto_extension(false)
+                .allow_partial(true)
+                .validate(false);
+            let result = self
+                .load_from(&mut store)
+                .map_err(|err| unreadable(err.to_string()))?;
+            check_result(path, "", &result)?;
+            return Ok(LoadReport {
+                format,
+                prefix: String::new(),
+                applied: result.applied.len(),
+                ignored: 0,
+            });
+        }
+
+        let snapshots: Vec<TensorSnapshot> = match format {
+            WeightsFormat::Pytorch => {
+                let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
+                let all = store
+                    .get_all_snapshots()
+                    .map_err(|err| unreadable(err.to_string()))?;
+                all.values().cloned().collect()
+            }
+            WeightsFormat::Safetensors => {
+                let mut store = SafetensorsStore::from_file(path);
+                let all = store
+                    .get_all_snapshots()
+                    .map_err(|err| unreadable(err.to_string()))?;
+                all.values().cloned().collect()
+            }
+            WeightsFormat::Burnpack => unreachable!("handled above"),
+        };
+
+        let prefix = detect_prefix(&snapshots).ok_or_else(|| BackboneError::MissingTensor {
+            path: path.to_path_buf(),
+            key: "conv1.weight".into(),
+            hint: closest_key_hint(&snapshots),
+            found: 0,
+            expected: self.num_tensors(),
+        })?;
+        let (backbone, ignored) = select_backbone(snapshots, &prefix);
+        let remapper = KeyRemapper::from_patterns(TORCHVISION_TO_BURN.to_vec())
+            .expect("the mapping table holds valid regular expressions");
+        let (backbone, _) = remapper.remap(backbone);
+
+        let result = self.apply(backbone, None, None, false);
+        check_result(path, &prefix, &result)?;
+        Ok(LoadReport {
+            format,
+            prefix,
+            applied: result.applied.len(),
+            ignored,
+        })
+    }
+
+    /// Number of tensors (parameters and running statistics) the backbone holds.
+    pub fn num_tensors(&self) -> usize {
+        self.collect(None, None, false).len()
+    }
+
+    /// Saves in burn's own format (burnpack), keeping burn's module paths.
+    pub fn save_burnpack(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.sync_running_statistics();
+        write_atomically(path, |temporary| {
+            let mut store = BurnpackStore::from_file(temporary)
+                .auto_extension(false)
+                .overwrite(true);
+            self.save_into(&mut store).map_err(|err| err.to_string())
+        })
+    }
+
+    /// Saves as safetensors with torchvision key names, loadable from PyTorch with
+    /// `model.load_state_dict(safetensors.torch.load_file(path), strict=False)` on a torchvision
+    /// ResNet without `fc` (or `strict=True` after `model.fc = nn.Identity()`).
+    ///
+    /// `num_batches_tracked` is written as 0 for every BatchNorm: the count only matters to
+    /// torch when `momentum=None`, which VirTex never uses.
+    pub fn save_torchvision_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.sync_running_statistics();
+        let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for snapshot in self.collect(None, None, false) {
+            let name = burn_to_torchvision(&snapshot.full_path());
+            let data = snapshot
+                .to_data()
+                .map_err(|err| BackboneError::Write {
+                    path: path.to_path_buf(),
+                    message: format!("cannot read tensor `{name}`: {err:?}"),
+                })?
+                .convert_dtype(DType::F32);
+            if let Some(module) = name.strip_suffix("running_mean") {
+                tensors.push((
+                    format!("{module}num_batches_tracked"),
+                    safetensors::Dtype::I64,
+                    Vec::new(),
+                    0i64.to_le_bytes().to_vec(),
+                ));
+            }
+            tensors.push((
+                name,
+                safetensors::Dtype::F32,
+                data.shape.to_vec(),
+                data.as_bytes().to_vec(),
+            ));
+        }
+        let views = tensors
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|view| (name.clone(), view))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|err| BackboneError::Write {
+                path: path.to_path_buf(),
+                message: err.to_string(),
+            })?;
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        write_atomically(path, |temporary| {
+            safetensors::serialize_to_file(views, Some(metadata), temporary)
+                .map_err(|err| err.to_string())
+        })
+    }
+}
+
+/// Where the backbone sits: the prefix in front of the stem's `conv1.weight`.
+fn detect_prefix(snapshots: &[TensorSnapshot]) -> Option<String> {
+    let mut candidates: Vec<String> = snapshots
+        .iter()
+        .map(|s| s.full_path())
+        .filter_map(|key| key.strip_suffix("conv1.weight").map(str::to_string))
+        .filter(|prefix| prefix.is_empty() || prefix.ends_with('.'))
+        .filter(|prefix| !prefix.contains("layer"))
+        .collect();
+    // The shortest prefix wins (a checkpoint could nest a second network deeper).
+    candidates.sort_by_key(|prefix| prefix.len());
+    candidates.into_iter().next()
+}
+
+/// Keeps the tensors under `prefix`, strips it, and drops the keys a backbone never uses.
+/// Returns them and how many backbone keys were ignored.
+fn select_backbone(snapshots: Vec<TensorSnapshot>, prefix: &str) -> (Vec<TensorSnapshot>, usize) {
+    let mut ignored = 0;
+    let kept = snapshots
+        .into_iter()
+        .filter_map(|mut snapshot| {
+            let key = snapshot.full_path();
+            let local = key.strip_prefix(prefix)?.to_string();
+            if is_ignored_key(&local) {
+                ignored += 1;
+                return None;
+            }
+            snapshot.path_stack = Some(local.split('.').map(str::to_string).collect());
+            Some(snapshot)
+        })
+        .collect();
+    (kept, ignored)
+}
+
+fn burn_to_torchvision(path: &str) -> String {
+    BURN_TO_TORCHVISION
+        .iter()
+        .fold(path.to_string(), |key, (from, to)| key.replace(from, to))
+}
+
+/// A ` (did you mean …)` hint from keys that look like a stem convolution.
+fn closest_key_hint(snapshots: &[TensorSnapshot]) -> String {
+    let mut keys: Vec<String> = snapshots.iter().map(|s| s.full_path()).collect();
+    keys.sort();
+    match keys.iter().find(|key| key.contains("conv1")) {
+        Some(key) => format!(" (the file has `{key}`; {} tensors in all)", keys.len()),
+        None => match keys.first() {
+            Some(first) => format!(" (its {} tensors start with `{first}`)", keys.len()),
+            None => " (the file holds no tensors)".to_string(),
+        },
+    }
+}
+
+/// Turns burn-store's permissive result into a strict one.
+fn check_result(path: &Path, prefix: &str, result: &ApplyResult) -> Result<()> {
+    let file_key = |burn_path: &str| format!("{prefix}{}", burn_to_torchvision(burn_path));
+    if let Some(error) = result.errors.first() {
+        return Err(match error {
+            ApplyError::ShapeMismatch {
+                path: key,
+                expected,
+                found,
+            } => BackboneError::ShapeMismatch {
+                path: path.to_path_buf(),
+                key: file_key(key),
+                expected: expected.to_vec(),
+                found: found.to_vec(),
+            },
+            ApplyError::DTypeMismatch { path: key, .. }
+            | ApplyError::AdapterError { path: key, .. }
+            | ApplyError::LoadError { path: key, .. } => BackboneError::BadTensor {
+                path: path.to_path_buf(),
+                key: file_key(key),
+                message: error.to_string(),
+            },
+        });
+    }
+    if let Some((missing, _)) = result.missing.first() {
+        let mut missing_keys: Vec<&String> = result.missing.iter().map(|(key, _)| key).collect();
+        missing_keys.sort();
+        let first = missing_keys.first().copied().unwrap_or(missing);
+        return Err(BackboneError::MissingTensor {
+            path: path.to_path_buf(),
+            key: file_key(first),
+            hint: String::new(),
+            found: result.applied.len(),
+            expected: result.applied.len() + result.missing.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes through a temporary file in the same directory, then renames it into place, so an
+/// interrupted write never leaves a truncated checkpoint under the final name.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::result::Result<(), String>,
+) -> Result<()> {
+    let write_error = |message: String| BackboneError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let temporary = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(&directory)
+        .map_err(|err| write_error(err.to_string()))?;
+    write(temporary.path()).map_err(write_error)?;
+    File::open(temporary.path())
+        .and_then(|file| file.sync_all())
+        .map_err(|err| write_error(err.to_string()))?;
+    temporary
+        .persist(path)
+        .map_err(|err| write_error(err.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_round_trip_through_the_table() {
+        let burn = "layer2.0.downsample.conv.weight";
+        assert_eq!(burn_to_torchvision(burn), "layer2.0.downsample.0.weight");
+        let remapper = KeyRemapper::from_patterns(TORCHVISION_TO_BURN.to_vec()).unwrap();
+        let snapshot = TensorSnapshot::from_data(
+            burn::tensor::TensorData::new(vec![0f32], [1]),
+            "layer2.0.downsample.1.running_var"
+                .split('.')
+                .map(str::to_string)
+                .collect(),
+            vec![],
+            burn::module::ParamId::new(),
+        );
+        let (mapped, _) = remapper.remap(vec![snapshot]);
+        assert_eq!(mapped[0].full_path(), "layer2.0.downsample.bn.running_var");
+    }
+
+    #[test]
+    fn formats_parse_from_their_names() {
+        assert_eq!("pth".parse::<WeightsFormat>(), Ok(WeightsFormat::Pytorch));
+        assert_eq!(
+            "SafeTensors".parse::<WeightsFormat>(),
+            Ok(WeightsFormat::Safetensors)
+        );
+        assert!("onnx".parse::<WeightsFormat>().is_err());
+    }
+}

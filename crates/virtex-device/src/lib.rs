@@ -1,0 +1,242 @@
+//! Device selection shared by every VirTex binary.
+//!
+//! Every binary accepts `--device cpu | cuda | cuda:N` and hands the parsed [`DeviceSpec`] to
+//! [`DeviceSpec::check`] before touching a tensor. The CPU runs on burn's pure-Rust `flex`
+//! backend ([`CpuBackend`]); CUDA runs on burn's `cuda` backend with kernel fusion and autotune
+//! ([`CudaBackend`], behind this crate's `cuda` feature).
+//!
+//! Why a probe: a burn-cuda binary starts fine on a machine without a GPU driver and panics
+//! (exit 101, inside cubecl's device thread) at the first tensor operation. [`DeviceSpec::check`]
+//! opens `libcuda` itself, counts the devices and returns a typed [`DeviceError`] instead.
+//!
+//! ```
+//! use virtex_device::DeviceSpec;
+//!
+//! let spec: DeviceSpec = "cpu".parse().unwrap();
+//! assert_eq!(spec, DeviceSpec::Cpu);
+//! assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
+//! assert!("tpu".parse::<DeviceSpec>().is_err());
+//! ```
+#![warn(missing_docs)]
+
+mod probe;
+
+#[doc(hidden)]
+pub use burn as __burn;
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The CPU backend: burn's pure-Rust `flex` backend (~10× faster than `ndarray` on convolutions).
+pub type CpuBackend = burn::backend::Flex;
+
+/// The CPU backend with automatic differentiation, used for training and in every test binary.
+pub type CpuAutodiffBackend = burn::backend::Autodiff<CpuBackend>;
+
+/// The CUDA backend: burn's `cuda` backend with kernel fusion and autotune.
+#[cfg(feature = "cuda")]
+pub type CudaBackend = burn::backend::Cuda;
+
+/// The CUDA backend with automatic differentiation.
+#[cfg(feature = "cuda")]
+pub type CudaAutodiffBackend = burn::backend::Autodiff<CudaBackend>;
+
+/// Errors from parsing or checking a device request.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The string is not `cpu`, `cuda` or `cuda:N`.
+    #[error("invalid device `{0}`: expected `cpu`, `cuda` or `cuda:N` (N a GPU index)")]
+    Invalid(String),
+    /// CUDA was requested from a binary built without the `cuda` feature.
+    #[error(
+        "device `{0}` needs CUDA support, but this binary was built without it: \
+         rebuild with `--features cuda`"
+    )]
+    CudaNotCompiled(DeviceSpec),
+    /// The CUDA driver library could not be loaded or initialised.
+    #[error("no CUDA driver found: {0}")]
+    NoDriver(String),
+    /// The driver works but the requested GPU index does not exist.
+    #[error("CUDA device {index} requested but only {count} CUDA device(s) are present")]
+    NoSuchGpu {
+        /// The requested index.
+        index: usize,
+        /// The number of devices the driver reports.
+        count: usize,
+    },
+}
+
+/// A device request as written on a command line: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// The CPU, through the `flex` backend.
+    #[default]
+    Cpu,
+    /// CUDA GPU number `N`.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = DeviceError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let lowered = text.trim().to_ascii_lowercase();
+        match lowered.as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|index| index.parse::<usize>().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| DeviceError::Invalid(text.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(index) => write!(f, "cuda:{index}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Checks that the device can be used by this binary, without touching burn.
+    ///
+    /// For `cpu` this always succeeds. For `cuda:N` it requires the `cuda` feature, a loadable
+    /// driver (`libcuda.so.1`) and at least `N + 1` devices.
+    pub fn check(self) -> Result<Self, DeviceError> {
+        match self {
+            Self::Cpu => Ok(self),
+            Self::Cuda(index) => {
+                if !cfg!(feature = "cuda") {
+                    return Err(DeviceError::CudaNotCompiled(self));
+                }
+                let count = probe::cuda_device_count().map_err(DeviceError::NoDriver)?;
+                if index >= count {
+                    return Err(DeviceError::NoSuchGpu { index, count });
+                }
+                Ok(self)
+            }
+        }
+    }
+
+    /// Parses a comma-separated device list such as `cuda:0,cuda:1`.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, DeviceError> {
+        text.split(',')
+            .filter(|part| !part.trim().is_empty())
+            .map(str::parse)
+            .collect()
+    }
+
+    /// The burn device for the CUDA backend. Call [`DeviceSpec::check`] first.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_device(self) -> Option<burn::backend::cuda::CudaDevice> {
+        match self {
+            Self::Cuda(index) => Some(burn::backend::cuda::CudaDevice::new(index)),
+            Self::Cpu => None,
+        }
+    }
+}
+
+/// Runs `$body` with `$B` bound to the backend that serves `$spec` and `$device` to its device.
+///
+/// The body is monomorphised once per compiled backend, so a binary stays generic without a
+/// hand-written `match` in every command. `$spec` must have passed [`DeviceSpec::check`].
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use virtex_device::{with_backend, DeviceSpec};
+///
+/// let spec = DeviceSpec::Cpu.check().unwrap();
+/// let sum = with_backend!(spec, |B, device| {
+///     Tensor::<B, 1>::from_floats([1.0, 2.0], &device).sum().into_scalar()
+/// });
+/// assert_eq!(sum, 3.0);
+/// ```
+#[macro_export]
+macro_rules! with_backend {
+    ($spec:expr, |$B:ident, $device:ident| $body:expr) => {{
+        match $spec {
+            $crate::DeviceSpec::Cpu => {
+                #[allow(non_camel_case_types, dead_code)]
+                type $B = $crate::CpuBackend;
+                let $device = <$crate::CpuBackend as $crate::__burn::tensor::backend::Backend>::Device::default();
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            $crate::DeviceSpec::Cuda(_index) => $crate::__cuda_arm!(_index, $B, $device, $body),
+        }
+    }};
+}
+
+#[doc(hidden)]
+#[cfg(feature = "cuda")]
+#[macro_export]
+macro_rules! __cuda_arm {
+    ($index:expr, $B:ident, $device:ident, $body:expr) => {{
+        #[allow(non_camel_case_types, dead_code)]
+        type $B = $crate::CudaBackend;
+        let $device = $crate::__burn::backend::cuda::CudaDevice::new($index);
+        $body
+    }};
+}
+
+#[doc(hidden)]
+#[cfg(not(feature = "cuda"))]
+#[macro_export]
+macro_rules! __cuda_arm {
+    ($index:expr, $B:ident, $device:ident, $body:expr) => {{
+        let _ = $index;
+        unreachable!("DeviceSpec::check rejects CUDA when the `cuda` feature is off")
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_accepted_spelling() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!(" CPU ".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        for bad in ["", "cuda:", "cuda:-1", "cuda:x", "metal", "cuda:1:2"] {
+            let err = bad.parse::<DeviceSpec>().unwrap_err();
+            assert!(err.to_string().contains("invalid device"), "{bad}: {err}");
+        }
+        assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn parses_device_lists() {
+        let list = DeviceSpec::parse_list("cuda:0,cuda:1").unwrap();
+        assert_eq!(list, vec![DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)]);
+        assert!(DeviceSpec::parse_list("cuda:0,bogus").is_err());
+    }
+
+    #[test]
+    fn cpu_always_passes_the_check() {
+        assert_eq!(DeviceSpec::Cpu.check().unwrap(), DeviceSpec::Cpu);
+    }
+
+    /// On machines without a driver (CI, developers' machines) asking for CUDA must give a
+    /// typed error, never the cudarc panic. Where a GPU is present this test checks nothing.
+    #[test]
+    fn cuda_request_without_driver_is_a_typed_error() {
+        match DeviceSpec::Cuda(0).check() {
+            Ok(_) => {}
+            Err(DeviceError::CudaNotCompiled(_)) => assert!(!cfg!(feature = "cuda")),
+            Err(DeviceError::NoDriver(msg)) => {
+                assert!(cfg!(feature = "cuda"));
+                assert!(!msg.is_empty());
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+        let too_high = DeviceSpec::Cuda(10_000).check();
+        assert!(too_high.is_err());
+    }
+}
