@@ -110,9 +110,21 @@ impl<B: Backend> BatchNorm2d<B> {
         };
         let device = input.device();
         let momentum = self.momentum;
-        let running_mean = self.running_mean.value_sync().to_device(&device).mul_scalar(1.0 - momentum)
-            + mean.clone().detach().reshape([channels]).mul_scalar(momentum);
-        let running_var = self.running_var.value_sync().to_device(&device).mul_scalar(1.0 - momentum)
+        let running_mean = self
+            .running_mean
+            .value_sync()
+            .to_device(&device)
+            .mul_scalar(1.0 - momentum)
+            + mean
+                .clone()
+                .detach()
+                .reshape([channels])
+                .mul_scalar(momentum);
+        let running_var = self
+            .running_var
+            .value_sync()
+            .to_device(&device)
+            .mul_scalar(1.0 - momentum)
             + unbiased.reshape([channels]).mul_scalar(momentum);
         self.running_mean.update(running_mean.detach());
         self.running_var.update(running_var.detach());
@@ -122,7 +134,12 @@ impl<B: Backend> BatchNorm2d<B> {
 
     /// `y = x · (γ / √(var + ε)) + (β − mean · γ / √(var + ε))`: two full-size passes instead of
     /// four, with the per-channel arithmetic done on `[C]` vectors.
-    fn normalise(&self, input: Tensor<B, 4>, mean: Tensor<B, 1>, var: Tensor<B, 1>) -> Tensor<B, 4> {
+    fn normalise(
+        &self,
+        input: Tensor<B, 4>,
+        mean: Tensor<B, 1>,
+        var: Tensor<B, 1>,
+    ) -> Tensor<B, 4> {
         let channels = mean.dims()[0];
         let scale = self.weight.val() / var.add_scalar(self.epsilon).sqrt();
         let shift = self.bias.val() - mean * scale.clone();

@@ -1,7 +1,7 @@
 //! Residual blocks of torchvision's ResNet (v1.5: the stride sits on the 3×3 convolution).
 
-use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;

@@ -39,8 +39,8 @@ use std::str::FromStr;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_store::{
-    ApplyError, ApplyResult, BurnpackStore, KeyRemapper, ModuleSnapshot, ModuleStore,
-    PytorchStore, SafetensorsStore, TensorSnapshot,
+    ApplyError, ApplyResult, BurnpackStore, KeyRemapper, ModuleSnapshot, ModuleStore, PytorchStore,
+    SafetensorsStore, TensorSnapshot,
 };
 
 use crate::error::{BackboneError, Result};

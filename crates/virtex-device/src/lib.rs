@@ -163,7 +163,7 @@ macro_rules! with_backend {
             $crate::DeviceSpec::Cpu => {
                 #[allow(non_camel_case_types, dead_code)]
                 type $B = $crate::CpuBackend;
-                let $device = <$crate::CpuBackend as $crate::__burn::tensor::backend::Backend>::Device::default();
+                let $device: <$crate::CpuBackend as $crate::__burn::tensor::backend::BackendTypes>::Device = Default::default();
                 $body
             }
             #[allow(unreachable_patterns)]

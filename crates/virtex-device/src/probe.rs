@@ -36,7 +36,9 @@ pub(crate) fn cuda_device_count() -> Result<usize, String> {
             let mut count: c_int = 0;
             let status = device_count(&mut count);
             if status != 0 {
-                return Err(format!("cuDeviceGetCount failed with CUresult {status} ({name})"));
+                return Err(format!(
+                    "cuDeviceGetCount failed with CUresult {status} ({name})"
+                ));
             }
             // Keep the driver loaded for the rest of the process, as burn-cuda will use it.
             std::mem::forget(library);

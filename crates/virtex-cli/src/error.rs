@@ -1,0 +1,34 @@
+use std::path::PathBuf;
+
+/// Everything a `virtex` command can fail with. Each variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The device request was invalid or cannot be served.
+    #[error(transparent)]
+    Device(#[from] virtex_device::DeviceError),
+    /// Loading or saving backbone weights failed.
+    #[error(transparent)]
+    Backbone(#[from] virtex_backbone::BackboneError),
+    /// An image could not be read or decoded.
+    #[error("cannot read image `{path}`: {message}")]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// An input path does not exist or holds no images.
+    #[error("{0}")]
+    Input(String),
+    /// An output file could not be written.
+    #[error("cannot write `{path}`: {message}")]
+    Output {
+        /// The output file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Invalid combination of arguments.
+    #[error("{0}")]
+    Usage(String),
+}
