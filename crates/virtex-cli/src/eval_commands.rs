@@ -1,0 +1,455 @@
+//! `virtex eval-voc07` and `virtex eval-captions`: VirTex's downstream evaluation
+//! (`scripts/clf_voc07.py`, `virtex/utils/metrics.py`) on top of `virtex-eval`.
+//!
+//! ```text
+//! virtex eval-voc07 --weights bicaptioning_R_50_L1_H2048.pth --voc-root datasets/VOC2007 \
+//!     --device cuda --out voc07.json
+//! virtex eval-captions --predictions captions.json \
+//!     --annotations datasets/coco/annotations/captions_val2017.json --out scores.json
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Serialize;
+use virtex_backbone::WeightsFormat;
+use virtex_device::{with_backend, DeviceSpec};
+use virtex_eval::{
+    evaluate_captions, evaluate_voc07, read_coco_annotations, read_predictions, CaptionEvaluation,
+    EvalError, Features, Voc07Result, Voc07Split, Voc07SvmConfig, SKLEARN_RANDOM_STATE_0_SEED,
+};
+
+use crate::error::CliError;
+use crate::features::{extract_features, load_backbone, progress_bar, FeatureKind};
+use crate::images::EvalTransform;
+
+/// Evaluation errors as CLI errors (every `EvalError` already names its file, class or value).
+fn eval_error(err: EvalError) -> CliError {
+    CliError::Input(err.to_string())
+}
+
+fn write_json<T: Serialize>(out: &Path, value: &T) -> Result<(), CliError> {
+    let output_error = |message: String| CliError::Output {
+        path: out.to_path_buf(),
+        message,
+    };
+    let text = serde_json::to_string_pretty(value).map_err(|err| output_error(err.to_string()))?;
+    std::fs::write(out, text + "\n").map_err(|err| output_error(err.to_string()))
+}
+
+/// Arguments of `virtex eval-voc07`: PASCAL VOC07 classification with linear SVMs on
+/// L2-normalised global-average-pooled backbone features (upstream's protocol).
+#[derive(Debug, Args)]
+pub struct EvalVoc07Args {
+    /// Backbone weights: a full VirTex checkpoint, the torch-hub backbone, torchvision `.pth`,
+    /// safetensors or burnpack (detected from the file).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Force the weights format: pytorch | safetensors | burnpack.
+    #[arg(long)]
+    pub weights_format: Option<WeightsFormat>,
+    /// `VOCdevkit` or `VOCdevkit/VOC2007` (with `JPEGImages/` and `ImageSets/Main/`).
+    #[arg(long)]
+    pub voc_root: PathBuf,
+    /// Backbone architecture (torchvision name).
+    #[arg(long, default_value = "resnet50")]
+    pub arch: String,
+    /// Split the SVMs are trained (and cross-validated) on.
+    #[arg(long, default_value = "trainval")]
+    pub train_split: String,
+    /// Split the SVMs are tested on.
+    #[arg(long, default_value = "test")]
+    pub test_split: String,
+    /// Shorter side after resizing (upstream: 256).
+    #[arg(long, default_value_t = 256)]
+    pub short_side: u32,
+    /// Side of the centre crop (upstream: 224).
+    #[arg(long, default_value_t = 224)]
+    pub crop: u32,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// cpu | cuda | cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Seed of the SVM solver's coordinate order (the default is scikit-learn's for
+    /// `random_state=0`; upstream leaves it random).
+    #[arg(long, default_value_t = SKLEARN_RANDOM_STATE_0_SEED)]
+    pub seed: u32,
+    /// Write per-class results and mAP as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// What `eval-voc07 --out` writes.
+#[derive(Debug, Serialize)]
+struct Voc07Report<'a> {
+    weights: &'a Path,
+    arch: &'a str,
+    voc_root: &'a Path,
+    train_split: &'a str,
+    test_split: &'a str,
+    train_images: usize,
+    test_images: usize,
+    feature_dim: usize,
+    svm: &'a Voc07SvmConfig,
+    #[serde(flatten)]
+    result: &'a Voc07Result,
+}
+
+impl EvalVoc07Args {
+    /// Runs the command: reads both splits, extracts features, trains and tests the SVMs,
+    /// prints a per-class table and the mAP, and writes the JSON report if `--out` is given.
+    pub fn run(self) -> Result<(), CliError> {
+        let device = self.device.check()?;
+        if self.crop > self.short_side {
+            return Err(CliError::Usage(format!(
+                "--crop ({}) must not exceed --short-side ({})",
+                self.crop, self.short_side
+            )));
+        }
+        let train = Voc07Split::read(&self.voc_root, &self.train_split).map_err(eval_error)?;
+        let test = Voc07Split::read(&self.voc_root, &self.test_split).map_err(eval_error)?;
+        for split in [&train, &test] {
+            if split.is_empty() {
+                return Err(CliError::Input(format!(
+                    "the `{}` split of `{}` lists no image",
+                    split.split,
+                    split.root.display()
+                )));
+            }
+            if let Some(missing) = split.image_paths().into_iter().find(|p| !p.is_file()) {
+                return Err(CliError::Input(format!(
+                    "image `{}` of the `{}` split does not exist",
+                    missing.display(),
+                    split.split
+                )));
+            }
+        }
+        let transform = EvalTransform {
+            short_side: self.short_side,
+            crop: self.crop,
+        };
+        let (train_features, test_features) = with_backend!(device, |B, burn_device| {
+            let model =
+                load_backbone::<B>(&self.arch, &self.weights, self.weights_format, &burn_device)?;
+            let extract = |split: &Voc07Split| -> Result<Features, CliError> {
+                let paths = split.image_paths();
+                let progress = progress_bar(paths.len(), &format!("{} features", split.split));
+                let matrix = extract_features(
+                    &model,
+                    &paths,
+                    transform,
+                    FeatureKind::PooledL2,
+                    self.batch_size,
+                    &burn_device,
+                    &progress,
+                )?;
+                progress.finish_and_clear();
+                let dim = matrix.shape.get(1).copied().unwrap_or(0);
+                Features::from_f32(&matrix.values, paths.len(), dim).map_err(eval_error)
+            };
+            (extract(&train)?, extract(&test)?)
+        });
+        let config = Voc07SvmConfig {
+            seed: self.seed,
+            ..Voc07SvmConfig::default()
+        };
+        eprintln!(
+            "training {} × {} SVMs on {} {} images ({}-d features)…",
+            train.class_names.len(),
+            config.costs.len() * (config.folds + 1),
+            train.len(),
+            train.split,
+            train_features.dim()
+        );
+        let result = evaluate_voc07(&config, &train, &train_features, &test, &test_features)
+            .map_err(eval_error)?;
+
+        println!(
+            "{:<14} {:>7} {:>9} {:>8}",
+            "class", "best C", "CV AP", "test AP"
+        );
+        for class in &result.classes {
+            println!(
+                "{:<14} {:>7} {:>9.2} {:>8.2}{}",
+                class.class_name,
+                class.best_cost,
+                100.0 * class.best_cv_ap,
+                100.0 * class.test_ap,
+                if class.unconverged_fits > 0 {
+                    format!("  ({} fits hit max_iter)", class.unconverged_fits)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        println!("mAP {:.2}", result.map);
+
+        if let Some(out) = &self.out {
+            let report = Voc07Report {
+                weights: &self.weights,
+                arch: &self.arch,
+                voc_root: &self.voc_root,
+                train_split: &self.train_split,
+                test_split: &self.test_split,
+                train_images: train.len(),
+                test_images: test.len(),
+                feature_dim: train_features.dim(),
+                svm: &config,
+                result: &result,
+            };
+            write_json(out, &report)?;
+            eprintln!("wrote {}", out.display());
+        }
+        Ok(())
+    }
+}
+
+/// Arguments of `virtex eval-captions`: CIDEr-D and BLEU-1..4 of predicted captions against
+/// COCO references, tokenised as coco-caption does (no Java needed).
+#[derive(Debug, Args)]
+pub struct EvalCaptionsArgs {
+    /// Predictions: `[{"image_id": …, "caption": "…"}, …]`.
+    #[arg(long)]
+    pub predictions: PathBuf,
+    /// COCO captions annotation file, e.g. `captions_val2017.json`. Every image in it is
+    /// scored; images without a prediction count as an empty caption (as VirTex does).
+    #[arg(long)]
+    pub annotations: PathBuf,
+    /// Include per-image scores and tokenised predictions in the JSON report.
+    #[arg(long)]
+    pub per_image: bool,
+    /// Write the scores as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// What `eval-captions --out` writes (metric names as coco-caption's `COCOEvalCap.eval`).
+#[derive(Debug, Serialize)]
+struct CaptionReport<'a> {
+    predictions: &'a Path,
+    annotations: &'a Path,
+    #[serde(rename = "CIDEr")]
+    cider: f64,
+    #[serde(rename = "Bleu_1")]
+    bleu_1: f64,
+    #[serde(rename = "Bleu_2")]
+    bleu_2: f64,
+    #[serde(rename = "Bleu_3")]
+    bleu_3: f64,
+    #[serde(rename = "Bleu_4")]
+    bleu_4: f64,
+    /// `100 × CIDEr`, the number VirTex's evaluator prints.
+    #[serde(rename = "CIDEr_x100")]
+    cider_x100: f64,
+    images: usize,
+    missing_predictions: usize,
+    ignored_predictions: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_image: Option<&'a [virtex_eval::ImageCaptionScore]>,
+}
+
+impl EvalCaptionsArgs {
+    /// Runs the command: reads both files, scores, prints and optionally writes JSON.
+    pub fn run(self) -> Result<(), CliError> {
+        let ground_truth = read_coco_annotations(&self.annotations).map_err(eval_error)?;
+        if ground_truth.is_empty() {
+            return Err(CliError::Input(format!(
+                "`{}` holds no caption annotation",
+                self.annotations.display()
+            )));
+        }
+        let predictions = read_predictions(&self.predictions).map_err(eval_error)?;
+        let evaluation: CaptionEvaluation =
+            evaluate_captions(&predictions, &ground_truth).map_err(eval_error)?;
+        if evaluation.missing_predictions > 0 {
+            eprintln!(
+                "warning: {} of {} images have no prediction and are scored as an empty caption",
+                evaluation.missing_predictions, evaluation.images
+            );
+        }
+        if evaluation.ignored_predictions > 0 {
+            eprintln!(
+                "warning: {} predicted images are not in `{}` and are ignored",
+                evaluation.ignored_predictions,
+                self.annotations.display()
+            );
+        }
+        println!(
+            "CIDEr-D {:.2}  (×100 as VirTex reports; coco-caption scale {:.4})",
+            100.0 * evaluation.cider,
+            evaluation.cider
+        );
+        for (n, value) in evaluation.bleu.iter().enumerate() {
+            println!("BLEU-{} {:.2}", n + 1, 100.0 * value);
+        }
+        println!("images {}", evaluation.images);
+        if let Some(out) = &self.out {
+            let report = CaptionReport {
+                predictions: &self.predictions,
+                annotations: &self.annotations,
+                cider: evaluation.cider,
+                bleu_1: evaluation.bleu[0],
+                bleu_2: evaluation.bleu[1],
+                bleu_3: evaluation.bleu[2],
+                bleu_4: evaluation.bleu[3],
+                cider_x100: 100.0 * evaluation.cider,
+                images: evaluation.images,
+                missing_predictions: evaluation.missing_predictions,
+                ignored_predictions: evaluation.ignored_predictions,
+                per_image: self.per_image.then_some(evaluation.per_image.as_slice()),
+            };
+            write_json(out, &report)?;
+            eprintln!("wrote {}", out.display());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval_fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../virtex-eval/tests/fixtures")
+            .join(name)
+    }
+
+    fn read_json(path: &Path) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// The caption fixture of `tools/reference/eval_metrics.py`: pycocoevalcap's numbers.
+    #[test]
+    fn eval_captions_reports_pycocoevalcap_scores() {
+        let fixture = read_json(&eval_fixture("caption_metrics.json"));
+        let directory = tempfile::tempdir().unwrap();
+        let annotations = directory.path().join("captions.json");
+        let predictions = directory.path().join("predictions.json");
+        std::fs::write(&annotations, fixture["coco"]["annotations"].to_string()).unwrap();
+        std::fs::write(&predictions, fixture["coco"]["predictions"].to_string()).unwrap();
+        let out = directory.path().join("scores.json");
+        EvalCaptionsArgs {
+            predictions,
+            annotations,
+            per_image: true,
+            out: Some(out.clone()),
+        }
+        .run()
+        .unwrap();
+        let report = read_json(&out);
+        let scores = &fixture["coco"]["scores"];
+        let cider = report["CIDEr"].as_f64().unwrap();
+        assert!((cider - scores["cider"].as_f64().unwrap()).abs() < 1e-6);
+        for n in 0..4 {
+            let ours = report[format!("Bleu_{}", n + 1)].as_f64().unwrap();
+            assert!((ours - scores["bleu"][n].as_f64().unwrap()).abs() < 1e-6);
+        }
+        assert_eq!(report["missing_predictions"], 1);
+        assert_eq!(report["per_image"].as_array().unwrap().len(), 10);
+    }
+
+    /// The tiny VOC-layout fixture end to end with a real (random) ResNet-18 file: feature rows
+    /// must line up with the split's images, so the report equals the library run on features
+    /// extracted image by image.
+    #[test]
+    fn eval_voc07_runs_on_the_tiny_voc_layout() {
+        type B = virtex_device::CpuBackend;
+        let directory = tempfile::tempdir().unwrap();
+        let weights = directory.path().join("resnet18.safetensors");
+        let device = Default::default();
+        let model = virtex_backbone::ResNetConfig::resnet18()
+            .with_zero_init_residual(false)
+            .init::<B>(&device);
+        model.save_torchvision_safetensors(&weights).unwrap();
+        let voc_root = eval_fixture("voc07_tiny");
+        let out = directory.path().join("voc07.json");
+        let transform = EvalTransform {
+            short_side: 64,
+            crop: 56,
+        };
+        EvalVoc07Args {
+            weights: weights.clone(),
+            weights_format: None,
+            voc_root: voc_root.clone(),
+            arch: "resnet18".into(),
+            train_split: "trainval".into(),
+            test_split: "test".into(),
+            short_side: transform.short_side,
+            crop: transform.crop,
+            batch_size: 5,
+            device: DeviceSpec::Cpu,
+            seed: SKLEARN_RANDOM_STATE_0_SEED,
+            out: Some(out.clone()),
+        }
+        .run()
+        .unwrap();
+        let report = read_json(&out);
+        assert_eq!(report["train_images"], 24);
+        assert_eq!(report["test_images"], 12);
+        assert_eq!(report["feature_dim"], 512);
+
+        // The same protocol on features extracted one image at a time.
+        let one_by_one = |split: &Voc07Split| {
+            let mut values = Vec::new();
+            for path in split.image_paths() {
+                let progress = indicatif::ProgressBar::hidden();
+                let matrix = extract_features(
+                    &model,
+                    &[path],
+                    transform,
+                    FeatureKind::PooledL2,
+                    1,
+                    &device,
+                    &progress,
+                )
+                .unwrap();
+                values.extend(matrix.values);
+            }
+            Features::from_f32(&values, split.len(), 512).unwrap()
+        };
+        let train = Voc07Split::read(&voc_root, "trainval").unwrap();
+        let test = Voc07Split::read(&voc_root, "test").unwrap();
+        let expected = evaluate_voc07(
+            &Voc07SvmConfig::default(),
+            &train,
+            &one_by_one(&train),
+            &test,
+            &one_by_one(&test),
+        )
+        .unwrap();
+        let classes = report["classes"].as_array().unwrap();
+        assert_eq!(classes.len(), 3);
+        for (ours, theirs) in classes.iter().zip(&expected.classes) {
+            assert_eq!(ours["class_name"], theirs.class_name.as_str());
+            assert_eq!(ours["best_cost"].as_f64().unwrap(), theirs.best_cost);
+            // Batched and one-by-one convolutions may round differently: AP tolerance 1e-3.
+            assert!((ours["test_ap"].as_f64().unwrap() - theirs.test_ap).abs() < 1e-3);
+        }
+        assert!((report["map"].as_f64().unwrap() - expected.map).abs() < 0.1);
+    }
+
+    #[test]
+    fn eval_voc07_names_a_bad_voc_root() {
+        let err = EvalVoc07Args {
+            weights: PathBuf::from("unused.pth"),
+            weights_format: None,
+            voc_root: PathBuf::from("/nonexistent/VOCdevkit"),
+            arch: "resnet50".into(),
+            train_split: "trainval".into(),
+            test_split: "test".into(),
+            short_side: 256,
+            crop: 224,
+            batch_size: 4,
+            device: DeviceSpec::Cpu,
+            seed: 0,
+            out: None,
+        }
+        .run()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/VOCdevkit"), "{err}");
+    }
+}
