@@ -1,0 +1,54 @@
+//! Command-line arguments of `pretrain_coco`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use virtex_device::DeviceSpec;
+
+/// VirTex pretraining (bicaptioning on COCO Captions).
+///
+/// With no arguments: the `small_cpu` preset on the embedded sample data, on the CPU.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pretrain_coco", version)]
+pub struct Args {
+    /// A preset: small_cpu, bicaptioning_R_50_L1_H{512,768,1024,2048},
+    /// bicaptioning_R_50_L{2,3,4}_H1024, bicaptioning_R_101_L1_H1024,
+    /// bicaptioning_R_50W2X_L1_H1024, captioning_R_50_L1_H2048.
+    #[arg(long, default_value = "small_cpu")]
+    pub preset: String,
+    /// A JSON file with (part of) the config tree, merged over the preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overrides, `section.key=value` (value parsed as JSON), e.g. `--set optim.batch_size=64`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// COCO root (`annotations/`, `train2017/`, `val2017/`); default: the embedded sample.
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Tokenizer / vocabulary file (default: `vocab.json` in the data root, or the sample's).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// cpu | cuda | cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Run directory (config, checkpoints, metrics.jsonl, plots); default `runs/<timestamp>`.
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Continue a run exactly from its newest checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["init_from", "config", "overrides", "preset"])]
+    pub resume: Option<PathBuf>,
+    /// Initialise the model from a checkpoint (official VirTex `.pth` or one of ours) and start
+    /// a new run (fine-tuning).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// Only compute the teacher-forced validation loss and print it as one JSON line.
+    #[arg(long)]
+    pub eval_only: bool,
+    /// Stop after this many iterations of this invocation (the schedule still follows
+    /// `optim.num_iterations`); used to split a run for resume tests.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Numeric precision of the CUDA compute: f32 | bf16.
+    #[arg(long)]
+    pub precision: Option<String>,
+}

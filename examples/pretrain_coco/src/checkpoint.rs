@@ -1,0 +1,163 @@
+//! Checkpoint directories written atomically, and the "keep the last K" policy.
+//!
+//! A checkpoint is a directory `checkpoint_{iteration:08}/` holding the model, the optimizer
+//! (with Lookahead's slow weights and counter), and `state.json` (iteration, scheduler and
+//! data-loader positions, RNG state, the resolved config). It is first written under a hidden
+//! temporary name in the run directory, every file is fsynced, then the directory is renamed into
+//! place and the run directory fsynced. A kill at any moment leaves either the previous set of
+//! checkpoints or the new one, never a half-written `checkpoint_*` directory.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use crate::error::TrainError;
+
+const PREFIX: &str = "checkpoint_";
+const TEMPORARY_PREFIX: &str = ".partial-checkpoint_";
+
+/// The directory name of the checkpoint of `iteration`.
+pub fn checkpoint_name(iteration: u64) -> String {
+    format!("{PREFIX}{iteration:08}")
+}
+
+/// Completed checkpoints of a run directory, oldest first.
+pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+    let entries = fs::read_dir(run_dir).map_err(|source| TrainError::Io {
+        path: run_dir.to_path_buf(),
+        source,
+    })?;
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(number) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        if let Ok(iteration) = number.parse::<u64>() {
+            if entry.path().join("state.json").is_file() {
+                found.push((iteration, entry.path()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The newest completed checkpoint of a run directory.
+pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<(u64, PathBuf)>, TrainError> {
+    Ok(list_checkpoints(run_dir)?.pop())
+}
+
+/// Writes a checkpoint directory atomically: `write` fills a temporary directory, which is then
+/// synced and renamed to `checkpoint_{iteration}`. Keeps only the newest `keep_last`.
+pub fn write_checkpoint(
+    run_dir: &Path,
+    iteration: u64,
+    keep_last: usize,
+    write: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<PathBuf, TrainError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io { path, source }
+    };
+    let temporary = tempfile::Builder::new()
+        .prefix(TEMPORARY_PREFIX)
+        .tempdir_in(run_dir)
+        .map_err(io(run_dir))?;
+    write(temporary.path())?;
+    for entry in fs::read_dir(temporary.path()).map_err(io(temporary.path()))? {
+        let path = entry.map_err(io(temporary.path()))?.path();
+        File::open(&path)
+            .and_then(|file| file.sync_all())
+            .map_err(io(&path))?;
+    }
+    let target = run_dir.join(checkpoint_name(iteration));
+    if target.exists() {
+        // Re-saving the same iteration (e.g. Ctrl-C right after a periodic save).
+        fs::remove_dir_all(&target).map_err(io(&target))?;
+    }
+    let kept = temporary.keep();
+    fs::rename(&kept, &target).map_err(io(&target))?;
+    File::open(run_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io(run_dir))?;
+
+    let checkpoints = list_checkpoints(run_dir)?;
+    if checkpoints.len() > keep_last.max(1) {
+        for (_, old) in &checkpoints[..checkpoints.len() - keep_last.max(1)] {
+            fs::remove_dir_all(old).map_err(io(old))?;
+        }
+    }
+    remove_stale_temporaries(run_dir);
+    Ok(target)
+}
+
+/// Removes temporary directories left by a process killed while writing.
+fn remove_stale_temporaries(run_dir: &Path) {
+    if let Ok(entries) = fs::read_dir(run_dir) {
+        for entry in entries.flatten() {
+            let is_stale = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with(TEMPORARY_PREFIX));
+            if is_stale {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_marker(iteration: u64) -> impl FnOnce(&Path) -> Result<(), TrainError> {
+        move |dir: &Path| {
+            fs::write(dir.join("state.json"), format!("{{\"iteration\": {iteration}}}")).map_err(
+                |source| TrainError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            )
+        }
+    }
+
+    #[test]
+    fn keeps_the_last_k_in_order() {
+        let run = tempfile::tempdir().unwrap();
+        for iteration in [10, 20, 30, 40] {
+            write_checkpoint(run.path(), iteration, 2, write_marker(iteration)).unwrap();
+        }
+        let kept: Vec<u64> = list_checkpoints(run.path())
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(kept, vec![30, 40]);
+        assert_eq!(latest_checkpoint(run.path()).unwrap().unwrap().0, 40);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_previous_checkpoint() {
+        let run = tempfile::tempdir().unwrap();
+        write_checkpoint(run.path(), 10, 3, write_marker(10)).unwrap();
+        let failed = write_checkpoint(run.path(), 20, 3, |_| {
+            Err(TrainError::Config("simulated crash".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(latest_checkpoint(run.path()).unwrap().unwrap().0, 10);
+        // No half-written checkpoint is visible, and the temporary directory is gone.
+        let names: Vec<String> = fs::read_dir(run.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["checkpoint_00000010".to_string()]);
+    }
+
+    #[test]
+    fn directories_without_state_are_not_checkpoints() {
+        let run = tempfile::tempdir().unwrap();
+        fs::create_dir(run.path().join("checkpoint_00000050")).unwrap();
+        assert!(latest_checkpoint(run.path()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,452 @@
+//! The pretraining configuration: upstream's config tree (`virtex/config.py`) in serde structs,
+//! presets for every released model, and overrides from JSON files and `--set key=value`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::TrainError;
+
+/// The whole configuration (upstream `_C`), lower-cased.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// Seed of every random stream (upstream `RANDOM_SEED`).
+    pub random_seed: u64,
+    /// Data (upstream `DATA`).
+    pub data: DataConfig,
+    /// Model (upstream `MODEL`).
+    pub model: ModelConfig,
+    /// Optimisation (upstream `OPTIM`).
+    pub optim: OptimConfig,
+    /// Our training-loop knobs (logging, checkpoints, precision, ...).
+    pub train: TrainLoopConfig,
+}
+
+/// Upstream `DATA`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// COCO root (`annotations/captions_{train,val}2017.json`, `{train,val}2017/`).
+    /// `None` means the embedded sample data.
+    pub root: Option<PathBuf>,
+    /// Tokenizer / vocabulary file; `None` means the one next to the data
+    /// (`vocab.json` in the root, or the sample's vocabulary).
+    pub tokenizer: Option<PathBuf>,
+    /// Vocabulary size (upstream `VOCAB_SIZE`).
+    pub vocab_size: usize,
+    /// Maximum caption length including SOS/EOS (upstream `MAX_CAPTION_LENGTH`).
+    pub max_caption_length: usize,
+    /// Training crop size (upstream `IMAGE_CROP_SIZE`).
+    pub image_crop_size: u32,
+    /// Train transforms, in order (upstream `IMAGE_TRANSFORM_TRAIN`); empty = no augmentation.
+    pub image_transform_train: Vec<String>,
+    /// Swap "left"/"right" by plain substring as upstream does ("bright" → "bleft") instead of
+    /// by whole word.
+    pub upstream_flip_substring_swap: bool,
+    /// Which caption of an image a visit uses: "random" (upstream) or "first".
+    pub caption_choice: String,
+    /// Shuffle the training set every epoch.
+    pub shuffle: bool,
+    /// Decoding/augmentation worker threads.
+    pub num_workers: usize,
+    /// Skip (and count) unreadable images instead of stopping.
+    pub skip_bad_images: bool,
+}
+
+/// Upstream `MODEL`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// "bicaptioning" (= "virtex") or "captioning" (forward only).
+    pub name: String,
+    /// Visual backbone, e.g. `torchvision::resnet50`.
+    pub visual: String,
+    /// Textual head, e.g. `transdec_postnorm::L1_H2048_A32_F8192`.
+    pub textual: String,
+    /// Dropout of the textual head.
+    pub dropout: f64,
+}
+
+/// Upstream `OPTIM`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Images per optimizer step (upstream `BATCH_SIZE`).
+    pub batch_size: usize,
+    /// Split each step into this many micro-batches whose gradients are summed
+    /// (batch 256 on smaller memory). `batch_size` must be divisible by it.
+    pub accumulation_steps: usize,
+    /// SGD momentum.
+    pub sgd_momentum: f64,
+    /// Nesterov momentum (upstream: false).
+    pub sgd_nesterov: bool,
+    /// L2 weight decay (coupled, torch-style).
+    pub weight_decay: f64,
+    /// Parameters matching this regex get no weight decay.
+    pub no_decay: String,
+    /// Global gradient-norm clip.
+    pub clip_grad_norm: f64,
+    /// LR of parameters whose name contains "cnn".
+    pub cnn_lr: f64,
+    /// LR of every other parameter.
+    pub lr: f64,
+    /// Lookahead on/off, α and k.
+    pub lookahead: LookaheadConfig,
+    /// Total iterations (optimizer steps).
+    pub num_iterations: u64,
+    /// Linear warmup steps.
+    pub warmup_steps: u64,
+    /// "cosine", "linear", "multistep" or "none".
+    pub lr_decay_name: String,
+    /// Milestones of "multistep".
+    pub lr_steps: Vec<u64>,
+    /// Factor of "multistep".
+    pub lr_gamma: f64,
+}
+
+/// Upstream `OPTIM.LOOKAHEAD`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookaheadConfig {
+    /// Use Lookahead.
+    #[serde(rename = "use")]
+    pub enabled: bool,
+    /// Interpolation factor α.
+    pub alpha: f64,
+    /// Synchronisation period k.
+    pub steps: u64,
+}
+
+/// Training-loop settings that upstream keeps on its command line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainLoopConfig {
+    /// Log (progress line + metrics.jsonl) every N iterations (upstream: 20).
+    pub log_every: u64,
+    /// Save a checkpoint every N iterations (upstream `--checkpoint-every 2000`).
+    pub checkpoint_every: u64,
+    /// Run validation every N iterations (upstream: with every checkpoint).
+    pub val_every: u64,
+    /// Keep the newest K checkpoints.
+    pub keep_last: usize,
+    /// Batches of the validation split to evaluate (`None` = all).
+    pub val_batches: Option<usize>,
+    /// Stop after this many consecutive skipped (non-finite) steps.
+    pub max_consecutive_skips: u64,
+    /// "f32" or "bf16" (CUDA only).
+    pub precision: String,
+}
+
+impl PretrainConfig {
+    /// Upstream's base config (`_base_bicaptioning_R_50_L1_H1024.yaml`).
+    pub fn base() -> Self {
+        Self {
+            random_seed: 0,
+            data: DataConfig {
+                root: None,
+                tokenizer: None,
+                vocab_size: 10_000,
+                max_caption_length: 30,
+                image_crop_size: 224,
+                image_transform_train: vec![
+                    "random_resized_crop".into(),
+                    "horizontal_flip".into(),
+                    "color_jitter".into(),
+                    "normalize".into(),
+                ],
+                upstream_flip_substring_swap: false,
+                caption_choice: "random".into(),
+                shuffle: true,
+                num_workers: 4,
+                skip_bad_images: false,
+            },
+            model: ModelConfig {
+                name: "bicaptioning".into(),
+                visual: "torchvision::resnet50".into(),
+                textual: "transdec_postnorm::L1_H1024_A16_F4096".into(),
+                dropout: 0.1,
+            },
+            optim: OptimConfig {
+                batch_size: 256,
+                accumulation_steps: 1,
+                sgd_momentum: 0.9,
+                sgd_nesterov: false,
+                weight_decay: 1e-4,
+                no_decay: ".*textual.(embedding|transformer).*(norm.*|bias)".into(),
+                clip_grad_norm: 10.0,
+                cnn_lr: 0.2,
+                lr: 0.001,
+                lookahead: LookaheadConfig {
+                    enabled: true,
+                    alpha: 0.5,
+                    steps: 5,
+                },
+                num_iterations: 500_000,
+                warmup_steps: 10_000,
+                lr_decay_name: "cosine".into(),
+                lr_steps: Vec::new(),
+                lr_gamma: 0.1,
+            },
+            train: TrainLoopConfig {
+                log_every: 20,
+                checkpoint_every: 2000,
+                val_every: 2000,
+                keep_last: 5,
+                val_batches: None,
+                max_consecutive_skips: 100,
+                precision: "f32".into(),
+            },
+        }
+    }
+
+    /// The names accepted by [`PretrainConfig::preset`].
+    pub const PRESETS: [&'static str; 11] = [
+        "small_cpu",
+        "bicaptioning_R_50_L1_H512",
+        "bicaptioning_R_50_L1_H768",
+        "bicaptioning_R_50_L1_H1024",
+        "bicaptioning_R_50_L1_H2048",
+        "bicaptioning_R_50_L2_H1024",
+        "bicaptioning_R_50_L3_H1024",
+        "bicaptioning_R_50_L4_H1024",
+        "bicaptioning_R_101_L1_H1024",
+        "bicaptioning_R_50W2X_L1_H1024",
+        "captioning_R_50_L1_H2048",
+    ];
+
+    /// A released model's config (upstream `configs/*_ablations/*.yaml`), or `small_cpu`: a
+    /// ResNet-18 with a one-layer H=64 head on 64-pixel crops, which trains on the embedded
+    /// sample data in a few minutes on 2 CPU cores.
+    pub fn preset(name: &str) -> Result<Self, TrainError> {
+        let mut config = Self::base();
+        let head = |layers: usize, hidden: usize| {
+            format!(
+                "transdec_postnorm::L{layers}_H{hidden}_A{}_F{}",
+                hidden / 64,
+                hidden * 4
+            )
+        };
+        match name {
+            "small_cpu" => {
+                config.model.visual = "torchvision::resnet18".into();
+                config.model.textual = "transdec_postnorm::L1_H64_A1_F256".into();
+                config.data.image_crop_size = 64;
+                config.data.num_workers = 2;
+                config.optim.batch_size = 8;
+                config.optim.num_iterations = 150;
+                config.optim.warmup_steps = 10;
+                config.optim.cnn_lr = 0.05;
+                config.optim.lr = 0.01;
+                config.train.log_every = 10;
+                config.train.checkpoint_every = 50;
+                config.train.val_every = 50;
+                config.train.keep_last = 2;
+            }
+            "bicaptioning_R_50_L1_H512" => config.model.textual = head(1, 512),
+            "bicaptioning_R_50_L1_H768" => config.model.textual = head(1, 768),
+            "bicaptioning_R_50_L1_H1024" => {}
+            "bicaptioning_R_50_L1_H2048" => config.model.textual = head(1, 2048),
+            "bicaptioning_R_50_L2_H1024" => config.model.textual = head(2, 1024),
+            "bicaptioning_R_50_L3_H1024" => config.model.textual = head(3, 1024),
+            "bicaptioning_R_50_L4_H1024" => config.model.textual = head(4, 1024),
+            "bicaptioning_R_101_L1_H1024" => config.model.visual = "torchvision::resnet101".into(),
+            "bicaptioning_R_50W2X_L1_H1024" => {
+                config.model.visual = "torchvision::wide_resnet50_2".into()
+            }
+            "captioning_R_50_L1_H2048" => {
+                config.model.name = "captioning".into();
+                config.model.textual = head(1, 2048);
+            }
+            other => {
+                return Err(TrainError::Config(format!(
+                    "unknown preset `{other}`; expected one of: {}",
+                    Self::PRESETS.join(", ")
+                )))
+            }
+        }
+        Ok(config)
+    }
+
+    /// Merges a JSON file (a full or partial config tree) over this config.
+    pub fn merge_json_file(self, path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let patch: Value = serde_json::from_str(&text).map_err(|err| {
+            TrainError::Config(format!(
+                "{}: line {}, column {}: {err}",
+                path.display(),
+                err.line(),
+                err.column()
+            ))
+        })?;
+        let mut tree = serde_json::to_value(&self).map_err(|e| TrainError::Config(e.to_string()))?;
+        merge(&mut tree, patch);
+        Self::from_tree(tree, &format!("config file {}", path.display()))
+    }
+
+    /// Applies `key.path=value` overrides; the value is parsed as JSON, or taken as a string.
+    pub fn apply_overrides(self, overrides: &[String]) -> Result<Self, TrainError> {
+        let mut tree = serde_json::to_value(&self).map_err(|e| TrainError::Config(e.to_string()))?;
+        for item in overrides {
+            let (key, raw) = item.split_once('=').ok_or_else(|| {
+                TrainError::Config(format!("--set expects key=value, got `{item}`"))
+            })?;
+            let value: Value =
+                serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+            let mut node = &mut tree;
+            let parts: Vec<&str> = key.trim().split('.').collect();
+            for (depth, part) in parts.iter().enumerate() {
+                let object = node.as_object_mut().ok_or_else(|| {
+                    TrainError::Config(format!("--set {key}: `{}` is not a section", parts[..depth].join(".")))
+                })?;
+                if !object.contains_key(*part) {
+                    let known: Vec<&String> = object.keys().collect();
+                    return Err(TrainError::Config(format!(
+                        "--set {key}: unknown key `{part}` (known here: {known:?})"
+                    )));
+                }
+                node = object.get_mut(*part).expect("checked above");
+            }
+            *node = value;
+        }
+        Self::from_tree(tree, "--set overrides")
+    }
+
+    fn from_tree(tree: Value, source: &str) -> Result<Self, TrainError> {
+        let config: Self = serde_json::from_value(tree)
+            .map_err(|err| TrainError::Config(format!("{source}: {err}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let fail = |message: String| Err(TrainError::Config(message));
+        if !["bicaptioning", "virtex", "captioning"].contains(&self.model.name.as_str()) {
+            return fail(format!(
+                "model.name `{}`: expected bicaptioning, virtex or captioning",
+                self.model.name
+            ));
+        }
+        if self.optim.batch_size == 0 || self.optim.accumulation_steps == 0 {
+            return fail("optim.batch_size and optim.accumulation_steps must be positive".into());
+        }
+        if self.optim.batch_size % self.optim.accumulation_steps != 0 {
+            return fail(format!(
+                "optim.batch_size {} is not divisible by optim.accumulation_steps {}",
+                self.optim.batch_size, self.optim.accumulation_steps
+            ));
+        }
+        if !["random", "first"].contains(&self.data.caption_choice.as_str()) {
+            return fail(format!(
+                "data.caption_choice `{}`: expected random or first",
+                self.data.caption_choice
+            ));
+        }
+        if !["f32", "bf16"].contains(&self.train.precision.as_str()) {
+            return fail(format!(
+                "train.precision `{}`: expected f32 or bf16",
+                self.train.precision
+            ));
+        }
+        if !["cosine", "linear", "multistep", "none"].contains(&self.optim.lr_decay_name.as_str()) {
+            return fail(format!(
+                "optim.lr_decay_name `{}`: expected cosine, linear, multistep or none",
+                self.optim.lr_decay_name
+            ));
+        }
+        for key in [
+            self.train.log_every,
+            self.train.checkpoint_every,
+            self.train.val_every,
+        ] {
+            if key == 0 {
+                return fail("train.log_every, checkpoint_every and val_every must be ≥ 1".into());
+            }
+        }
+        regex::Regex::new(&self.optim.no_decay)
+            .map_err(|err| TrainError::Config(format!("optim.no_decay: {err}")))?;
+        Ok(())
+    }
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (key, value) in patch {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (slot, value) => *slot = value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_builds_and_validates() {
+        for name in PretrainConfig::PRESETS {
+            let config = PretrainConfig::preset(name).unwrap();
+            config.validate().unwrap();
+        }
+        let h2048 = PretrainConfig::preset("bicaptioning_R_50_L1_H2048").unwrap();
+        assert_eq!(h2048.model.textual, "transdec_postnorm::L1_H2048_A32_F8192");
+        let forward = PretrainConfig::preset("captioning_R_50_L1_H2048").unwrap();
+        assert_eq!(forward.model.name, "captioning");
+        assert!(PretrainConfig::preset("bicaptioning_R_18").is_err());
+    }
+
+    #[test]
+    fn overrides_parse_json_values_and_reject_unknown_keys() {
+        let config = PretrainConfig::base()
+            .apply_overrides(&[
+                "optim.batch_size=64".into(),
+                "optim.lookahead.use=false".into(),
+                "data.image_transform_train=[]".into(),
+                "model.visual=torchvision::resnet101".into(),
+            ])
+            .unwrap();
+        assert_eq!(config.optim.batch_size, 64);
+        assert!(!config.optim.lookahead.enabled);
+        assert!(config.data.image_transform_train.is_empty());
+        assert_eq!(config.model.visual, "torchvision::resnet101");
+
+        let err = PretrainConfig::base()
+            .apply_overrides(&["optim.batchsize=64".into()])
+            .unwrap_err();
+        assert!(err.to_string().contains("batchsize"), "{err}");
+        let err = PretrainConfig::base()
+            .apply_overrides(&["optim.batch_size=\"many\"".into()])
+            .unwrap_err();
+        assert!(err.to_string().contains("--set"), "{err}");
+        assert!(PretrainConfig::base()
+            .apply_overrides(&["optim.batch_size=10".into(), "optim.accumulation_steps=3".into()])
+            .is_err());
+    }
+
+    #[test]
+    fn json_files_merge_partially_and_report_positions() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("override.json");
+        std::fs::write(&path, r#"{"optim": {"cnn_lr": 0.1}, "random_seed": 7}"#).unwrap();
+        let config = PretrainConfig::base().merge_json_file(&path).unwrap();
+        assert_eq!(config.optim.cnn_lr, 0.1);
+        assert_eq!(config.random_seed, 7);
+        assert_eq!(config.optim.lr, 0.001);
+
+        std::fs::write(&path, "{\n  \"optim\": {\"cnn_lr\": }\n}").unwrap();
+        let err = PretrainConfig::base().merge_json_file(&path).unwrap_err().to_string();
+        assert!(err.contains("override.json") && err.contains("line 2"), "{err}");
+    }
+}

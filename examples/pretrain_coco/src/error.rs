@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+
+/// Errors of the pretraining job. Each names the file, key or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Invalid configuration or command line.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A file could not be read or written.
+    #[error("`{path}`: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A checkpoint could not be loaded.
+    #[error("checkpoint `{path}`: {message}")]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Too many consecutive non-finite steps.
+    #[error(
+        "stopping: {count} consecutive steps had a non-finite loss or gradient (last at \
+         iteration {iteration}); a checkpoint was written to `{checkpoint}`"
+    )]
+    Diverged {
+        /// Consecutive skipped steps.
+        count: u64,
+        /// The last iteration.
+        iteration: u64,
+        /// The checkpoint written before stopping.
+        checkpoint: PathBuf,
+    },
+    /// The device request cannot be served.
+    #[error(transparent)]
+    Device(#[from] virtex_device::DeviceError),
+}

@@ -1,0 +1,107 @@
+//! `cargo run --release --example pretrain_coco [-- --preset … --device cuda …]`
+//!
+//! With no arguments: the `small_cpu` preset on the embedded sample data, on the CPU.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use burn::backend::Autodiff;
+use clap::Parser;
+use pretrain_coco::args::Args;
+use pretrain_coco::config::PretrainConfig;
+use pretrain_coco::training::{install_interrupt_flag, run, RunOptions};
+use pretrain_coco::TrainError;
+use virtex::{BidirectionalCaptioningModel, ForwardCaptioningModel};
+use virtex_device::with_backend;
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<(), TrainError> {
+    let args = Args::parse();
+    let device = args.device.check()?;
+
+    let mut config = PretrainConfig::preset(&args.preset)?;
+    if let Some(path) = &args.config {
+        config = config.merge_json_file(path)?;
+    }
+    config = config.apply_overrides(&args.overrides)?;
+    if let Some(root) = &args.data_root {
+        config.data.root = Some(root.clone());
+    }
+    if let Some(tokenizer) = &args.tokenizer {
+        config.data.tokenizer = Some(tokenizer.clone());
+    }
+    if let Some(precision) = &args.precision {
+        config.train.precision = precision.clone();
+        config.validate()?;
+    }
+    if config.train.precision == "bf16" {
+        return Err(TrainError::Config(
+            "--precision bf16 is not implemented yet (burn 0.21 has no autocast); use f32".into(),
+        ));
+    }
+
+    let (run_dir, resume) = match (&args.resume, &args.run_dir) {
+        (Some(dir), _) => (dir.clone(), true),
+        (None, Some(dir)) => (dir.clone(), false),
+        (None, None) => (default_run_dir(), false),
+    };
+    eprintln!("run directory: {}", run_dir.display());
+
+    let options = RunOptions {
+        config: config.clone(),
+        run_dir,
+        resume,
+        init_from: args.init_from.clone(),
+        eval_only: args.eval_only,
+        stop_after: args.stop_after,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let interrupted = install_interrupt_flag();
+    let forward_only = config.model.name == "captioning";
+    let summary = with_backend!(device, |B, burn_device| {
+        if forward_only {
+            run::<Autodiff<B>, ForwardCaptioningModel<Autodiff<B>>>(options, burn_device, interrupted)?
+        } else {
+            run::<Autodiff<B>, BidirectionalCaptioningModel<Autodiff<B>>>(options, burn_device, interrupted)?
+        }
+    });
+
+    if args.eval_only {
+        if let Some(val) = summary.last_val {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "val_loss": val.val_loss,
+                    "captioning_forward": val.captioning_forward,
+                    "captioning_backward": val.captioning_backward,
+                })
+            );
+        }
+        return Ok(());
+    }
+    let first = summary.losses.first().copied().unwrap_or(f64::NAN);
+    let last = summary.losses.last().copied().unwrap_or(f64::NAN);
+    eprintln!(
+        "done: iteration {}, loss {first:.4} → {last:.4}, {:.1} img/s, {} skipped steps",
+        summary.iteration, summary.images_per_second, summary.skipped_steps
+    );
+    Ok(())
+}
+
+/// `runs/<UTC timestamp>`.
+fn default_run_dir() -> PathBuf {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace(':', "-");
+    PathBuf::from("runs").join(stamp)
+}

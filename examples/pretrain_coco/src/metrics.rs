@@ -1,0 +1,197 @@
+//! `metrics.jsonl` (one JSON object per logged iteration) and the PNG loss plot.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// One logged training iteration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainRecord {
+    /// Always `"train"`.
+    pub kind: String,
+    /// 1-based iteration number.
+    pub iteration: u64,
+    /// Total loss (forward + backward captioning).
+    pub loss: f64,
+    /// Forward captioning loss.
+    pub captioning_forward: f64,
+    /// Backward captioning loss (0 for forward-only models).
+    pub captioning_backward: f64,
+    /// Global gradient L2 norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate of each parameter group, by group name.
+    pub learning_rates: Vec<(String, f64)>,
+    /// Training throughput over the last logging window.
+    pub images_per_second: f64,
+    /// Steps skipped so far because of non-finite loss or gradients.
+    pub skipped_steps: u64,
+}
+
+/// One validation pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValRecord {
+    /// Always `"val"`.
+    pub kind: String,
+    /// Iteration after which validation ran.
+    pub iteration: u64,
+    /// Teacher-forced total loss.
+    pub val_loss: f64,
+    /// Forward component.
+    pub captioning_forward: f64,
+    /// Backward component.
+    pub captioning_backward: f64,
+}
+
+/// Appends records to `metrics.jsonl`, one flushed line each (a crash loses nothing written).
+#[derive(Debug)]
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens (appending) `run_dir/metrics.jsonl`.
+    pub fn open(run_dir: &Path) -> Result<Self, TrainError> {
+        let path = run_dir.join("metrics.jsonl");
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| TrainError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self { path, file })
+    }
+
+    /// Appends one record.
+    pub fn append<T: Serialize>(&mut self, record: &T) -> Result<(), TrainError> {
+        let line = serde_json::to_string(record).map_err(|err| TrainError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(err),
+        })?;
+        writeln!(self.file, "{line}")
+            .and_then(|_| self.file.flush())
+            .map_err(|source| TrainError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Drops records after `iteration` (used on resume: the log may run ahead of the last
+    /// checkpoint when the process was killed between a log line and the next checkpoint).
+    pub fn truncate_after(run_dir: &Path, iteration: u64) -> Result<(), TrainError> {
+        let path = run_dir.join("metrics.jsonl");
+        if !path.exists() {
+            return Ok(());
+        }
+        let io = |source| TrainError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = File::open(&path).map_err(io)?;
+        let kept: Vec<String> = BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("iteration").and_then(|i| i.as_u64()))
+                    .is_some_and(|i| i <= iteration)
+            })
+            .collect();
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        std::fs::write(&path, text).map_err(io)
+    }
+
+    /// Reads back every record of a run: (train, val).
+    pub fn read(run_dir: &Path) -> Result<(Vec<TrainRecord>, Vec<ValRecord>), TrainError> {
+        let path = run_dir.join("metrics.jsonl");
+        let file = File::open(&path).map_err(|source| TrainError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut train = Vec::new();
+        let mut val = Vec::new();
+        for line in BufReader::new(file).lines().map_while(Result::ok) {
+            if let Ok(record) = serde_json::from_str::<TrainRecord>(&line) {
+                train.push(record);
+            } else if let Ok(record) = serde_json::from_str::<ValRecord>(&line) {
+                val.push(record);
+            }
+        }
+        Ok((train, val))
+    }
+}
+
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+
+/// Draws training and validation loss against the iteration into a PNG.
+pub fn plot_losses(run_dir: &Path, output: &Path) -> Result<(), TrainError> {
+    let (train, val) = MetricsLog::read(run_dir)?;
+    let plot_error = |message: String| TrainError::Io {
+        path: output.to_path_buf(),
+        source: std::io::Error::other(message),
+    };
+    // Registering twice is harmless; plotters keeps the first registration.
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+
+    let train_points: Vec<(f64, f64)> = train
+        .iter()
+        .map(|r| (r.iteration as f64, r.loss))
+        .filter(|(_, y)| y.is_finite())
+        .collect();
+    let val_points: Vec<(f64, f64)> = val
+        .iter()
+        .map(|r| (r.iteration as f64, r.val_loss))
+        .filter(|(_, y)| y.is_finite())
+        .collect();
+    let all = train_points.iter().chain(&val_points);
+    let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
+    let y_max = all.clone().map(|p| p.1).fold(f64::MIN, f64::max).max(1e-3);
+    let y_min = all.map(|p| p.1).fold(f64::MAX, f64::min).min(y_max) * 0.95;
+
+    let root = BitMapBackend::new(output, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_error(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("VirTex pretraining loss", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max * 1.02, y_min..y_max * 1.05)
+        .map_err(|e| plot_error(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("iteration")
+        .y_desc("loss (forward + backward)")
+        .draw()
+        .map_err(|e| plot_error(e.to_string()))?;
+    chart
+        .draw_series(LineSeries::new(train_points, &BLUE))
+        .map_err(|e| plot_error(e.to_string()))?
+        .label("train")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(val_points.clone(), &RED))
+        .map_err(|e| plot_error(e.to_string()))?
+        .label("val")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED));
+    chart
+        .draw_series(val_points.iter().map(|p| Circle::new(*p, 3, RED.filled())))
+        .map_err(|e| plot_error(e.to_string()))?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()
+        .map_err(|e| plot_error(e.to_string()))?;
+    root.present().map_err(|e| plot_error(e.to_string()))
+}

@@ -1,0 +1,615 @@
+//! The pretraining loop, in upstream's order per iteration:
+//! forward (train mode) → loss → backward → global clip → grouped SGD → Lookahead → schedule.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use virtex::CaptioningModelConfig;
+use virtex_data::{
+    CaptionChoice, CaptioningDataset, CocoCaptions, CocoOptions, DataLoader, FlipCaption,
+    ImageTransforms, LoaderConfig, LoaderPosition, SentencePieceBpeTokenizer, Split,
+};
+use virtex_lookahead::{
+    GroupRule, GroupedOptimizer, GroupedOptimizerConfig, LookaheadConfig, LrDecay, LrScheduleConfig,
+    ParamGroupsConfig, TorchSgd, TorchSgdConfig,
+};
+
+use crate::checkpoint::{latest_checkpoint, write_checkpoint};
+use crate::config::PretrainConfig;
+use crate::error::TrainError;
+use crate::metrics::{plot_losses, MetricsLog, TrainRecord, ValRecord};
+use crate::model::PretrainModel;
+
+/// Everything a run needs besides the backend.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The resolved configuration.
+    pub config: PretrainConfig,
+    /// The run directory (created if needed).
+    pub run_dir: PathBuf,
+    /// Continue from the newest checkpoint in `run_dir`.
+    pub resume: bool,
+    /// Initialise the model from this checkpoint (official `.pth` or ours).
+    pub init_from: Option<PathBuf>,
+    /// Only evaluate.
+    pub eval_only: bool,
+    /// Stop after this many iterations of this invocation.
+    pub stop_after: Option<u64>,
+    /// Show a progress bar (otherwise plain log lines).
+    pub progress: bool,
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Last completed iteration.
+    pub iteration: u64,
+    /// Loss of every iteration this invocation ran (for tests and plots).
+    pub losses: Vec<f64>,
+    /// Steps skipped for non-finite values.
+    pub skipped_steps: u64,
+    /// The last validation result, if any ran.
+    pub last_val: Option<ValLoss>,
+    /// Mean training throughput of this invocation.
+    pub images_per_second: f64,
+}
+
+/// Teacher-forced validation loss.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ValLoss {
+    /// `captioning_forward + captioning_backward`.
+    pub val_loss: f64,
+    /// Forward component.
+    pub captioning_forward: f64,
+    /// Backward component.
+    pub captioning_backward: f64,
+}
+
+/// `state.json` of a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    iteration: u64,
+    loader_position: LoaderPosition,
+    skipped_steps: u64,
+    config: PretrainConfig,
+}
+
+type Optim<M, B> = GroupedOptimizer<TorchSgd<M, B>, M, B>;
+
+/// Set by Ctrl-C; the loop checkpoints and stops at the end of the current iteration.
+pub fn install_interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    // A second handler (tests call `run` several times) is refused: the first flag stays active.
+    let _ = ctrlc::set_handler(move || handler_flag.store(true, Ordering::SeqCst));
+    flag
+}
+
+/// The model's configuration from the pretraining config and the tokenizer.
+pub fn model_config(
+    config: &PretrainConfig,
+    vocab_size: usize,
+) -> Result<CaptioningModelConfig, TrainError> {
+    CaptioningModelConfig::from_names(
+        &config.model.visual,
+        &config.model.textual,
+        vocab_size,
+        config.data.max_caption_length,
+        config.model.dropout,
+    )
+    .map_err(|err| TrainError::Config(format!("model: {err}")))
+}
+
+fn optimizer_config(config: &PretrainConfig) -> Result<GroupedOptimizerConfig, TrainError> {
+    let optim = &config.optim;
+    let decay = LrDecay::from_name(&optim.lr_decay_name)
+        .map_err(|err| TrainError::Config(format!("optim.lr_decay_name: {err}")))?;
+    let no_decay = if optim.no_decay.is_empty() {
+        None
+    } else {
+        Some(optim.no_decay.clone())
+    };
+    Ok(GroupedOptimizerConfig::new()
+        .with_groups(
+            ParamGroupsConfig::new()
+                .with_rules(vec![GroupRule::new(
+                    "visual".to_string(),
+                    "cnn".to_string(),
+                    optim.cnn_lr,
+                )])
+                .with_lr(optim.lr)
+                .with_weight_decay(optim.weight_decay)
+                .with_no_decay(no_decay),
+        )
+        .with_sgd(
+            TorchSgdConfig::new()
+                .with_momentum(optim.sgd_momentum)
+                .with_nesterov(optim.sgd_nesterov),
+        )
+        .with_lookahead(optim.lookahead.enabled.then(|| {
+            LookaheadConfig::new()
+                .with_alpha(optim.lookahead.alpha)
+                .with_steps(optim.lookahead.steps as usize)
+        }))
+        .with_schedule(
+            LrScheduleConfig::new()
+                .with_total_steps(optim.num_iterations as usize)
+                .with_warmup_steps(optim.warmup_steps as usize)
+                .with_milestones(optim.lr_steps.iter().map(|&s| s as usize).collect())
+                .with_gamma(optim.lr_gamma)
+                .with_decay(decay),
+        )
+        .with_clip_grad_norm((optim.clip_grad_norm > 0.0).then_some(optim.clip_grad_norm)))
+}
+
+fn data_error(err: virtex_data::DataError) -> TrainError {
+    TrainError::Config(format!("data: {err}"))
+}
+
+fn model_error(path: &Path) -> impl Fn(virtex::VirtexError) -> TrainError + '_ {
+    move |err| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: err.to_string(),
+    }
+}
+
+/// The data root and tokenizer file this config points to (sample data by default).
+pub fn data_paths(config: &PretrainConfig) -> (PathBuf, PathBuf) {
+    let root = config
+        .data
+        .root
+        .clone()
+        .unwrap_or_else(virtex_data::sample_data_root);
+    let tokenizer = config.data.tokenizer.clone().unwrap_or_else(|| {
+        if config.data.root.is_some() {
+            root.join("vocab.json")
+        } else {
+            virtex_data::sample_vocab_path()
+        }
+    });
+    (root, tokenizer)
+}
+
+struct Data {
+    train: DataLoader,
+    val: DataLoader,
+    vocab_size: usize,
+}
+
+fn load_data(config: &PretrainConfig) -> Result<Data, TrainError> {
+    let (root, tokenizer_path) = data_paths(config);
+    let tokenizer = Arc::new(SentencePieceBpeTokenizer::from_file(&tokenizer_path).map_err(data_error)?);
+    let options = CocoOptions {
+        skip_bad_images: config.data.skip_bad_images,
+        ..CocoOptions::default()
+    };
+    let flip = if config.data.upstream_flip_substring_swap {
+        FlipCaption::Substring
+    } else {
+        FlipCaption::WholeWord
+    };
+    let crop = config.data.image_crop_size;
+    let train_transforms = if config.data.image_transform_train.is_empty() {
+        ImageTransforms::no_augmentation(crop)
+    } else {
+        ImageTransforms::from_names(&config.data.image_transform_train, crop, flip)
+    }
+    .map_err(data_error)?;
+    let choice = match config.data.caption_choice.as_str() {
+        "first" => CaptionChoice::First,
+        _ => CaptionChoice::Random,
+    };
+    let micro_batch = config.optim.batch_size / config.optim.accumulation_steps;
+    let loader = |split: Split, transforms: ImageTransforms, shuffle: bool, drop_last: bool| {
+        let coco = CocoCaptions::load(&root, split, &options).map_err(data_error)?;
+        let dataset = CaptioningDataset::new(coco, tokenizer.clone(), transforms)
+            .map_err(data_error)?
+            .with_caption_choice(choice)
+            .with_max_caption_length(config.data.max_caption_length)
+            .map_err(data_error)?;
+        DataLoader::new(
+            dataset,
+            LoaderConfig {
+                batch_size: micro_batch,
+                num_workers: config.data.num_workers,
+                prefetch_batches: 2 * config.data.num_workers.max(1),
+                seed: config.random_seed,
+                shuffle,
+                drop_last,
+                skip_bad_images: config.data.skip_bad_images,
+            },
+        )
+        .map_err(data_error)
+    };
+    let train = loader(Split::Train, train_transforms, config.data.shuffle, true)?;
+    let val_transforms = ImageTransforms::pretrain_val(crop).map_err(data_error)?;
+    let val = loader(Split::Val, val_transforms, false, false)?;
+    Ok(Data {
+        train,
+        val,
+        vocab_size: tokenizer.vocab_size(),
+    })
+}
+
+/// Teacher-forced loss over the validation split, in evaluation mode (running BatchNorm
+/// statistics, no dropout), averaged over batches as upstream does.
+pub fn validate<B, M>(model: &M, loader: &DataLoader, max_batches: Option<usize>, device: &B::Device) -> Result<ValLoss, TrainError>
+where
+    B: Backend,
+    M: PretrainModel<B>,
+{
+    let mut totals = [0.0f64; 3];
+    let mut batches = 0usize;
+    for batch in loader.iter_epoch(0) {
+        if max_batches.is_some_and(|max| batches >= max) {
+            break;
+        }
+        let batch = batch.map_err(data_error)?.to_device::<B>(device);
+        let objective = model.objective(&batch);
+        totals[0] += scalar(objective.loss);
+        totals[1] += scalar(objective.forward);
+        totals[2] += scalar(objective.backward);
+        batches += 1;
+    }
+    let n = batches.max(1) as f64;
+    Ok(ValLoss {
+        val_loss: totals[0] / n,
+        captioning_forward: totals[1] / n,
+        captioning_backward: totals[2] / n,
+    })
+}
+
+fn scalar<B: Backend>(tensor: Tensor<B, 1>) -> f64 {
+    tensor.into_scalar().elem::<f64>()
+}
+
+/// Runs (or resumes, or evaluates) a pretraining job on backend `B`.
+pub fn run<B, M>(options: RunOptions, device: B::Device, interrupted: Arc<AtomicBool>) -> Result<RunSummary, TrainError>
+where
+    B: AutodiffBackend,
+    M: PretrainModel<B> + AutodiffModule<B>,
+    M::InnerModule: PretrainModel<B::InnerBackend>,
+{
+    let run_dir = options.run_dir.clone();
+    std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Io {
+        path: run_dir.clone(),
+        source,
+    })?;
+
+    let resume_from = if options.resume {
+        let (iteration, path) = latest_checkpoint(&run_dir)?.ok_or_else(|| TrainError::Checkpoint {
+            path: run_dir.clone(),
+            message: "no checkpoint to resume from (expected checkpoint_*/state.json)".into(),
+        })?;
+        Some((iteration, path))
+    } else {
+        None
+    };
+    let (config, state) = match &resume_from {
+        Some((_, path)) => {
+            let state = read_state(path)?;
+            (state.config.clone(), Some(state))
+        }
+        None => (options.config.clone(), None),
+    };
+    write_resolved_config(&run_dir, &config)?;
+
+    let data = load_data(&config)?;
+    let model_config = model_config(&config, data.vocab_size)?;
+
+    B::seed(&device, config.random_seed);
+    let mut model: M = match (&resume_from, &options.init_from) {
+        (Some((_, path)), _) => {
+            let file = path.join("model.safetensors");
+            M::load_ours(&file, &device).map_err(model_error(&file))?
+        }
+        (None, Some(init)) => load_initial(init, &model_config, &device)?,
+        (None, None) => M::init(&model_config, &device).map_err(model_error(&run_dir))?,
+    };
+
+    if options.eval_only {
+        let val = validate::<B::InnerBackend, _>(&model.valid(), &data.val, config.train.val_batches, &device_inner::<B>(&device))?;
+        return Ok(RunSummary {
+            iteration: state.map_or(0, |s| s.iteration),
+            losses: Vec::new(),
+            skipped_steps: 0,
+            last_val: Some(val),
+            images_per_second: 0.0,
+        });
+    }
+
+    let optimizer_config = optimizer_config(&config)?;
+    let mut optimizer: Optim<M, B> = optimizer_config
+        .init(&model)
+        .map_err(|err| TrainError::Config(format!("optimizer: {err}")))?;
+    let mut iteration = 0u64;
+    let mut skipped_steps = 0u64;
+    if let (Some((_, path)), Some(state)) = (&resume_from, &state) {
+        let file = path.join("optimizer.mpk");
+        let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+            .load(file.clone(), &device)
+            .map_err(|err| TrainError::Checkpoint {
+                path: file.clone(),
+                message: err.to_string(),
+            })?;
+        let (restored, restored_model) = optimizer.load_record(record, model).map_err(|err| TrainError::Checkpoint {
+            path: file.clone(),
+            message: err.to_string(),
+        })?;
+        optimizer = restored;
+        model = restored_model;
+        iteration = state.iteration;
+        skipped_steps = state.skipped_steps;
+        MetricsLog::truncate_after(&run_dir, iteration)?;
+    }
+    let mut metrics = MetricsLog::open(&run_dir)?;
+
+    let accumulation = config.optim.accumulation_steps as u64;
+    let total = config.optim.num_iterations;
+    let last = options
+        .stop_after
+        .map_or(total, |n| (iteration + n).min(total));
+    let start_position = LoaderPosition::from_step(iteration * accumulation, data.train.batches_per_epoch());
+    let mut batches = data.train.iter_from(start_position);
+
+    let progress = if options.progress {
+        let bar = ProgressBar::new(total);
+        if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} it {msg} ETA {eta}") {
+            bar.set_style(style);
+        }
+        bar.set_position(iteration);
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let started = Instant::now();
+    let mut window = (Instant::now(), 0usize);
+    let mut images_seen = 0usize;
+    let mut losses = Vec::new();
+    let mut consecutive_skips = 0u64;
+    let mut last_val = None;
+
+    while iteration < last {
+        iteration += 1;
+        // Dropout draws from the backend RNG: seeding it per iteration makes a resumed run
+        // draw exactly the masks an uninterrupted run would.
+        B::seed(&device, config.random_seed.wrapping_mul(1_000_003).wrapping_add(iteration));
+
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let mut step_losses = [0.0f64; 3];
+        let scale = 1.0 / accumulation as f64;
+        for _ in 0..accumulation {
+            let batch = batches
+                .next()
+                .ok_or_else(|| TrainError::Config("the training loader ended".into()))?
+                .map_err(data_error)?;
+            images_seen += batch.batch_size();
+            window.1 += batch.batch_size();
+            let batch = batch.to_device::<B>(&device);
+            let objective = model.objective(&batch);
+            let values = [
+                scalar(objective.loss.clone()),
+                scalar(objective.forward),
+                scalar(objective.backward),
+            ];
+            for (total, value) in step_losses.iter_mut().zip(values) {
+                *total += value * scale;
+            }
+            // A non-finite loss gives non-finite gradients, which the optimizer detects: the
+            // step is skipped while the schedule still advances, as upstream's GradScaler does.
+            let loss = if accumulation > 1 {
+                objective.loss.mul_scalar(scale)
+            } else {
+                objective.loss
+            };
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            accumulator.accumulate(&model, grads);
+        }
+
+        let (stepped, report) = optimizer.step(model, accumulator.grads());
+        model = stepped;
+        let skipped = report.skipped;
+        if skipped {
+            skipped_steps += 1;
+            consecutive_skips += 1;
+            eprintln!(
+                "iteration {iteration}: non-finite loss or gradient, step skipped ({skipped_steps} so far)"
+            );
+            if consecutive_skips >= config.train.max_consecutive_skips {
+                let checkpoint = save_checkpoint(&run_dir, &config, iteration, skipped_steps, &model, &optimizer, &data, accumulation)?;
+                return Err(TrainError::Diverged {
+                    count: consecutive_skips,
+                    iteration,
+                    checkpoint,
+                });
+            }
+        } else {
+            consecutive_skips = 0;
+        }
+        losses.push(step_losses[0]);
+        progress.set_position(iteration);
+
+        if iteration % config.train.log_every == 0 || iteration == last {
+            let elapsed = window.0.elapsed().as_secs_f64().max(1e-9);
+            let images_per_second = window.1 as f64 / elapsed;
+            window = (Instant::now(), 0);
+            let learning_rates: Vec<(String, f64)> = optimizer
+                .learning_rates()
+                .into_iter()
+                .map(|g| (g.name, g.lr))
+                .collect();
+            let record = TrainRecord {
+                kind: "train".into(),
+                iteration,
+                loss: step_losses[0],
+                captioning_forward: step_losses[1],
+                captioning_backward: step_losses[2],
+                grad_norm: report.grad_norm,
+                learning_rates: learning_rates.clone(),
+                images_per_second,
+                skipped_steps,
+            };
+            metrics.append(&record)?;
+            let lrs: Vec<String> = learning_rates
+                .iter()
+                .map(|(name, lr)| format!("lr[{name}] {lr:.3e}"))
+                .collect();
+            let line = format!(
+                "loss {:.4} (fwd {:.4}, bwd {:.4}) {} {:.1} img/s",
+                step_losses[0],
+                step_losses[1],
+                step_losses[2],
+                lrs.join(" "),
+                images_per_second
+            );
+            if options.progress {
+                progress.set_message(line);
+            } else {
+                println!("iteration {iteration}/{total}: {line}");
+            }
+        }
+
+        if iteration % config.train.val_every == 0 || iteration == total {
+            let val = validate::<B::InnerBackend, _>(&model.valid(), &data.val, config.train.val_batches, &device_inner::<B>(&device))?;
+            metrics.append(&ValRecord {
+                kind: "val".into(),
+                iteration,
+                val_loss: val.val_loss,
+                captioning_forward: val.captioning_forward,
+                captioning_backward: val.captioning_backward,
+            })?;
+            let line = format!(
+                "iteration {iteration}: val loss {:.4} (fwd {:.4}, bwd {:.4})",
+                val.val_loss, val.captioning_forward, val.captioning_backward
+            );
+            if options.progress {
+                progress.println(line);
+            } else {
+                println!("{line}");
+            }
+            last_val = Some(val);
+        }
+
+        let interrupt = interrupted.load(Ordering::SeqCst);
+        if iteration % config.train.checkpoint_every == 0 || iteration == last || interrupt {
+            let path = save_checkpoint(&run_dir, &config, iteration, skipped_steps, &model, &optimizer, &data, accumulation)?;
+            // The plot is a convenience: failing to draw it must not stop training.
+            if let Err(err) = plot_losses(&run_dir, &run_dir.join("loss.png")) {
+                progress.println(format!("warning: could not draw the loss plot: {err}"));
+            }
+            if interrupt {
+                progress.println(format!("interrupted: checkpoint written to {}", path.display()));
+                break;
+            }
+        }
+    }
+    progress.finish_and_clear();
+    if iteration == total {
+        model
+            .export_backbone(&run_dir.join("backbone.safetensors"))
+            .map_err(model_error(&run_dir))?;
+    }
+    Ok(RunSummary {
+        iteration,
+        losses,
+        skipped_steps,
+        last_val,
+        images_per_second: images_seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+    })
+}
+
+fn device_inner<B: AutodiffBackend>(device: &B::Device) -> <B::InnerBackend as burn::tensor::backend::BackendTypes>::Device {
+    device.clone()
+}
+
+fn load_initial<B: Backend, M: PretrainModel<B>>(
+    path: &Path,
+    config: &CaptioningModelConfig,
+    device: &B::Device,
+) -> Result<M, TrainError> {
+    let is_pytorch = matches!(
+        virtex_backbone::WeightsFormat::detect(path),
+        Ok(virtex_backbone::WeightsFormat::Pytorch)
+    );
+    if is_pytorch {
+        let mut model = M::init(config, device).map_err(model_error(path))?;
+        model.load_official(path).map_err(model_error(path))?;
+        Ok(model)
+    } else {
+        M::load_ours(path, device).map_err(model_error(path))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint<B, M>(
+    run_dir: &Path,
+    config: &PretrainConfig,
+    iteration: u64,
+    skipped_steps: u64,
+    model: &M,
+    optimizer: &Optim<M, B>,
+    data: &Data,
+    accumulation: u64,
+) -> Result<PathBuf, TrainError>
+where
+    B: AutodiffBackend,
+    M: PretrainModel<B> + AutodiffModule<B>,
+{
+    let state = TrainState {
+        iteration,
+        loader_position: LoaderPosition::from_step(iteration * accumulation, data.train.batches_per_epoch()),
+        skipped_steps,
+        config: config.clone(),
+    };
+    write_checkpoint(run_dir, iteration, config.train.keep_last, |dir| {
+        let model_file = dir.join("model.safetensors");
+        model.save_ours(&model_file).map_err(model_error(&model_file))?;
+        let optimizer_file = dir.join("optimizer.mpk");
+        NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+            .record(optimizer.to_record(), optimizer_file.clone())
+            .map_err(|err| TrainError::Checkpoint {
+                path: optimizer_file.clone(),
+                message: err.to_string(),
+            })?;
+        let state_file = dir.join("state.json");
+        let text = serde_json::to_string_pretty(&state).map_err(|err| TrainError::Io {
+            path: state_file.clone(),
+            source: std::io::Error::other(err),
+        })?;
+        std::fs::write(&state_file, text).map_err(|source| TrainError::Io {
+            path: state_file,
+            source,
+        })
+    })
+}
+
+fn read_state(checkpoint: &Path) -> Result<TrainState, TrainError> {
+    let path = checkpoint.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|err| TrainError::Checkpoint {
+        path,
+        message: err.to_string(),
+    })
+}
+
+fn write_resolved_config(run_dir: &Path, config: &PretrainConfig) -> Result<(), TrainError> {
+    let path = run_dir.join("config.json");
+    let text = serde_json::to_string_pretty(config).map_err(|err| TrainError::Io {
+        path: path.clone(),
+        source: std::io::Error::other(err),
+    })?;
+    std::fs::write(&path, text).map_err(|source| TrainError::Io { path, source })
+}
