@@ -1,0 +1,164 @@
+use std::path::PathBuf;
+
+use crate::ImageId;
+
+/// Errors of the data crate. Every variant names the file, key or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file or directory could not be opened, read or written.
+    #[error("cannot access `{path}`: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A JSON file is malformed or does not have the expected structure.
+    #[error("`{path}`:{line}:{column}: {message}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error (0 when unknown).
+        line: usize,
+        /// 1-based column of the error (0 when unknown).
+        column: usize,
+        /// What the parser reported.
+        message: String,
+    },
+    /// An annotation refers to an image id that the `images` list of the file does not define.
+    #[error("`{annotations}`: annotation {annotation_id} refers to image id {image_id}, which is not in the `images` list")]
+    UnknownImageId {
+        /// The annotation file.
+        annotations: PathBuf,
+        /// The annotation's own id.
+        annotation_id: String,
+        /// The image id it refers to.
+        image_id: ImageId,
+    },
+    /// An annotated image file does not exist.
+    #[error("`{annotations}` lists image {image_id} as `{path}`, which does not exist (use skip_bad_images to skip such images)")]
+    MissingImage {
+        /// The annotation file.
+        annotations: PathBuf,
+        /// The image id.
+        image_id: ImageId,
+        /// The expected image path.
+        path: PathBuf,
+    },
+    /// An image file is empty (zero bytes).
+    #[error("image `{path}` is empty (0 bytes)")]
+    EmptyImage {
+        /// The image file.
+        path: PathBuf,
+    },
+    /// An image file ends before its data is complete.
+    #[error("image `{path}` is truncated: {message}")]
+    TruncatedImage {
+        /// The image file.
+        path: PathBuf,
+        /// What is missing.
+        message: String,
+    },
+    /// An image file cannot be decoded (corrupt or in an unsupported format).
+    #[error("cannot decode image `{path}`: {message}")]
+    CorruptImage {
+        /// The image file.
+        path: PathBuf,
+        /// What the decoder reported.
+        message: String,
+    },
+    /// A dataset has no usable sample.
+    #[error("dataset `{path}` has no usable image with captions")]
+    EmptyDataset {
+        /// The annotation file or image directory.
+        path: PathBuf,
+    },
+    /// A tokenizer model file is not a model we can read.
+    #[error("`{path}` is not a readable tokenizer model: {message}")]
+    InvalidModel {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The model is a valid SentencePiece model that uses a feature we do not implement.
+    #[error("`{path}`: unsupported SentencePiece model: {message}")]
+    UnsupportedModel {
+        /// The model file.
+        path: PathBuf,
+        /// The unsupported feature.
+        message: String,
+    },
+    /// A token id is outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary (size {vocab_size})")]
+    UnknownTokenId {
+        /// The id.
+        id: i64,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+    /// Vocabulary training failed.
+    #[error("tokenizer training failed: {0}")]
+    Training(String),
+    /// A configuration value is out of range.
+    #[error("invalid {what}: {message}")]
+    InvalidConfig {
+        /// The setting, e.g. `RandomResizedCrop.scale`.
+        what: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// A loader worker thread panicked.
+    #[error("data loader worker panicked: {0}")]
+    WorkerPanicked(String),
+}
+
+impl DataError {
+    /// Builds [`DataError::Io`].
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Builds [`DataError::Json`] from a serde_json error.
+    pub(crate) fn json(path: impl Into<PathBuf>, error: &serde_json::Error) -> Self {
+        Self::Json {
+            path: path.into(),
+            line: error.line(),
+            column: error.column(),
+            // serde_json appends " at line L column C"; the variant carries those itself.
+            message: {
+                let text = error.to_string();
+                match text.rfind(" at line ") {
+                    Some(cut) => text[..cut].to_string(),
+                    None => text,
+                }
+            },
+        }
+    }
+
+    /// Builds [`DataError::InvalidConfig`].
+    pub(crate) fn config(what: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            what: what.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether this error is about one bad image file (missing, empty, truncated or corrupt), the
+    /// kind that `skip_bad_images` skips.
+    pub fn is_bad_image(&self) -> bool {
+        matches!(
+            self,
+            Self::MissingImage { .. }
+                | Self::EmptyImage { .. }
+                | Self::TruncatedImage { .. }
+                | Self::CorruptImage { .. }
+        ) || matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// Result type of this crate.
+pub type Result<T, E = DataError> = std::result::Result<T, E>;

@@ -1,0 +1,67 @@
+//! # virtex-data
+//!
+//! The data pipeline of VirTex ([Desai & Johnson, CVPR 2021](https://arxiv.org/abs/2006.06666)):
+//! COCO Captions reading, the SentencePiece BPE tokenizer, image transforms, batching into Burn
+//! tensors and a deterministic multi-threaded loader. It yields tensors and knows no model.
+//!
+//! - Reading: [`CocoCaptions`] (`ROOT/annotations/captions_{split}2017.json` + images, captions
+//!   grouped per image and normalised with [`normalize_caption`]), [`ImageDirectory`] for
+//!   inference, [`load_image`] (any colour type → RGB8, typed errors for missing, empty,
+//!   truncated and corrupt files).
+//! - Tokenizer: [`SentencePieceBpeTokenizer`] loads an official SentencePiece `.model` and encodes
+//!   to exactly sentencepiece's ids; trains and saves new vocabularies.
+//! - Transforms: [`ImageTransforms`] presets for pretraining (train/val), downstream and no
+//!   augmentation; the flip swaps "left"/"right" in the caption ([`FlipCaption`]).
+//! - Batches: [`CaptioningDataset`] → [`DataLoader`] → [`CollatedBatch`] →
+//!   [`Batch`] `{ images [B,3,H,W], caption_tokens [B,T], noitpac_tokens [B,T], caption_lengths [B] }`.
+//! - Sample data: [`sample_data_root`], [`sample_vocab_path`].
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use virtex_data::*;
+//!
+//! let coco = CocoCaptions::load(sample_data_root(), Split::Train, &CocoOptions::default())?;
+//! let tokenizer = SentencePieceBpeTokenizer::from_file(sample_vocab_path())?;
+//! let transforms = ImageTransforms::pretrain_train(64, FlipCaption::WholeWord)?;
+//! let dataset = CaptioningDataset::new(coco, tokenizer, transforms)?;
+//! let config = LoaderConfig { batch_size: 4, num_workers: 2, ..LoaderConfig::default() };
+//! let loader = DataLoader::new(dataset, config)?;
+//! let mut batches = loader.iter_from(LoaderPosition::default());
+//! let batch = batches.next().expect("infinite")?.to_device::<Flex>(&Default::default());
+//! assert_eq!(batch.images.dims(), [4, 3, 64, 64]);
+//! assert_eq!(batch.caption_tokens.dims()[0], 4);
+//! let resume_at = batches.position(); // save with the checkpoint
+//! assert_eq!(resume_at, LoaderPosition { epoch: 0, batch: 1 });
+//! # Ok::<(), virtex_data::DataError>(())
+//! ```
+#![warn(missing_docs)]
+
+mod caption;
+mod coco;
+mod collate;
+mod dataset;
+mod error;
+mod image_io;
+mod loader;
+mod rng;
+mod sample;
+mod tokenizer;
+pub mod transforms;
+
+pub use caption::{normalize_caption, swap_left_right, FlipCaption};
+pub use coco::{
+    read_caption_file, CaptionedImage, CocoCaptions, CocoOptions, ImageDirectory, ImageId,
+    SkippedImage, Split, IMAGE_EXTENSIONS,
+};
+pub use collate::{collate, collate_images, Batch, CollatedBatch, ImageBatch};
+pub use dataset::{load_directory_image, CaptionChoice, CaptioningDataset, CaptioningSample};
+pub use error::{DataError, Result};
+pub use image_io::{decode_image, load_image};
+pub use loader::{BatchIter, DataLoader, LoaderConfig, LoaderPosition};
+pub use rng::SampleRng;
+pub use sample::{sample_data_root, sample_vocab_path};
+pub use tokenizer::{
+    CaptionTokens, Piece, PieceKind, SentencePieceBpeTokenizer, SpecialIds, TrainerConfig,
+    EOS_PIECE, MASK_PIECE, MAX_CAPTION_LENGTH, SOS_PIECE, UNK_PIECE,
+};
+pub use transforms::{ColorJitter, ImageTransforms, Normalize, TransformStep, TransformedImage};
