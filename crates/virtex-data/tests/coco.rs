@@ -289,12 +289,13 @@ fn every_colour_type_becomes_rgb8() {
             .max()
             .unwrap();
         // Lossless PNGs decode exactly as Pillow; JPEG decoders (zune-jpeg vs libjpeg) differ by
-        // IDCT rounding and chroma upsampling, measured at most 6 here.
+        // IDCT rounding and chroma upsampling: measured 4 on exif_rotated.jpg, 0 on the others.
         let tolerance = if name.ends_with(".png") { 0 } else { 8 };
         assert!(
             max_diff <= tolerance,
             "{name}: max |Δ| {max_diff} against Pillow"
         );
+        eprintln!("{name}: max |Δ| {max_diff} against Pillow");
         checked += 1;
     }
     assert_eq!(checked, 8);

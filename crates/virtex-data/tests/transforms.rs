@@ -86,6 +86,7 @@ fn colour_ops_match_torchvision() {
             max <= 1 && count <= 4,
             "jitter {order:?}: max |Δ| {max} on {count} values"
         );
+        eprintln!("jitter {order:?}: max |Δ| {max} on {count} values");
     }
     eprintln!("{}", report.join("\n"));
 }
@@ -117,6 +118,7 @@ fn resizing_matches_pillow_bilinear() {
         let (max, _) = diff(out.as_raw(), &bytes(&case["output"]));
         // fast_image_resize's convolution follows Pillow's; fixed-point rounding differs by ≤ 1.
         assert!(max <= 1, "crop {c:?} → {s:?}: max |Δ| {max}");
+        eprintln!("crop {c:?} → {s:?}: max |Δ| {max}");
     }
     // torchvision Resize(16) + CenterCrop(16) on a PIL image, as the val pipeline (no normalise).
     let val = ImageTransforms::new(vec![
@@ -132,6 +134,7 @@ fn resizing_matches_pillow_bilinear() {
         .collect();
     let (max, _) = diff(&got, &want);
     assert!(max <= 1, "val 16: max |Δ| {max}");
+    eprintln!("val 16: max |Δ| {max}");
 }
 
 fn test_image(w: u32, h: u32, seed: u64) -> RgbImage {
