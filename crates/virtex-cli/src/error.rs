@@ -9,6 +9,12 @@ pub enum CliError {
     /// Loading or saving backbone weights failed.
     #[error(transparent)]
     Backbone(#[from] virtex_backbone::BackboneError),
+    /// Data, tokenizer or caption-file error.
+    #[error(transparent)]
+    Data(#[from] virtex_data::DataError),
+    /// Evaluation error.
+    #[error(transparent)]
+    Eval(#[from] virtex_eval::EvalError),
     /// An image could not be read or decoded.
     #[error("cannot read image `{path}`: {message}")]
     Image {

@@ -16,17 +16,12 @@ use virtex_backbone::WeightsFormat;
 use virtex_device::{with_backend, DeviceSpec};
 use virtex_eval::{
     evaluate_captions, evaluate_voc07, read_coco_annotations, read_predictions, CaptionEvaluation,
-    EvalError, Features, Voc07Result, Voc07Split, Voc07SvmConfig, SKLEARN_RANDOM_STATE_0_SEED,
+    Features, Voc07Result, Voc07Split, Voc07SvmConfig, SKLEARN_RANDOM_STATE_0_SEED,
 };
 
 use crate::error::CliError;
 use crate::features::{extract_features, load_backbone, progress_bar, FeatureKind};
 use crate::images::EvalTransform;
-
-/// Evaluation errors as CLI errors (every `EvalError` already names its file, class or value).
-fn eval_error(err: EvalError) -> CliError {
-    CliError::Input(err.to_string())
-}
 
 fn write_json<T: Serialize>(out: &Path, value: &T) -> Result<(), CliError> {
     let output_error = |message: String| CliError::Output {
@@ -108,8 +103,8 @@ impl EvalVoc07Args {
                 self.crop, self.short_side
             )));
         }
-        let train = Voc07Split::read(&self.voc_root, &self.train_split).map_err(eval_error)?;
-        let test = Voc07Split::read(&self.voc_root, &self.test_split).map_err(eval_error)?;
+        let train = Voc07Split::read(&self.voc_root, &self.train_split)?;
+        let test = Voc07Split::read(&self.voc_root, &self.test_split)?;
         for split in [&train, &test] {
             if split.is_empty() {
                 return Err(CliError::Input(format!(
@@ -147,7 +142,7 @@ impl EvalVoc07Args {
                 )?;
                 progress.finish_and_clear();
                 let dim = matrix.shape.get(1).copied().unwrap_or(0);
-                Features::from_f32(&matrix.values, paths.len(), dim).map_err(eval_error)
+                Features::from_f32(&matrix.values, paths.len(), dim).map_err(CliError::from)
             };
             (extract(&train)?, extract(&test)?)
         });
@@ -163,8 +158,7 @@ impl EvalVoc07Args {
             train.split,
             train_features.dim()
         );
-        let result = evaluate_voc07(&config, &train, &train_features, &test, &test_features)
-            .map_err(eval_error)?;
+        let result = evaluate_voc07(&config, &train, &train_features, &test, &test_features)?;
 
         println!(
             "{:<14} {:>7} {:>9} {:>8}",
@@ -253,16 +247,15 @@ struct CaptionReport<'a> {
 impl EvalCaptionsArgs {
     /// Runs the command: reads both files, scores, prints and optionally writes JSON.
     pub fn run(self) -> Result<(), CliError> {
-        let ground_truth = read_coco_annotations(&self.annotations).map_err(eval_error)?;
+        let ground_truth = read_coco_annotations(&self.annotations)?;
         if ground_truth.is_empty() {
             return Err(CliError::Input(format!(
                 "`{}` holds no caption annotation",
                 self.annotations.display()
             )));
         }
-        let predictions = read_predictions(&self.predictions).map_err(eval_error)?;
-        let evaluation: CaptionEvaluation =
-            evaluate_captions(&predictions, &ground_truth).map_err(eval_error)?;
+        let predictions = read_predictions(&self.predictions)?;
+        let evaluation: CaptionEvaluation = evaluate_captions(&predictions, &ground_truth)?;
         if evaluation.missing_predictions > 0 {
             eprintln!(
                 "warning: {} of {} images have no prediction and are scored as an empty caption",

@@ -113,12 +113,14 @@ mod tests {
 
     fn write_marker(iteration: u64) -> impl FnOnce(&Path) -> Result<(), TrainError> {
         move |dir: &Path| {
-            fs::write(dir.join("state.json"), format!("{{\"iteration\": {iteration}}}")).map_err(
-                |source| TrainError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                },
+            fs::write(
+                dir.join("state.json"),
+                format!("{{\"iteration\": {iteration}}}"),
             )
+            .map_err(|source| TrainError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
         }
     }
 

@@ -283,14 +283,16 @@ impl PretrainConfig {
                 err.column()
             ))
         })?;
-        let mut tree = serde_json::to_value(&self).map_err(|e| TrainError::Config(e.to_string()))?;
+        let mut tree =
+            serde_json::to_value(&self).map_err(|e| TrainError::Config(e.to_string()))?;
         merge(&mut tree, patch);
         Self::from_tree(tree, &format!("config file {}", path.display()))
     }
 
     /// Applies `key.path=value` overrides; the value is parsed as JSON, or taken as a string.
     pub fn apply_overrides(self, overrides: &[String]) -> Result<Self, TrainError> {
-        let mut tree = serde_json::to_value(&self).map_err(|e| TrainError::Config(e.to_string()))?;
+        let mut tree =
+            serde_json::to_value(&self).map_err(|e| TrainError::Config(e.to_string()))?;
         for item in overrides {
             let (key, raw) = item.split_once('=').ok_or_else(|| {
                 TrainError::Config(format!("--set expects key=value, got `{item}`"))
@@ -301,7 +303,10 @@ impl PretrainConfig {
             let parts: Vec<&str> = key.trim().split('.').collect();
             for (depth, part) in parts.iter().enumerate() {
                 let object = node.as_object_mut().ok_or_else(|| {
-                    TrainError::Config(format!("--set {key}: `{}` is not a section", parts[..depth].join(".")))
+                    TrainError::Config(format!(
+                        "--set {key}: `{}` is not a section",
+                        parts[..depth].join(".")
+                    ))
                 })?;
                 if !object.contains_key(*part) {
                     let known: Vec<&String> = object.keys().collect();
@@ -431,7 +436,10 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("--set"), "{err}");
         assert!(PretrainConfig::base()
-            .apply_overrides(&["optim.batch_size=10".into(), "optim.accumulation_steps=3".into()])
+            .apply_overrides(&[
+                "optim.batch_size=10".into(),
+                "optim.accumulation_steps=3".into()
+            ])
             .is_err());
     }
 
@@ -446,7 +454,13 @@ mod tests {
         assert_eq!(config.optim.lr, 0.001);
 
         std::fs::write(&path, "{\n  \"optim\": {\"cnn_lr\": }\n}").unwrap();
-        let err = PretrainConfig::base().merge_json_file(&path).unwrap_err().to_string();
-        assert!(err.contains("override.json") && err.contains("line 2"), "{err}");
+        let err = PretrainConfig::base()
+            .merge_json_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("override.json") && err.contains("line 2"),
+            "{err}"
+        );
     }
 }

@@ -70,9 +70,17 @@ fn try_main() -> Result<(), TrainError> {
     let forward_only = config.model.name == "captioning";
     let summary = with_backend!(device, |B, burn_device| {
         if forward_only {
-            run::<Autodiff<B>, ForwardCaptioningModel<Autodiff<B>>>(options, burn_device, interrupted)?
+            run::<Autodiff<B>, ForwardCaptioningModel<Autodiff<B>>>(
+                options,
+                burn_device,
+                interrupted,
+            )?
         } else {
-            run::<Autodiff<B>, BidirectionalCaptioningModel<Autodiff<B>>>(options, burn_device, interrupted)?
+            run::<Autodiff<B>, BidirectionalCaptioningModel<Autodiff<B>>>(
+                options,
+                burn_device,
+                interrupted,
+            )?
         }
     });
 

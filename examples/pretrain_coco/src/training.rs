@@ -19,8 +19,8 @@ use virtex_data::{
     ImageTransforms, LoaderConfig, LoaderPosition, SentencePieceBpeTokenizer, Split,
 };
 use virtex_lookahead::{
-    GroupRule, GroupedOptimizer, GroupedOptimizerConfig, LookaheadConfig, LrDecay, LrScheduleConfig,
-    ParamGroupsConfig, TorchSgd, TorchSgdConfig,
+    GroupRule, GroupedOptimizer, GroupedOptimizerConfig, LookaheadConfig, LrDecay,
+    LrScheduleConfig, ParamGroupsConfig, TorchSgd, TorchSgdConfig,
 };
 
 use crate::checkpoint::{latest_checkpoint, write_checkpoint};
@@ -187,7 +187,8 @@ struct Data {
 
 fn load_data(config: &PretrainConfig) -> Result<Data, TrainError> {
     let (root, tokenizer_path) = data_paths(config);
-    let tokenizer = Arc::new(SentencePieceBpeTokenizer::from_file(&tokenizer_path).map_err(data_error)?);
+    let tokenizer =
+        Arc::new(SentencePieceBpeTokenizer::from_file(&tokenizer_path).map_err(data_error)?);
     let options = CocoOptions {
         skip_bad_images: config.data.skip_bad_images,
         ..CocoOptions::default()
@@ -242,7 +243,12 @@ fn load_data(config: &PretrainConfig) -> Result<Data, TrainError> {
 
 /// Teacher-forced loss over the validation split, in evaluation mode (running BatchNorm
 /// statistics, no dropout), averaged over batches as upstream does.
-pub fn validate<B, M>(model: &M, loader: &DataLoader, max_batches: Option<usize>, device: &B::Device) -> Result<ValLoss, TrainError>
+pub fn validate<B, M>(
+    model: &M,
+    loader: &DataLoader,
+    max_batches: Option<usize>,
+    device: &B::Device,
+) -> Result<ValLoss, TrainError>
 where
     B: Backend,
     M: PretrainModel<B>,
@@ -273,7 +279,11 @@ fn scalar<B: Backend>(tensor: Tensor<B, 1>) -> f64 {
 }
 
 /// Runs (or resumes, or evaluates) a pretraining job on backend `B`.
-pub fn run<B, M>(options: RunOptions, device: B::Device, interrupted: Arc<AtomicBool>) -> Result<RunSummary, TrainError>
+pub fn run<B, M>(
+    options: RunOptions,
+    device: B::Device,
+    interrupted: Arc<AtomicBool>,
+) -> Result<RunSummary, TrainError>
 where
     B: AutodiffBackend,
     M: PretrainModel<B> + AutodiffModule<B>,
@@ -286,10 +296,11 @@ where
     })?;
 
     let resume_from = if options.resume {
-        let (iteration, path) = latest_checkpoint(&run_dir)?.ok_or_else(|| TrainError::Checkpoint {
-            path: run_dir.clone(),
-            message: "no checkpoint to resume from (expected checkpoint_*/state.json)".into(),
-        })?;
+        let (iteration, path) =
+            latest_checkpoint(&run_dir)?.ok_or_else(|| TrainError::Checkpoint {
+                path: run_dir.clone(),
+                message: "no checkpoint to resume from (expected checkpoint_*/state.json)".into(),
+            })?;
         Some((iteration, path))
     } else {
         None
@@ -317,7 +328,12 @@ where
     };
 
     if options.eval_only {
-        let val = validate::<B::InnerBackend, _>(&model.valid(), &data.val, config.train.val_batches, &device_inner::<B>(&device))?;
+        let val = validate::<B::InnerBackend, _>(
+            &model.valid(),
+            &data.val,
+            config.train.val_batches,
+            &device_inner::<B>(&device),
+        )?;
         return Ok(RunSummary {
             iteration: state.map_or(0, |s| s.iteration),
             losses: Vec::new(),
@@ -341,10 +357,13 @@ where
                 path: file.clone(),
                 message: err.to_string(),
             })?;
-        let (restored, restored_model) = optimizer.load_record(record, model).map_err(|err| TrainError::Checkpoint {
-            path: file.clone(),
-            message: err.to_string(),
-        })?;
+        let (restored, restored_model) =
+            optimizer
+                .load_record(record, model)
+                .map_err(|err| TrainError::Checkpoint {
+                    path: file.clone(),
+                    message: err.to_string(),
+                })?;
         optimizer = restored;
         model = restored_model;
         iteration = state.iteration;
@@ -358,7 +377,8 @@ where
     let last = options
         .stop_after
         .map_or(total, |n| (iteration + n).min(total));
-    let start_position = LoaderPosition::from_step(iteration * accumulation, data.train.batches_per_epoch());
+    let start_position =
+        LoaderPosition::from_step(iteration * accumulation, data.train.batches_per_epoch());
     let mut batches = data.train.iter_from(start_position);
 
     let progress = if options.progress {
@@ -383,7 +403,13 @@ where
         iteration += 1;
         // Dropout draws from the backend RNG: seeding it per iteration makes a resumed run
         // draw exactly the masks an uninterrupted run would.
-        B::seed(&device, config.random_seed.wrapping_mul(1_000_003).wrapping_add(iteration));
+        B::seed(
+            &device,
+            config
+                .random_seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(iteration),
+        );
 
         let mut accumulator = GradientsAccumulator::<M>::new();
         let mut step_losses = [0.0f64; 3];
@@ -426,7 +452,16 @@ where
                 "iteration {iteration}: non-finite loss or gradient, step skipped ({skipped_steps} so far)"
             );
             if consecutive_skips >= config.train.max_consecutive_skips {
-                let checkpoint = save_checkpoint(&run_dir, &config, iteration, skipped_steps, &model, &optimizer, &data, accumulation)?;
+                let checkpoint = save_checkpoint(
+                    &run_dir,
+                    &config,
+                    iteration,
+                    skipped_steps,
+                    &model,
+                    &optimizer,
+                    &data,
+                    accumulation,
+                )?;
                 return Err(TrainError::Diverged {
                     count: consecutive_skips,
                     iteration,
@@ -480,7 +515,12 @@ where
         }
 
         if iteration % config.train.val_every == 0 || iteration == total {
-            let val = validate::<B::InnerBackend, _>(&model.valid(), &data.val, config.train.val_batches, &device_inner::<B>(&device))?;
+            let val = validate::<B::InnerBackend, _>(
+                &model.valid(),
+                &data.val,
+                config.train.val_batches,
+                &device_inner::<B>(&device),
+            )?;
             metrics.append(&ValRecord {
                 kind: "val".into(),
                 iteration,
@@ -502,13 +542,25 @@ where
 
         let interrupt = interrupted.load(Ordering::SeqCst);
         if iteration % config.train.checkpoint_every == 0 || iteration == last || interrupt {
-            let path = save_checkpoint(&run_dir, &config, iteration, skipped_steps, &model, &optimizer, &data, accumulation)?;
+            let path = save_checkpoint(
+                &run_dir,
+                &config,
+                iteration,
+                skipped_steps,
+                &model,
+                &optimizer,
+                &data,
+                accumulation,
+            )?;
             // The plot is a convenience: failing to draw it must not stop training.
             if let Err(err) = plot_losses(&run_dir, &run_dir.join("loss.png")) {
                 progress.println(format!("warning: could not draw the loss plot: {err}"));
             }
             if interrupt {
-                progress.println(format!("interrupted: checkpoint written to {}", path.display()));
+                progress.println(format!(
+                    "interrupted: checkpoint written to {}",
+                    path.display()
+                ));
                 break;
             }
         }
@@ -528,7 +580,9 @@ where
     })
 }
 
-fn device_inner<B: AutodiffBackend>(device: &B::Device) -> <B::InnerBackend as burn::tensor::backend::BackendTypes>::Device {
+fn device_inner<B: AutodiffBackend>(
+    device: &B::Device,
+) -> <B::InnerBackend as burn::tensor::backend::BackendTypes>::Device {
     device.clone()
 }
 
@@ -567,13 +621,18 @@ where
 {
     let state = TrainState {
         iteration,
-        loader_position: LoaderPosition::from_step(iteration * accumulation, data.train.batches_per_epoch()),
+        loader_position: LoaderPosition::from_step(
+            iteration * accumulation,
+            data.train.batches_per_epoch(),
+        ),
         skipped_steps,
         config: config.clone(),
     };
     write_checkpoint(run_dir, iteration, config.train.keep_last, |dir| {
         let model_file = dir.join("model.safetensors");
-        model.save_ours(&model_file).map_err(model_error(&model_file))?;
+        model
+            .save_ours(&model_file)
+            .map_err(model_error(&model_file))?;
         let optimizer_file = dir.join("optimizer.mpk");
         NamedMpkFileRecorder::<FullPrecisionSettings>::new()
             .record(optimizer.to_record(), optimizer_file.clone())

@@ -32,7 +32,12 @@ fn tiny_config(iterations: u64, checkpoint_every: u64) -> PretrainConfig {
     config
 }
 
-fn options(config: PretrainConfig, run_dir: &Path, resume: bool, stop_after: Option<u64>) -> RunOptions {
+fn options(
+    config: PretrainConfig,
+    run_dir: &Path,
+    resume: bool,
+    stop_after: Option<u64>,
+) -> RunOptions {
     RunOptions {
         config,
         run_dir: run_dir.to_path_buf(),
@@ -49,8 +54,15 @@ fn options(config: PretrainConfig, run_dir: &Path, resume: bool, stop_after: Opt
 static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn train(options: RunOptions) -> RunSummary {
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    run::<B, Model>(options, Default::default(), Arc::new(AtomicBool::new(false))).unwrap()
+    let _turn = BACKEND_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    run::<B, Model>(
+        options,
+        Default::default(),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -69,7 +81,8 @@ fn n_plus_resume_plus_n_equals_2n() {
     assert_eq!(resumed, straight.losses, "loss trajectories differ");
 
     // Final parameters (and BatchNorm statistics, optimizer state) are identical.
-    let read = |dir: &Path| std::fs::read(dir.join("checkpoint_00000006/model.safetensors")).unwrap();
+    let read =
+        |dir: &Path| std::fs::read(dir.join("checkpoint_00000006/model.safetensors")).unwrap();
     let (a, b) = (read(straight_dir.path()), read(split_dir.path()));
     let (a, b) = (
         safetensors::SafeTensors::deserialize(&a).unwrap(),
@@ -131,7 +144,9 @@ fn checkpoint_survives_kill_9() {
         child.wait().unwrap();
         kills += 1;
 
-        let (iteration, path) = latest_checkpoint(run_dir.path()).unwrap().expect("a checkpoint");
+        let (iteration, path) = latest_checkpoint(run_dir.path())
+            .unwrap()
+            .expect("a checkpoint");
         seen_checkpoints = seen_checkpoints.max(iteration);
         // The newest checkpoint loads completely.
         Model::load(path.join("model.safetensors"), &Default::default()).unwrap();
@@ -144,13 +159,23 @@ fn checkpoint_survives_kill_9() {
     let mut config = tiny_config(10_000, 1);
     config.optim.num_iterations = seen_checkpoints.max(1) + 1;
     let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(latest_checkpoint(run_dir.path()).unwrap().unwrap().1.join("state.json")).unwrap(),
+        &std::fs::read_to_string(
+            latest_checkpoint(run_dir.path())
+                .unwrap()
+                .unwrap()
+                .1
+                .join("state.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let saved_total = state["config"]["optim"]["num_iterations"].as_u64().unwrap();
     assert_eq!(saved_total, 10_000);
     let resumed = train(options(config, run_dir.path(), true, Some(1)));
-    assert_eq!(resumed.iteration, latest_checkpoint(run_dir.path()).unwrap().unwrap().0);
+    assert_eq!(
+        resumed.iteration,
+        latest_checkpoint(run_dir.path()).unwrap().unwrap().0
+    );
 }
 
 #[test]
@@ -163,7 +188,9 @@ fn eval_only_init_from_and_backbone_export() {
 
     // The finished run exports the CNN with torchvision names, loadable by virtex-backbone.
     let mut backbone = virtex_backbone::ResNetConfig::resnet18().init::<Flex>(&Default::default());
-    let report = backbone.load_weights(run_dir.path().join("backbone.safetensors")).unwrap();
+    let report = backbone
+        .load_weights(run_dir.path().join("backbone.safetensors"))
+        .unwrap();
     assert_eq!(report.applied, backbone.num_tensors());
 
     // --init-from our checkpoint + --eval-only gives the same validation loss as the run's end.
