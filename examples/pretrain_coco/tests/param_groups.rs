@@ -1,0 +1,36 @@
+//! The optimizer's parameter groups on the real VirTex model match upstream's counts
+//! (`R50-L1-H1024`: 69,482,320 parameters; computed from upstream's names in
+//! `tools/reference/lookahead.py`).
+
+use burn::backend::{Autodiff, Flex};
+use pretrain_coco::config::PretrainConfig;
+use pretrain_coco::training::model_config;
+use virtex_lookahead::ParamGroupsConfig;
+
+type B = Autodiff<Flex>;
+
+#[test]
+fn r50_l1_h1024_groups_match_upstream() {
+    let config = PretrainConfig::preset("bicaptioning_R_50_L1_H1024").unwrap();
+    let model = model_config(&config, 10_000)
+        .unwrap()
+        .init_bicaptioning::<B>(&Default::default())
+        .unwrap();
+    let table = ParamGroupsConfig::new().describe(&model).unwrap();
+    assert_eq!(table.total_elements(), 69_482_320);
+
+    let mut visual = 0;
+    let mut decayed = 0;
+    let mut no_decay = 0;
+    for param in &table.params {
+        match (param.group.as_str(), param.weight_decay == 0.0) {
+            ("visual", false) => visual += param.numel(),
+            ("common", false) => decayed += param.numel(),
+            ("common", true) => no_decay += param.numel(),
+            other => panic!("unexpected group {other:?} for {}", param.path),
+        }
+    }
+    assert_eq!(visual, 23_508_032);
+    assert_eq!(decayed, 45_933_328);
+    assert_eq!(no_decay, 40_960);
+}
