@@ -1,0 +1,70 @@
+//! # virtex
+//!
+//! VirTex ([Desai & Johnson, CVPR 2021](https://arxiv.org/abs/2006.06666)) in
+//! [Burn](https://burn.dev): the captioning models composed from the parts, official checkpoint
+//! import, and caption decoding.
+//!
+//! - [`BidirectionalCaptioningModel`] (VirTex, `bicaptioning`) and [`ForwardCaptioningModel`]
+//!   (`captioning`): a [`backbone::ResNet`] (`visual.cnn`), a
+//!   [`textual::TransformerDecoderTextualHead`] (`textual`) and, for bicaptioning, a second
+//!   decoder stack (`backward_textual.transformer`) sharing the head's projection, embedding and
+//!   tied output layer. Losses come from [`loss`].
+//! - [`CaptioningModelConfig`]: from upstream's names
+//!   ([`CaptioningModelConfig::from_names`]) or presets ([`CaptioningModelConfig::virtex`]).
+//! - Checkpoints: the released `.pth` files
+//!   ([`BidirectionalCaptioningModel::from_official_checkpoint`]) and our own safetensors
+//!   format ([`BidirectionalCaptioningModel::save`] / [`BidirectionalCaptioningModel::load`]).
+//! - Decoding ([`DecodingConfig`]): beam search (upstream's SOS quirk or the corrected
+//!   decoder), nucleus sampling, greedy, all with key/value caching.
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::tensor::{Distribution, Int, Tensor};
+//! use virtex::backbone::ResNetConfig;
+//! use virtex::textual::TextualHeadConfig;
+//! use virtex::{BeamSearchMode, CaptioningModelConfig, DecodingConfig};
+//!
+//! let device = Default::default();
+//! // A tiny model so the example runs in milliseconds; real ones come from `from_names`.
+//! let backbone = ResNetConfig::resnet18().with_stem_channels(4);
+//! let textual = TextualHeadConfig::from_name("transdec_postnorm::L1_H32_A2_F64", 32, 50).unwrap();
+//! let model = CaptioningModelConfig::new(backbone, textual)
+//!     .init_bicaptioning::<burn::backend::Autodiff<Flex>>(&device)
+//!     .unwrap();
+//!
+//! let images = Tensor::random([2, 3, 64, 64], Distribution::Default, &device);
+//! let caption = Tensor::<_, 2, Int>::from_ints([[1, 7, 9, 2], [1, 5, 2, 0]], &device);
+//! let noitpac = Tensor::<_, 2, Int>::from_ints([[2, 9, 7, 1], [2, 5, 1, 0]], &device);
+//! let lengths = Tensor::<_, 1, Int>::from_ints([4, 3], &device);
+//! let output = model.forward_train(images.clone(), caption, noitpac, lengths);
+//! let _gradients = output.loss.backward();
+//!
+//! use burn::module::AutodiffModule;
+//! let captions = model
+//!     .valid()
+//!     .decode(images.inner(), &DecodingConfig::beam_search(BeamSearchMode::Correct))
+//!     .unwrap();
+//! assert_eq!(captions.tokens.len(), 2);
+//! ```
+#![warn(missing_docs)]
+
+mod checkpoint;
+mod config;
+mod decoding;
+mod error;
+mod model;
+
+pub use virtex_backbone as backbone;
+pub use virtex_loss as loss;
+pub use virtex_textual as textual;
+
+pub use checkpoint::{infer_official_config, ImportOptions, ImportReport};
+pub use config::CaptioningModelConfig;
+pub use decoding::{decode, BeamSearchMode, Captions, DecodingConfig, DecodingStrategy};
+pub use error::{Result, VirtexError};
+pub use model::reverse_captions;
+pub use model::{
+    BackwardTextualHead, BicaptioningOutput, BidirectionalCaptioningModel, CaptioningOutput,
+    ForwardCaptioningModel, VisualBackbone,
+};
+pub use virtex_loss::BicaptioningLoss;
