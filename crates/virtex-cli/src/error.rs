@@ -9,6 +9,9 @@ pub enum CliError {
     /// Loading or saving backbone weights failed.
     #[error(transparent)]
     Backbone(#[from] virtex_backbone::BackboneError),
+    /// Loading a captioning model or decoding failed.
+    #[error(transparent)]
+    Virtex(#[from] virtex::VirtexError),
     /// Data, tokenizer or caption-file error.
     #[error(transparent)]
     Data(#[from] virtex_data::DataError),

@@ -4,6 +4,7 @@
 //! virtex features --weights resnet50.pth --images photos/ --pooled --out feats.safetensors
 //! ```
 
+mod caption;
 mod error;
 mod eval_commands;
 mod features;
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// Extract backbone features (layer4 grid, pooled, or L2-normalised) for images.
     Features(features::FeaturesArgs),
+    /// Caption images with a VirTex checkpoint (COCO results format).
+    Caption(caption::CaptionArgs),
     /// Train a SentencePiece-compatible BPE vocabulary from COCO captions.
     TrainTokenizer(tokenizer_commands::TrainTokenizerArgs),
     /// Encode a caption to ids (JSON), or decode ids with --decode.
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Features(args) => args.run(),
+        Command::Caption(args) => args.run(),
         Command::TrainTokenizer(args) => args.run().map_err(CliError::from),
         Command::Tokenize(args) => args.run().map_err(CliError::from),
         Command::EvalVoc07(args) => args.run(),

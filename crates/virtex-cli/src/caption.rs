@@ -1,0 +1,184 @@
+//! `virtex caption`: captions for images from a VirTex checkpoint, in the COCO results format.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use virtex::{
+    BeamSearchMode, BidirectionalCaptioningModel, DecodingConfig, DecodingStrategy,
+    ForwardCaptioningModel, ImportOptions,
+};
+use virtex_backbone::WeightsFormat;
+use virtex_data::{ImageId, ImageTransforms, SentencePieceBpeTokenizer};
+use virtex_device::{with_backend, DeviceSpec};
+
+use crate::error::CliError;
+use crate::features::progress_bar;
+use crate::images::collect_image_paths;
+
+/// Beam-search behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DecoderCompat {
+    /// Always feed the SOS-prefixed sequence (what the model was trained on).
+    Correct,
+    /// Upstream's quirk: SOS only at the first step (reproduces published captions).
+    Upstream,
+}
+
+/// Arguments of `virtex caption`.
+#[derive(Debug, Args)]
+pub struct CaptionArgs {
+    /// A VirTex checkpoint: an official `.pth` (bicaptioning or captioning) or one of ours.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The tokenizer (SentencePiece `.model` or our `vocab.json`).
+    #[arg(long)]
+    pub vocab: PathBuf,
+    /// Image files and/or directories of JPEG/PNG images.
+    #[arg(long, num_args = 1.., required = true)]
+    pub images: Vec<PathBuf>,
+    /// Beam search with this many beams (the default, 5).
+    #[arg(long, conflicts_with_all = ["nucleus", "greedy"])]
+    pub beam_size: Option<usize>,
+    /// Nucleus sampling with this p (upstream: 0.9).
+    #[arg(long, conflicts_with = "greedy")]
+    pub nucleus: Option<f64>,
+    /// Greedy decoding.
+    #[arg(long)]
+    pub greedy: bool,
+    /// Seed of nucleus sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Beam-search compatibility mode.
+    #[arg(long, value_enum, default_value_t = DecoderCompat::Correct)]
+    pub decoder_compat: DecoderCompat,
+    /// Shorter side after resizing (upstream's captioning evaluation: 256).
+    #[arg(long, default_value_t = 256)]
+    pub short_side: u32,
+    /// Side of the centre crop.
+    #[arg(long, default_value_t = 224)]
+    pub crop: u32,
+    /// Attention heads of an official checkpoint (not stored in it; default H / 64, as in
+    /// every released model).
+    #[arg(long)]
+    pub attention_heads: Option<usize>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// cpu | cuda | cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Output JSON: `[{"image_id": …, "caption": "…"}]`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct CaptionResult {
+    image_id: ImageId,
+    caption: String,
+}
+
+impl CaptionArgs {
+    fn decoding(&self) -> Result<DecodingConfig, CliError> {
+        let mode = match self.decoder_compat {
+            DecoderCompat::Correct => BeamSearchMode::Correct,
+            DecoderCompat::Upstream => BeamSearchMode::Upstream,
+        };
+        let config = if self.greedy {
+            DecodingConfig::greedy()
+        } else if let Some(p) = self.nucleus {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(CliError::Usage(format!(
+                    "--nucleus must be in (0, 1], got {p}"
+                )));
+            }
+            DecodingConfig::with_strategy(DecodingStrategy::NucleusSampling {
+                nucleus_size: p,
+                seed: self.seed,
+            })
+        } else {
+            let beam_size = self.beam_size.unwrap_or(5);
+            if beam_size == 0 {
+                return Err(CliError::Usage("--beam-size must be at least 1".into()));
+            }
+            DecodingConfig::with_strategy(DecodingStrategy::BeamSearch {
+                beam_size,
+                per_node_beam_size: 2,
+                mode,
+            })
+        };
+        Ok(config)
+    }
+
+    /// Runs the command.
+    pub fn run(self) -> Result<(), CliError> {
+        let device = self.device.check()?;
+        let decoding = self.decoding()?;
+        let files = collect_image_paths(&self.images)?;
+        let tokenizer = SentencePieceBpeTokenizer::from_file(&self.vocab)?;
+        let transforms = ImageTransforms::downstream_val(self.short_side, self.crop)?;
+        let results = with_backend!(device, |B, burn_device| {
+            let model = load_captioner::<B>(&self.checkpoint, self.attention_heads, &burn_device)?;
+            let eos = model.config.eos_index;
+            let progress = progress_bar(files.len(), "captions");
+            let mut results = Vec::with_capacity(files.len());
+            for batch in files.chunks(self.batch_size.max(1)) {
+                let mut pixels = Vec::new();
+                let mut size = (0, 0);
+                for path in batch {
+                    let image = virtex_data::load_image(path)?;
+                    let mut rng = virtex_data::SampleRng::for_sample(0, 0, 0);
+                    let transformed = transforms.apply_image(&image, &mut rng);
+                    size = (transformed.height as usize, transformed.width as usize);
+                    pixels.extend_from_slice(&transformed.data);
+                }
+                let images = Tensor::<B, 4>::from_data(
+                    TensorData::new(pixels, [batch.len(), 3, size.0, size.1]),
+                    &burn_device,
+                );
+                let captions = model.decode(images, &decoding)?;
+                for (path, tokens) in batch.iter().zip(captions.trimmed(eos)) {
+                    results.push(CaptionResult {
+                        image_id: ImageId::from_file_stem(path),
+                        caption: tokenizer.decode(&tokens)?,
+                    });
+                }
+                progress.inc(batch.len() as u64);
+            }
+            progress.finish_and_clear();
+            results
+        });
+        let text = serde_json::to_string_pretty(&results).map_err(|err| CliError::Output {
+            path: self.out.clone(),
+            message: err.to_string(),
+        })?;
+        std::fs::write(&self.out, text + "\n").map_err(|err| CliError::Output {
+            path: self.out.clone(),
+            message: err.to_string(),
+        })?;
+        eprintln!("wrote {} captions to {}", results.len(), self.out.display());
+        Ok(())
+    }
+}
+
+/// The forward captioner of any checkpoint (only the forward head decodes).
+fn load_captioner<B: Backend>(
+    path: &Path,
+    attention_heads: Option<usize>,
+    device: &B::Device,
+) -> Result<ForwardCaptioningModel<B>, CliError> {
+    if matches!(WeightsFormat::detect(path)?, WeightsFormat::Pytorch) {
+        let options = ImportOptions {
+            attention_heads,
+            ..ImportOptions::default()
+        };
+        let (model, _) = ForwardCaptioningModel::from_official_checkpoint(path, &options, device)?;
+        return Ok(model);
+    }
+    match BidirectionalCaptioningModel::<B>::load(path, device) {
+        Ok(model) => Ok(model.into_forward()),
+        Err(_) => Ok(ForwardCaptioningModel::load(path, device)?),
+    }
+}
