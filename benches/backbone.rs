@@ -30,9 +30,7 @@ fn resnet50_forward<B: Backend>(c: &mut Criterion, device: B::Device, label: &st
         })
     });
     group.finish();
-    eprintln!(
-        "note: {GFLOP_PER_IMAGE:.2} GFLOP per image; GFLOP/s = img/s × {GFLOP_PER_IMAGE:.2}"
-    );
+    eprintln!("note: {GFLOP_PER_IMAGE:.2} GFLOP per image; GFLOP/s = img/s × {GFLOP_PER_IMAGE:.2}");
 }
 
 fn benches(c: &mut Criterion) {
