@@ -67,6 +67,7 @@ fn train(options: RunOptions) -> RunSummary {
 
 #[test]
 fn n_plus_resume_plus_n_equals_2n() {
+    let _exclusive = exclusive();
     let straight_dir = tempfile::tempdir().unwrap();
     let split_dir = tempfile::tempdir().unwrap();
     let config = tiny_config(6, 3);
@@ -119,6 +120,7 @@ fn child_training_process() {
 
 #[test]
 fn checkpoint_survives_kill_9() {
+    let _exclusive = exclusive();
     let run_dir = tempfile::tempdir().unwrap();
     let mut kills = 0;
     let mut seen_checkpoints = 0;
@@ -180,6 +182,7 @@ fn checkpoint_survives_kill_9() {
 
 #[test]
 fn eval_only_init_from_and_backbone_export() {
+    let _exclusive = exclusive();
     let run_dir = tempfile::tempdir().unwrap();
     let config = tiny_config(3, 3);
     let summary = train(options(config.clone(), run_dir.path(), false, None));
