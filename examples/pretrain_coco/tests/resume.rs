@@ -49,14 +49,18 @@ fn options(
     }
 }
 
-/// burn's CPU backend has one process-wide RNG (dropout draws from it): two trainings running
-/// in parallel test threads would interleave their draws, so in-process runs take turns.
+/// burn's CPU backend has one process-wide RNG (initialisation and dropout draw from it): tests
+/// running in parallel threads would interleave their draws, so each test holds this for its
+/// whole body.
 static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn train(options: RunOptions) -> RunSummary {
-    let _turn = BACKEND_RNG
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    BACKEND_RNG
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn train(options: RunOptions) -> RunSummary {
     run::<B, Model>(
         options,
         Default::default(),
