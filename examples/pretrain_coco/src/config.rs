@@ -340,7 +340,11 @@ impl PretrainConfig {
         if self.optim.batch_size == 0 || self.optim.accumulation_steps == 0 {
             return fail("optim.batch_size and optim.accumulation_steps must be positive".into());
         }
-        if self.optim.batch_size % self.optim.accumulation_steps != 0 {
+        if !self
+            .optim
+            .batch_size
+            .is_multiple_of(self.optim.accumulation_steps)
+        {
             return fail(format!(
                 "optim.batch_size {} is not divisible by optim.accumulation_steps {}",
                 self.optim.batch_size, self.optim.accumulation_steps

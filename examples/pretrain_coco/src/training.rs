@@ -474,7 +474,7 @@ where
         losses.push(step_losses[0]);
         progress.set_position(iteration);
 
-        if iteration % config.train.log_every == 0 || iteration == last {
+        if iteration.is_multiple_of(config.train.log_every) || iteration == last {
             let elapsed = window.0.elapsed().as_secs_f64().max(1e-9);
             let images_per_second = window.1 as f64 / elapsed;
             window = (Instant::now(), 0);
@@ -514,7 +514,7 @@ where
             }
         }
 
-        if iteration % config.train.val_every == 0 || iteration == total {
+        if iteration.is_multiple_of(config.train.val_every) || iteration == total {
             let val = validate::<B::InnerBackend, _>(
                 &model.valid(),
                 &data.val,
@@ -541,7 +541,8 @@ where
         }
 
         let interrupt = interrupted.load(Ordering::SeqCst);
-        if iteration % config.train.checkpoint_every == 0 || iteration == last || interrupt {
+        if iteration.is_multiple_of(config.train.checkpoint_every) || iteration == last || interrupt
+        {
             let path = save_checkpoint(
                 &run_dir,
                 &config,
