@@ -227,11 +227,12 @@ mod tests {
     /// typed error, never the cudarc panic. Where a GPU is present this test checks nothing.
     #[test]
     fn cuda_request_without_driver_is_a_typed_error() {
+        let cuda_compiled = cfg!(feature = "cuda");
         match DeviceSpec::Cuda(0).check() {
             Ok(_) => {}
-            Err(DeviceError::CudaNotCompiled(_)) => assert!(!cfg!(feature = "cuda")),
+            Err(DeviceError::CudaNotCompiled(_)) => assert!(!cuda_compiled),
             Err(DeviceError::NoDriver(msg)) => {
-                assert!(cfg!(feature = "cuda"));
+                assert!(cuda_compiled);
                 assert!(!msg.is_empty());
             }
             Err(other) => panic!("unexpected error: {other}"),
