@@ -7,6 +7,7 @@
 
 use burn::module::{Param, RunningState};
 use burn::prelude::*;
+use virtex_kernels::{batch_norm2d_eval, batch_norm2d_train, BatchNormTrain};
 
 /// Configuration of a [`BatchNorm2d`], with PyTorch's defaults.
 #[derive(Config, Debug)]
@@ -80,69 +81,53 @@ impl<B: Backend> BatchNorm2d<B> {
         let _ = self.running_var.value_sync();
     }
 
+    /// `y = x · (γ / √(var + ε)) + (β − mean · γ / √(var + ε))` with the running statistics:
+    /// the per-channel arithmetic on `[C]` vectors, then one pass over the input on the CPU
+    /// backend ([`virtex_kernels::batch_norm2d_eval`]).
     fn forward_eval(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mean = self.running_mean.value();
-        let var = self.running_var.value();
-        self.normalise(input, mean, var)
+        batch_norm2d_eval(
+            input,
+            self.running_mean.value(),
+            self.running_var.value(),
+            self.weight.val(),
+            self.bias.val(),
+            self.epsilon,
+        )
     }
 
+    /// Batch statistics (one fused operation on the CPU backend, see
+    /// [`virtex_kernels::batch_norm2d_train`]) and torch's running-statistic update.
     fn forward_train(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, channels, height, width] = input.dims();
+        let [batch, _, height, width] = input.dims();
         let count = (batch * height * width) as f64;
-        let mean = input
-            .clone()
-            .sum_dim(0)
-            .sum_dim(2)
-            .sum_dim(3)
-            .div_scalar(count);
-        let var = (input.clone() - mean.clone())
-            .square()
-            .sum_dim(0)
-            .sum_dim(2)
-            .sum_dim(3)
-            .div_scalar(count);
+        let BatchNormTrain {
+            output,
+            mean,
+            variance,
+        } = batch_norm2d_train(input, self.weight.val(), self.bias.val(), self.epsilon);
 
         // torch stores the unbiased variance; a batch of one value per channel has none.
         let unbiased = if count > 1.0 {
-            var.clone().detach().mul_scalar(count / (count - 1.0))
+            variance.mul_scalar(count / (count - 1.0))
         } else {
-            var.clone().detach()
+            variance
         };
-        let device = input.device();
+        let device = output.device();
         let momentum = self.momentum;
         let running_mean = self
             .running_mean
             .value_sync()
             .to_device(&device)
             .mul_scalar(1.0 - momentum)
-            + mean
-                .clone()
-                .detach()
-                .reshape([channels])
-                .mul_scalar(momentum);
+            + mean.mul_scalar(momentum);
         let running_var = self
             .running_var
             .value_sync()
             .to_device(&device)
             .mul_scalar(1.0 - momentum)
-            + unbiased.reshape([channels]).mul_scalar(momentum);
+            + unbiased.mul_scalar(momentum);
         self.running_mean.update(running_mean.detach());
         self.running_var.update(running_var.detach());
-
-        self.normalise(input, mean.reshape([channels]), var.reshape([channels]))
-    }
-
-    /// `y = x · (γ / √(var + ε)) + (β − mean · γ / √(var + ε))`: two full-size passes instead of
-    /// four, with the per-channel arithmetic done on `[C]` vectors.
-    fn normalise(
-        &self,
-        input: Tensor<B, 4>,
-        mean: Tensor<B, 1>,
-        var: Tensor<B, 1>,
-    ) -> Tensor<B, 4> {
-        let channels = mean.dims()[0];
-        let scale = self.weight.val() / var.add_scalar(self.epsilon).sqrt();
-        let shift = self.bias.val() - mean * scale.clone();
-        input * scale.reshape([1, channels, 1, 1]) + shift.reshape([1, channels, 1, 1])
+        output
     }
 }

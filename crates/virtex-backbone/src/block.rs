@@ -4,7 +4,7 @@ use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
+use virtex_kernels::{forward_conv2d, relu};
 
 use crate::batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::config::{BlockKind, ResNetConfig};
@@ -127,13 +127,15 @@ impl<B: Backend> ResidualBlock<B> {
     /// - returns: `[B, C_out, H / stride, W / stride]`
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(shortcut) => shortcut.bn.forward(shortcut.conv.forward(input.clone())),
+            Some(shortcut) => shortcut
+                .bn
+                .forward(forward_conv2d(&shortcut.conv, input.clone())),
             None => input.clone(),
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(input)));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(self.bn1.forward(forward_conv2d(&self.conv1, input)));
+        let out = self.bn2.forward(forward_conv2d(&self.conv2, out));
         let out = match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => bn3.forward(conv3.forward(relu(out))),
+            (Some(conv3), Some(bn3)) => bn3.forward(forward_conv2d(conv3, relu(out))),
             _ => out,
         };
         relu(out + identity)

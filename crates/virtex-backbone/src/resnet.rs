@@ -4,7 +4,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
-use burn::tensor::activation::relu;
+use virtex_kernels::{forward_conv2d, relu};
 
 use crate::batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::block::{conv_init, BlockSpec, ResidualBlock};
@@ -136,7 +136,7 @@ impl<B: Backend> ResNet<B> {
     /// - `images`: `[B, 3, H, W]`
     /// - returns: `[B, 64, H/4, W/4]`
     pub fn forward_stem(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = relu(self.bn1.forward(self.conv1.forward(images)));
+        let x = relu(self.bn1.forward(forward_conv2d(&self.conv1, images)));
         self.maxpool.forward(x)
     }
 }

@@ -1,0 +1,566 @@
+//! `cargo bench --bench kernels`: the kernels of a VirTex training step, one row per real shape.
+//!
+//! Rows (criterion ids `group/name`, filter with `cargo bench --bench kernels -- <regex>`):
+//! - `conv_fwd`, `conv_bwd_data`, `conv_bwd_weight`: every distinct ResNet-50 convolution at
+//!   224² (batch 8; add 32 with `VIRTEX_BENCH_BATCHES=8,32`; other image sizes with
+//!   `VIRTEX_BENCH_CONV_SIZE=128`), through `virtex_kernels`, the
+//!   entry points the backbone uses (`VIRTEX_KERNELS=burn` measures burn's own kernels instead).
+//! - `batchnorm`: the backbone's `BatchNorm2d` in training mode, forward and forward+backward.
+//! - `eltwise`: ReLU (`virtex_kernels::relu`, as the backbone), residual add and the stem
+//!   max-pool, forward and forward+backward.
+//! - `matmul`: the textual head's products at H 1024 and 2048 (batch 8, T = 30 tokens, 49 memory
+//!   tokens, F = 4H, 10K vocabulary). Plain burn tensor ops at the real shapes, so that this
+//!   bench does not depend on the textual crate.
+//! - `attention`: scaled dot-product attention (causal self-attention over 30 tokens,
+//!   cross-attention to 49 memory tokens), plain burn tensor ops, forward and forward+backward.
+//! - `optim`: one torch-style SGD step (momentum 0.9, coupled weight decay) over tensors shaped
+//!   like the parameters of R50-L1-H1024 (69.5M values), plain burn tensor ops.
+//! - `resnet50`: a ResNet-50 train step (forward + backward, 4×128²) and inference (8×224²).
+//!
+//! Throughput: FLOP-counted rows report `Melem/s` = MFLOP/s (criterion has no FLOP unit);
+//! memory-bound rows report bytes of their input per second. Every timed closure ends by
+//! synchronising the device. The PyTorch side is `tools/bench/kernels.py`, and
+//! `tools/bench/compare.py` prints both side by side.
+
+use std::time::Duration;
+
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::Distribution;
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use virtex_backbone::{BatchNorm2dConfig, ResNet, ResNetConfig};
+use virtex_benches::{bench_device, BenchDevice};
+
+/// One distinct convolution of ResNet-50 (padding `kernel / 2`, no bias).
+#[derive(Debug, Clone, PartialEq)]
+struct ConvShape {
+    name: String,
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    /// Input height = width.
+    size: usize,
+}
+
+impl ConvShape {
+    fn out_size(&self) -> usize {
+        (self.size + 2 * (self.kernel / 2) - self.kernel) / self.stride + 1
+    }
+
+    fn flops(&self, batch: usize) -> u64 {
+        let out = self.out_size();
+        (2 * batch * self.c_out * out * out * self.c_in * self.kernel * self.kernel) as u64
+    }
+
+    fn options(&self) -> ConvOptions<2> {
+        let pad = self.kernel / 2;
+        ConvOptions::new([self.stride; 2], [pad; 2], [1, 1], 1)
+    }
+}
+
+/// The distinct convolutions of torchvision's ResNet-50 (v1.5) at `size`², in network order.
+fn resnet50_conv_shapes(size: usize) -> Vec<ConvShape> {
+    let mut shapes: Vec<ConvShape> = Vec::new();
+    let mut push = |stage: &str, c_in, c_out, kernel, stride, size| {
+        let shape = ConvShape {
+            name: format!("{stage}_{kernel}x{kernel}s{stride}_{c_in}to{c_out}_{size}"),
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            size,
+        };
+        if !shapes.iter().any(|seen| seen.name == shape.name) {
+            shapes.push(shape);
+        }
+    };
+    push("stem", 3, 64, 7, 2, size);
+    let mut spatial = size / 4;
+    let mut in_channels = 64;
+    for (stage, planes, blocks, stride) in [
+        (1, 64, 3, 1),
+        (2, 128, 4, 2),
+        (3, 256, 6, 2),
+        (4, 512, 3, 2),
+    ] {
+        let name = format!("l{stage}");
+        for block in 0..blocks {
+            let stride = if block == 0 { stride } else { 1 };
+            let out_channels = planes * 4;
+            push(&name, in_channels, planes, 1, 1, spatial);
+            push(&name, planes, planes, 3, stride, spatial);
+            if block == 0 {
+                push(&name, in_channels, out_channels, 1, stride, spatial);
+            }
+            spatial /= stride;
+            push(&name, planes, out_channels, 1, 1, spatial);
+            in_channels = out_channels;
+        }
+    }
+    shapes
+}
+
+/// Waits for the device and reads one value back, so that lazy backends run what was queued.
+fn sync<B: Backend, const D: usize>(tensor: Tensor<B, D>) {
+    let device = tensor.device();
+    let _ = tensor.flatten::<1>(0, D - 1).narrow(0, 0, 1).into_scalar();
+    B::sync(&device).expect("device sync");
+}
+
+fn batches() -> Vec<usize> {
+    let spec = std::env::var("VIRTEX_BENCH_BATCHES").unwrap_or_else(|_| "8".into());
+    spec.split(',')
+        .map(|part| match part.trim().parse::<usize>() {
+            Ok(batch) if batch > 0 => batch,
+            _ => {
+                eprintln!("VIRTEX_BENCH_BATCHES={spec}: expected positive integers such as 8,32");
+                std::process::exit(2);
+            }
+        })
+        .collect()
+}
+
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+fn quick_group<'a>(c: &'a mut Criterion, name: &str) -> Group<'a> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sampling_mode(SamplingMode::Flat);
+    group
+}
+
+/// One row: `make` builds the inputs on the first call (criterion calls the closure once per
+/// sample, and never for a row the filter excludes, so a filtered run allocates nothing for the
+/// other rows), then `routine` is timed on them. `make` should leave nothing lazy behind
+/// (run a model once): the timed iterations must not include one-off work.
+fn bench_with<T, R>(
+    group: &mut Group<'_>,
+    id: impl Into<String>,
+    make: impl FnOnce() -> T,
+    mut routine: impl FnMut(&mut T) -> R,
+) {
+    let mut make = Some(make);
+    let mut inputs: Option<T> = None;
+    group.bench_function(id.into(), |b| {
+        let inputs = inputs.get_or_insert_with(|| (make.take().expect("inputs are made once"))());
+        b.iter(|| routine(inputs))
+    });
+}
+
+/// `VIRTEX_BENCH_CONV_SIZE`: the image size whose ResNet-50 layer shapes the conv rows use
+/// (224 by default; 128 gives the train-step preset's shapes).
+fn conv_image_size() -> usize {
+    let spec = std::env::var("VIRTEX_BENCH_CONV_SIZE").unwrap_or_else(|_| "224".into());
+    match spec.trim().parse::<usize>() {
+        Ok(size) if size >= 32 => size,
+        _ => {
+            eprintln!("VIRTEX_BENCH_CONV_SIZE={spec}: expected an image size such as 224 or 128");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn conv_benches<B: Backend>(c: &mut Criterion, device: &B::Device) {
+    for batch in batches() {
+        let shapes = resnet50_conv_shapes(conv_image_size());
+        for (pass, group_name) in [
+            (0, "conv_fwd"),
+            (1, "conv_bwd_data"),
+            (2, "conv_bwd_weight"),
+        ] {
+            let mut group = quick_group(c, group_name);
+            for shape in &shapes {
+                group.throughput(Throughput::Elements(shape.flops(batch)));
+                let make = || {
+                    let random = |dims: [usize; 4]| {
+                        Tensor::<B, 4>::random(dims, Distribution::Default, device)
+                    };
+                    let out = shape.out_size();
+                    (
+                        random([batch, shape.c_in, shape.size, shape.size]),
+                        random([shape.c_out, shape.c_in, shape.kernel, shape.kernel]),
+                        random([batch, shape.c_out, out, out]),
+                    )
+                };
+                let options = shape.options();
+                bench_with(
+                    &mut group,
+                    format!("b{batch}_{}", shape.name),
+                    make,
+                    |(x, w, dy)| {
+                        let (x, w, dy, options) =
+                            (x.clone(), w.clone(), dy.clone(), options.clone());
+                        let result = match pass {
+                            0 => virtex_kernels::conv2d(x, w, None, options),
+                            1 => virtex_kernels::conv2d_x_backward(x, w, dy, options),
+                            _ => virtex_kernels::conv2d_weight_backward(x, w, dy, options),
+                        };
+                        sync(result)
+                    },
+                );
+            }
+            group.finish();
+        }
+    }
+}
+
+fn bytes_of(dims: &[usize]) -> u64 {
+    (dims.iter().product::<usize>() * std::mem::size_of::<f32>()) as u64
+}
+
+fn norm_and_eltwise_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device) {
+    let random =
+        |dims: [usize; 4]| Tensor::<B, 4>::random(dims, Distribution::Normal(0.0, 1.0), device);
+    let mut group = quick_group(c, "batchnorm");
+    for dims in [[8, 64, 112, 112], [8, 256, 56, 56], [8, 2048, 7, 7]] {
+        let shape = format!("{}x{}x{}", dims[0], dims[1], dims[2]);
+        let norm = || BatchNorm2dConfig::new(dims[1]).init::<B>(device);
+        group.throughput(Throughput::Bytes(bytes_of(&dims)));
+        bench_with(
+            &mut group,
+            format!("fwd_train_{shape}"),
+            || (norm(), random(dims)),
+            |(norm, x)| sync(norm.forward(x.clone())),
+        );
+        bench_with(
+            &mut group,
+            format!("fwd_bwd_{shape}"),
+            || (norm(), random(dims), random(dims)),
+            |(norm, x, g)| {
+                let input = x.clone().require_grad();
+                let grads = (norm.forward(input.clone()) * g.clone()).sum().backward();
+                sync(input.grad(&grads).expect("input gradient"))
+            },
+        );
+        bench_with(
+            &mut group,
+            format!("fwd_eval_{shape}"),
+            || (norm().valid(), random(dims).inner()),
+            |(norm, x)| sync(norm.forward(x.clone())),
+        );
+    }
+    group.finish();
+
+    let mut group = quick_group(c, "eltwise");
+    let dims = [8, 256, 56, 56];
+    let shape = "8x256x56";
+    group.throughput(Throughput::Bytes(bytes_of(&dims)));
+    bench_with(
+        &mut group,
+        format!("relu_fwd_{shape}"),
+        || random(dims).inner(),
+        |x| sync(virtex_kernels::relu(x.clone())),
+    );
+    bench_with(
+        &mut group,
+        format!("relu_fwd_bwd_{shape}"),
+        || (random(dims), random(dims)),
+        |(x, g)| {
+            let input = x.clone().require_grad();
+            let grads = (virtex_kernels::relu(input.clone()) * g.clone())
+                .sum()
+                .backward();
+            sync(input.grad(&grads).expect("input gradient"))
+        },
+    );
+    bench_with(
+        &mut group,
+        format!("add_fwd_{shape}"),
+        || (random(dims).inner(), random(dims).inner()),
+        |(x, y)| sync(x.clone() + y.clone()),
+    );
+    bench_with(
+        &mut group,
+        format!("add_fwd_bwd_{shape}"),
+        || (random(dims), random(dims), random(dims)),
+        |(x, y, g)| {
+            let lhs = x.clone().require_grad();
+            let rhs = y.clone().require_grad();
+            let grads = ((lhs.clone() + rhs.clone()) * g.clone()).sum().backward();
+            sync(lhs.grad(&grads).expect("lhs gradient"));
+            sync(rhs.grad(&grads).expect("rhs gradient"))
+        },
+    );
+    let dims = [8, 64, 112, 112];
+    let shape = "8x64x112";
+    group.throughput(Throughput::Bytes(bytes_of(&dims)));
+    bench_with(
+        &mut group,
+        format!("maxpool3x3s2_fwd_{shape}"),
+        || random(dims).inner(),
+        |x| sync(max_pool2d(x.clone(), [3, 3], [2, 2], [1, 1], [1, 1], false)),
+    );
+    bench_with(
+        &mut group,
+        format!("maxpool3x3s2_fwd_bwd_{shape}"),
+        || (random(dims), random([8, 64, 56, 56])),
+        |(x, g)| {
+            let input = x.clone().require_grad();
+            let pooled = max_pool2d(input.clone(), [3, 3], [2, 2], [1, 1], [1, 1], false);
+            let grads = (pooled * g.clone()).sum().backward();
+            sync(input.grad(&grads).expect("input gradient"))
+        },
+    );
+    group.finish();
+}
+
+/// Textual-head products at batch 8: `[M, K] × [K, N]`.
+fn matmul_shapes(hidden: usize) -> Vec<(String, [usize; 3])> {
+    let tokens = 8 * 30;
+    let memory = 8 * 49;
+    let ffn = 4 * hidden;
+    vec![
+        (format!("visual_proj_h{hidden}"), [memory, 2048, hidden]),
+        (format!("self_qkv_h{hidden}"), [tokens, hidden, 3 * hidden]),
+        (format!("cross_kv_h{hidden}"), [memory, hidden, 2 * hidden]),
+        (format!("attn_out_h{hidden}"), [tokens, hidden, hidden]),
+        (format!("ffn_up_h{hidden}"), [tokens, hidden, ffn]),
+        (format!("ffn_down_h{hidden}"), [tokens, ffn, hidden]),
+        (format!("vocab_h{hidden}"), [tokens, hidden, 10_000]),
+    ]
+}
+
+fn matmul_benches<B: Backend>(c: &mut Criterion, device: &B::Device) {
+    let mut group = quick_group(c, "matmul");
+    for hidden in [1024, 2048] {
+        for (name, [m, k, n]) in matmul_shapes(hidden) {
+            group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+            let make = || {
+                (
+                    Tensor::<B, 2>::random([m, k], Distribution::Default, device),
+                    Tensor::<B, 2>::random([k, n], Distribution::Default, device),
+                )
+            };
+            bench_with(
+                &mut group,
+                format!("{name}_{m}x{k}x{n}"),
+                make,
+                |(lhs, rhs)| sync(lhs.clone().matmul(rhs.clone())),
+            );
+        }
+    }
+    group.finish();
+}
+
+/// `softmax(q kᵀ / √d + mask) v` over `[B, heads, T, d]`.
+fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4>>,
+) -> Tensor<B, 4> {
+    let head_dim = q.dims()[3] as f64;
+    let scores = q.matmul(k.swap_dims(2, 3)).div_scalar(head_dim.sqrt());
+    let scores = match mask {
+        Some(mask) => scores + mask,
+        None => scores,
+    };
+    softmax(scores, 3).matmul(v)
+}
+
+fn attention_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device) {
+    let mut group = quick_group(c, "attention");
+    for hidden in [1024, 2048] {
+        let heads = hidden / 64;
+        for (kind, keys) in [("self_causal", 30), ("cross", 49)] {
+            let inputs = || {
+                let random = |tokens: usize| {
+                    Tensor::<B, 4>::random([8, heads, tokens, 64], Distribution::Default, device)
+                };
+                let mask = (kind == "self_causal").then(|| {
+                    Tensor::<B, 2>::zeros([30, 30], device)
+                        .mask_fill(Tensor::<B, 2, Bool>::triu_mask([30, 30], 1, device), -1e9)
+                        .reshape([1, 1, 30, 30])
+                });
+                (random(30), random(keys), random(keys), random(30), mask)
+            };
+            let flops = 2 * 2 * 8 * heads * 30 * keys * 64;
+            group.throughput(Throughput::Elements(flops as u64));
+            let name = format!("{kind}_h{hidden}_b8_t30_s{keys}");
+            bench_with(
+                &mut group,
+                format!("{name}_fwd"),
+                || {
+                    let (q, k, v, _, mask) = inputs();
+                    (q.inner(), k.inner(), v.inner(), mask.map(Tensor::inner))
+                },
+                |(q, k, v, mask)| sync(attention(q.clone(), k.clone(), v.clone(), mask.clone())),
+            );
+            bench_with(
+                &mut group,
+                format!("{name}_fwd_bwd"),
+                inputs,
+                |(q, k, v, g, mask)| {
+                    let (q, k, v) = (
+                        q.clone().require_grad(),
+                        k.clone().require_grad(),
+                        v.clone().require_grad(),
+                    );
+                    let out = attention(q.clone(), k.clone(), v.clone(), mask.clone());
+                    let grads = (out * g.clone()).sum().backward();
+                    sync(q.grad(&grads).expect("q gradient"));
+                    sync(v.grad(&grads).expect("v gradient"))
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+/// Shapes of R50-L1-H1024's parameters: the ResNet-50 itself, then the bicaptioning head
+/// (shared word embedding/output, positions, visual projection, two one-layer decoders).
+fn r50_l1_h1024_parameter_shapes() -> Vec<Vec<usize>> {
+    let mut shapes = Vec::new();
+    for shape in resnet50_conv_shapes_all() {
+        shapes.push(vec![shape.c_out, shape.c_in, shape.kernel, shape.kernel]);
+        shapes.push(vec![shape.c_out]);
+        shapes.push(vec![shape.c_out]);
+    }
+    let h = 1024;
+    shapes.extend([vec![10_000, h], vec![30, h], vec![h], vec![h]]);
+    shapes.extend([vec![h, 2048], vec![h], vec![10_000]]);
+    for _direction in 0..2 {
+        for _attention in 0..2 {
+            shapes.extend([vec![3 * h, h], vec![3 * h], vec![h, h], vec![h]]);
+        }
+        shapes.extend([vec![4 * h, h], vec![4 * h], vec![h, 4 * h], vec![h]]);
+        shapes.extend((0..6).map(|_| vec![h]));
+    }
+    shapes
+}
+
+/// Every convolution of ResNet-50 (not deduplicated), for the parameter count.
+fn resnet50_conv_shapes_all() -> Vec<ConvShape> {
+    let conv = |c_in, c_out, kernel| ConvShape {
+        name: String::new(),
+        c_in,
+        c_out,
+        kernel,
+        stride: 1,
+        size: 0,
+    };
+    let mut all = vec![conv(3, 64, 7)];
+    let mut in_channels = 64;
+    for (planes, blocks) in [(64, 3), (128, 4), (256, 6), (512, 3)] {
+        for block in 0..blocks {
+            all.push(conv(in_channels, planes, 1));
+            all.push(conv(planes, planes, 3));
+            all.push(conv(planes, planes * 4, 1));
+            if block == 0 {
+                all.push(conv(in_channels, planes * 4, 1));
+            }
+            in_channels = planes * 4;
+        }
+    }
+    all
+}
+
+fn optim_benches<B: Backend>(c: &mut Criterion, device: &B::Device) {
+    let shapes = r50_l1_h1024_parameter_shapes();
+    let count: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+    let (lr, beta, decay) = (0.2, 0.9, 1e-4);
+    let mut group = quick_group(c, "optim");
+    // Reads param, grad and buffer, writes buffer and param.
+    group.throughput(Throughput::Bytes((5 * count * 4) as u64));
+    let make = || {
+        let make = |shape: &Vec<usize>| {
+            let numel = shape.iter().product::<usize>();
+            Tensor::<B, 1>::random([numel], Distribution::Default, device)
+        };
+        let params: Vec<_> = shapes.iter().map(make).collect();
+        let grads: Vec<_> = shapes.iter().map(make).collect();
+        let momentum: Vec<_> = shapes.iter().map(make).collect();
+        (params, grads, momentum)
+    };
+    let id = format!("sgd_momentum_r50_l1_h1024_{count}");
+    bench_with(&mut group, id, make, |(params, grads, momentum)| {
+        for ((param, grad), buffer) in params.iter_mut().zip(grads.iter()).zip(momentum.iter_mut())
+        {
+            // torch SGD: d = g + wd·p; buf = β·buf + d; p = p − lr·buf.
+            let step = grad.clone() + param.clone().mul_scalar(decay);
+            let next = buffer.clone().mul_scalar(beta) + step;
+            *param = param.clone() - next.clone().mul_scalar(lr);
+            *buffer = next;
+        }
+        sync(params[params.len() - 1].clone())
+    });
+    group.finish();
+}
+
+fn resnet_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device) {
+    let mut group = quick_group(c, "resnet50");
+    // 2·4.09 GMAC per 224² image, scaled by pixels; a train step is ≈ 3× the forward.
+    let flops = |batch: usize, size: usize, factor: f64| {
+        (factor * 2.0 * 4.09e9 * batch as f64 * (size * size) as f64 / (224.0 * 224.0)) as u64
+    };
+    let train_step = |model: &ResNet<B>, images: &Tensor<B, 4>| {
+        let grads = model.forward(images.clone()).mean().backward();
+        let weight = model.conv1.weight.val();
+        sync(weight.grad(&grads).expect("conv1 gradient"))
+    };
+    // Parameters are initialised lazily, on first use: one step in the setup keeps that out of
+    // the timed iterations.
+    let train_inputs = || {
+        let model = ResNetConfig::resnet50().init::<B>(device);
+        let images = Tensor::<B, 4>::random([4, 3, 128, 128], Distribution::Default, device);
+        train_step(&model, &images);
+        (model, images)
+    };
+    group.throughput(Throughput::Elements(flops(4, 128, 3.0)));
+    bench_with(
+        &mut group,
+        "train_step_b4_128",
+        train_inputs,
+        |(model, images)| train_step(model, images),
+    );
+    let inference_inputs = || {
+        let model = ResNetConfig::resnet50().init::<B>(device).valid();
+        let images =
+            Tensor::<B::InnerBackend, 4>::random([8, 3, 224, 224], Distribution::Default, device);
+        sync(model.forward(images.clone()));
+        (model, images)
+    };
+    group.throughput(Throughput::Elements(flops(8, 224, 1.0)));
+    bench_with(
+        &mut group,
+        "inference_b8_224",
+        inference_inputs,
+        |(model, images)| sync(model.forward(images.clone())),
+    );
+    group.finish();
+}
+
+fn run<B: AutodiffBackend>(c: &mut Criterion, device: B::Device) {
+    conv_benches::<B::InnerBackend>(c, &device);
+    norm_and_eltwise_benches::<B>(c, &device);
+    matmul_benches::<B::InnerBackend>(c, &device);
+    attention_benches::<B>(c, &device);
+    optim_benches::<B::InnerBackend>(c, &device);
+    resnet_benches::<B>(c, &device);
+    eprintln!(
+        "note: `Melem/s` is MFLOP/s for conv/matmul/attention/resnet50 rows; \
+         `GiB/s` counts the input tensor's bytes for batchnorm/eltwise/optim rows"
+    );
+}
+
+fn benches(c: &mut Criterion) {
+    match bench_device() {
+        BenchDevice::Cpu => run::<virtex_device::CpuAutodiffBackend>(c, Default::default()),
+        #[cfg(feature = "cuda")]
+        BenchDevice::Cuda(index) => run::<virtex_device::CudaAutodiffBackend>(
+            c,
+            burn::backend::cuda::CudaDevice::new(index),
+        ),
+    }
+}
+
+criterion_group!(kernels, benches);
+criterion_main!(kernels);
