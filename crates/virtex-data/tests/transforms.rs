@@ -307,3 +307,105 @@ fn config_errors_name_the_setting() {
         Some((224, 224))
     );
 }
+
+/// The straightforward per-pixel formula `adjust_hue` had before it was vectorised (and which
+/// the torchvision fixtures above validated): the vectorised version must agree bit for bit.
+fn scalar_hue(image: &mut RgbImage, hue_factor: f64) {
+    let hue_factor = hue_factor as f32;
+    for p in image.pixels_mut() {
+        let [r, g, b] = p.0.map(|v| f32::from(v) / 255.0);
+        let maxc = r.max(g).max(b);
+        let minc = r.min(g).min(b);
+        let eqc = maxc == minc;
+        let cr = maxc - minc;
+        let s = cr / if eqc { 1.0 } else { maxc };
+        let div = if eqc { 1.0 } else { cr };
+        let (rc, gc, bc) = ((maxc - r) / div, (maxc - g) / div, (maxc - b) / div);
+        let hr = if maxc == r { bc - gc } else { 0.0 };
+        let hg = if maxc == g && maxc != r {
+            2.0 + rc - bc
+        } else {
+            0.0
+        };
+        let hb = if maxc != g && maxc != r {
+            4.0 + gc - rc
+        } else {
+            0.0
+        };
+        let h = ((hr + hg + hb) / 6.0 + 1.0) % 1.0;
+        let h = (h + hue_factor).rem_euclid(1.0);
+        let i = (h * 6.0).floor();
+        let f = h * 6.0 - i;
+        let v = maxc;
+        let pp = (v * (1.0 - s)).clamp(0.0, 1.0);
+        let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
+        let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
+        let (r2, g2, b2) = match (i as i32).rem_euclid(6) {
+            0 => (v, t, pp),
+            1 => (q, v, pp),
+            2 => (pp, v, t),
+            3 => (pp, q, v),
+            4 => (t, pp, v),
+            _ => (v, pp, q),
+        };
+        p.0 = [r2, g2, b2].map(|x| (x * 255.999) as u8);
+    }
+}
+
+/// torchvision's uint8 saturation blend, pixel by pixel (the form the fixtures validated).
+fn scalar_saturation(image: &mut RgbImage, factor: f64) {
+    let (ratio, ratio_c) = (factor as f32, (1.0 - factor) as f32);
+    for p in image.pixels_mut() {
+        let [r, g, b] = p.0.map(f32::from);
+        let gray = f32::from((0.2989f32 * r + 0.587f32 * g + 0.114f32 * b) as u8);
+        for v in p.0.iter_mut() {
+            *v = (ratio * f32::from(*v) + ratio_c * gray).clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
+#[test]
+fn vectorised_saturation_equals_the_scalar_formula_bit_for_bit() {
+    let image = colour_cube();
+    for factor in [0.0, 0.6, 0.9999, 1.0, 1.2, 1.4, 2.0] {
+        let (mut fast, mut slow) = (image.clone(), image.clone());
+        adjust_saturation(&mut fast, factor);
+        scalar_saturation(&mut slow, factor);
+        assert!(fast == slow, "saturation factor {factor}");
+    }
+}
+
+/// Every colour of a 4-level-step RGB cube plus the extremes, as one row.
+fn colour_cube() -> RgbImage {
+    let levels: Vec<u8> = (0..=255u8).step_by(4).chain([1, 254, 255]).collect();
+    let mut cube = Vec::new();
+    for &r in &levels {
+        for &g in &levels {
+            for &b in &levels {
+                cube.extend([r, g, b]);
+            }
+        }
+    }
+    let pixels = (cube.len() / 3) as u32;
+    RgbImage::from_raw(pixels, 1, cube).unwrap()
+}
+
+#[test]
+fn vectorised_hue_equals_the_scalar_formula_bit_for_bit() {
+    // The colour cube (and a width that leaves a partial group) under factors across
+    // torchvision's range, its ends, and tiny shifts that round to 1.0.
+    let image = colour_cube();
+    let pixels = image.width() as usize;
+    let factors = [
+        -0.5, -0.37, -0.1, -1e-9, 0.0, 1e-9, 0.05, 0.1, 0.25, 0.4999, 0.5,
+    ];
+    for factor in factors {
+        for width in [pixels as u32, 7] {
+            let part = image::imageops::crop_imm(&image, 0, 0, width, 1).to_image();
+            let (mut fast, mut slow) = (part.clone(), part);
+            adjust_hue(&mut fast, factor);
+            scalar_hue(&mut slow, factor);
+            assert!(fast == slow, "hue factor {factor}, width {width}");
+        }
+    }
+}
