@@ -4,7 +4,7 @@ use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::prelude::*;
-use virtex_kernels::{forward_conv2d, relu};
+use virtex_kernels::{relu, Precision};
 
 use crate::batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::config::{BlockKind, ResNetConfig};
@@ -64,6 +64,8 @@ pub struct ResidualBlock<B: Backend> {
     pub bn3: Option<BatchNorm2d<B>>,
     /// Projection shortcut when the shape changes.
     pub downsample: Option<Downsample<B>>,
+    /// Precision of the convolutions (not a parameter; set through [`crate::ResNet::with_precision`]).
+    pub precision: Precision,
 }
 
 /// Everything needed to build one block.
@@ -106,6 +108,7 @@ impl<B: Backend> ResidualBlock<B> {
                 conv3: None,
                 bn3: None,
                 downsample,
+                precision: Precision::F32,
             },
             BlockKind::Bottleneck => {
                 let width = planes * config.width_per_group / 64;
@@ -117,6 +120,7 @@ impl<B: Backend> ResidualBlock<B> {
                     conv3: Some(conv_init(width, out_channels, 1, 1, device)),
                     bn3: Some(bn(out_channels, true)),
                     downsample,
+                    precision: Precision::F32,
                 }
             }
         }
@@ -126,18 +130,23 @@ impl<B: Backend> ResidualBlock<B> {
     /// - `input`: `[B, C_in, H, W]`
     /// - returns: `[B, C_out, H / stride, W / stride]`
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
+        let conv = |conv: &Conv2d<B>, x| self.precision.forward_conv2d(conv, x);
         let identity = match &self.downsample {
-            Some(shortcut) => shortcut
-                .bn
-                .forward(forward_conv2d(&shortcut.conv, input.clone())),
+            Some(shortcut) => shortcut.bn.forward(conv(&shortcut.conv, input.clone())),
             None => input.clone(),
         };
-        let out = relu(self.bn1.forward(forward_conv2d(&self.conv1, input)));
-        let out = self.bn2.forward(forward_conv2d(&self.conv2, out));
+        let out = relu(self.bn1.forward(conv(&self.conv1, input)));
+        let out = self.bn2.forward(conv(&self.conv2, out));
         let out = match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => bn3.forward(forward_conv2d(conv3, relu(out))),
+            (Some(conv3), Some(bn3)) => bn3.forward(conv(conv3, relu(out))),
             _ => out,
         };
         relu(out + identity)
+    }
+
+    /// The block with its convolutions in `precision` (BatchNorm, ReLU and the residual add
+    /// stay in the input's dtype).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
     }
 }

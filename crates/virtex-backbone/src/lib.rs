@@ -15,6 +15,9 @@
 //!   torchvision-named safetensors for the way back ([`ResNet::save_burnpack`],
 //!   [`ResNet::save_torchvision_safetensors`]).
 //!
+//! Mixed precision: [`ResNet::with_precision`]`(`[`Precision::Bf16`]`)` runs the convolutions
+//! in bf16 and everything else (BatchNorm, ReLU, residual adds, parameters, gradients) in f32.
+//!
 //! BatchNorm is PyTorch's ([`BatchNorm2d`]): batch statistics and running-statistic updates on an
 //! autodiff backend, running statistics otherwise (call `model.valid()` for evaluation).
 //!
@@ -45,4 +48,5 @@ pub use block::{Downsample, ResidualBlock};
 pub use config::{BlockKind, ResNetConfig};
 pub use error::{BackboneError, Result};
 pub use resnet::{global_average_pool, l2_normalize, ResNet, ResNetFeatures};
+pub use virtex_kernels::{Precision, UnknownPrecision};
 pub use weights::{LoadReport, WeightsFormat};

@@ -4,7 +4,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
-use virtex_kernels::{forward_conv2d, relu};
+use virtex_kernels::{relu, Precision};
 
 use crate::batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 use crate::block::{conv_init, BlockSpec, ResidualBlock};
@@ -33,6 +33,9 @@ pub struct ResNet<B: Backend> {
     pub layer3: Vec<ResidualBlock<B>>,
     /// Stage 4 (stride 32): the grid VirTex trains on.
     pub layer4: Vec<ResidualBlock<B>>,
+    /// Precision of the convolutions (not a parameter, not saved): [`Precision::F32`] unless
+    /// set with [`ResNet::with_precision`].
+    pub precision: Precision,
 }
 
 /// Every stage's output, for users who need intermediate features.
@@ -85,6 +88,29 @@ impl<B: Backend> ResNet<B> {
             layer2,
             layer3,
             layer4,
+            precision: Precision::F32,
+        }
+    }
+
+    /// The network with every convolution in `precision`: [`Precision::Bf16`] runs the
+    /// convolutions in bf16 and casts each result back, so BatchNorm, ReLU, residual adds,
+    /// pooling, the parameters and their gradients stay f32 (see [`Precision`]).
+    /// [`Precision::F32`] (the default) computes exactly what a network without this setting
+    /// computes. Not saved with the weights: set it after building or loading.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        let stage = |blocks: Vec<ResidualBlock<B>>| {
+            blocks
+                .into_iter()
+                .map(|block| block.with_precision(precision))
+                .collect()
+        };
+        Self {
+            layer1: stage(self.layer1),
+            layer2: stage(self.layer2),
+            layer3: stage(self.layer3),
+            layer4: stage(self.layer4),
+            precision,
+            ..self
         }
     }
 
@@ -136,7 +162,10 @@ impl<B: Backend> ResNet<B> {
     /// - `images`: `[B, 3, H, W]`
     /// - returns: `[B, 64, H/4, W/4]`
     pub fn forward_stem(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = relu(self.bn1.forward(forward_conv2d(&self.conv1, images)));
+        let x = relu(
+            self.bn1
+                .forward(self.precision.forward_conv2d(&self.conv1, images)),
+        );
         self.maxpool.forward(x)
     }
 }

@@ -171,18 +171,30 @@ pub fn conv2d_weight_backward<B: Backend>(
 /// - `input`: `[N, C_in, H, W]`
 /// - returns: `[N, C_out, OH, OW]`
 pub fn forward_conv2d<B: Backend>(conv: &Conv2d<B>, input: Tensor<B, 4>) -> Tensor<B, 4> {
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => [0, 0],
-        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
-            [top, left]
-        }
-        _ => return conv.forward(input),
+    let Some(options) = conv_options(conv) else {
+        return conv.forward(input);
     };
-    let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
     conv2d(
         input,
         conv.weight.val(),
         conv.bias.as_ref().map(|bias| bias.val()),
         options,
     )
+}
+
+/// The options of a module's convolution when its padding is symmetric (`None` otherwise).
+pub(crate) fn conv_options<B: Backend>(conv: &Conv2d<B>) -> Option<ConvOptions<2>> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            [top, left]
+        }
+        _ => return None,
+    };
+    Some(ConvOptions::new(
+        conv.stride,
+        padding,
+        conv.dilation,
+        conv.groups,
+    ))
 }

@@ -4,7 +4,7 @@ use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use burn::tensor::module::linear;
+use virtex_kernels::Precision;
 
 use crate::init;
 
@@ -38,6 +38,9 @@ pub struct MultiheadAttention<B: Backend> {
     pub dropout: Dropout,
     /// Number of heads `A`.
     pub num_heads: usize,
+    /// Precision of the projections and of the two attention products `q kᵀ` and
+    /// `weights · v`; the softmax always runs in the input's dtype (not a parameter).
+    pub precision: Precision,
 }
 
 /// Keys and values of one attention, split into heads, kept between decoding steps.
@@ -90,7 +93,13 @@ impl<B: Backend> MultiheadAttention<B> {
             out_proj: init::linear(hidden_size, hidden_size, true, device),
             dropout: DropoutConfig::new(dropout).init(),
             num_heads,
+            precision: Precision::F32,
         }
+    }
+
+    /// The attention with its matrix products in `precision` (see [`Precision`]).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
     }
 
     /// Width `H`.
@@ -114,7 +123,7 @@ impl<B: Backend> MultiheadAttention<B> {
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> (Tensor<B, 3>, KeyValue<B>) {
         let h = self.hidden_size();
-        let qkv = linear(
+        let qkv = self.precision.linear(
             input,
             self.in_proj_weight.val().transpose(),
             Some(self.in_proj_bias.val()),
@@ -141,7 +150,9 @@ impl<B: Backend> MultiheadAttention<B> {
         let h = self.hidden_size();
         let weight = self.in_proj_weight.val().narrow(0, h, 2 * h);
         let bias = self.in_proj_bias.val().narrow(0, h, 2 * h);
-        let kv = linear(memory, weight.transpose(), Some(bias));
+        let kv = self
+            .precision
+            .linear(memory, weight.transpose(), Some(bias));
         KeyValue {
             key: self.split_heads(kv.clone().narrow(2, 0, h)),
             value: self.split_heads(kv.narrow(2, h, h)),
@@ -159,7 +170,7 @@ impl<B: Backend> MultiheadAttention<B> {
         let h = self.hidden_size();
         let weight = self.in_proj_weight.val().narrow(0, 0, h);
         let bias = self.in_proj_bias.val().narrow(0, 0, h);
-        let query = self.split_heads(linear(input, weight.transpose(), Some(bias)));
+        let query = self.split_heads(self.precision.linear(input, weight.transpose(), Some(bias)));
         self.attend(query, memory, None)
     }
 
@@ -172,14 +183,15 @@ impl<B: Backend> MultiheadAttention<B> {
     ) -> Tensor<B, 3> {
         let [n, heads, t, d] = query.dims();
         let s = key_value.len();
-        let scores = query
-            .mul_scalar(1.0 / (d as f64).sqrt())
-            .matmul(key_value.key.clone().swap_dims(2, 3));
+        let scores = self.precision.matmul(
+            query.mul_scalar(1.0 / (d as f64).sqrt()),
+            key_value.key.clone().swap_dims(2, 3),
+        );
         let mask = mask.map(|mask| mask.expand([n, heads, t, s]));
         let weights = self.dropout.forward(masked_softmax(scores, mask));
-        let context = weights.matmul(key_value.value.clone());
+        let context = self.precision.matmul(weights, key_value.value.clone());
         let context = context.swap_dims(1, 2).reshape([n, t, heads * d]);
-        self.out_proj.forward(context)
+        self.precision.forward_linear(&self.out_proj, context)
     }
 
     /// `[N, T, H]` → `[N, A, T, H/A]`.

@@ -4,6 +4,7 @@
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
+use virtex_kernels::Precision;
 
 use crate::attention::{KeyValue, MultiheadAttention};
 use crate::config::{NormType, TextualHeadConfig};
@@ -45,6 +46,9 @@ pub struct TransformerDecoderLayer<B: Backend> {
     pub dropout: Dropout,
     /// Pre-norm (`true`) or post-norm (`false`).
     pub norm_first: bool,
+    /// Precision of the feed-forward products (the attentions carry their own; not a
+    /// parameter).
+    pub precision: Precision,
 }
 
 /// What one layer keeps between decoding steps.
@@ -128,6 +132,18 @@ impl<B: Backend> TransformerDecoderLayer<B> {
             norm3: norm(),
             dropout: DropoutConfig::new(config.dropout).init(),
             norm_first: config.norm_type == NormType::Pre,
+            precision: Precision::F32,
+        }
+    }
+
+    /// The layer with every matrix product (both attentions and the feed-forward block) in
+    /// `precision`; LayerNorms, GELU, dropout and residual adds stay in the input's dtype.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self {
+            self_attn: self.self_attn.with_precision(precision),
+            multihead_attn: self.multihead_attn.with_precision(precision),
+            precision,
+            ..self
         }
     }
 
@@ -179,8 +195,9 @@ impl<B: Backend> TransformerDecoderLayer<B> {
 
     /// `linear2(dropout(gelu(linear1(x))))`.
     fn feed_forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.linear2
-            .forward(self.dropout.forward(gelu(self.linear1.forward(x))))
+        let hidden = gelu(self.precision.forward_linear(&self.linear1, x));
+        self.precision
+            .forward_linear(&self.linear2, self.dropout.forward(hidden))
     }
 }
 
@@ -204,6 +221,19 @@ impl<B: Backend> TransformerDecoder<B> {
                 .collect(),
             norm: (config.norm_type == NormType::Pre)
                 .then(|| TorchLayerNorm::new(config.hidden_size, DECODER_LAYER_NORM_EPS, device)),
+        }
+    }
+
+    /// The stack with every layer's matrix products in `precision` (see
+    /// [`TransformerDecoderLayer::with_precision`]).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|layer| layer.with_precision(precision))
+                .collect(),
+            ..self
         }
     }
 

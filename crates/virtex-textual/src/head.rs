@@ -3,7 +3,7 @@
 use burn::module::{ModuleMapper, Param, ParamId};
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::module::linear;
+use virtex_kernels::Precision;
 
 use crate::attention::{causal_mask, padding_mask};
 use crate::config::TextualHeadConfig;
@@ -46,6 +46,9 @@ pub struct TransformerDecoderTextualHead<B: Backend> {
     pub output: TiedOutput<B>,
     /// Whether the causal mask is applied (captioning: yes).
     pub mask_future_positions: bool,
+    /// Precision of the visual projection and the output layer (the decoder's layers carry
+    /// their own); set everything at once with [`TransformerDecoderTextualHead::with_precision`].
+    pub precision: Precision,
 }
 
 impl<B: Backend> TransformerDecoderTextualHead<B> {
@@ -66,6 +69,21 @@ impl<B: Backend> TransformerDecoderTextualHead<B> {
                 bias: init::default_bias(h, config.vocab_size, device),
             },
             mask_future_positions: config.mask_future_positions,
+            precision: Precision::F32,
+        }
+    }
+
+    /// The head with every matrix product in `precision`: the visual projection, the
+    /// attention projections and products, the feed-forward block and the tied output layer.
+    /// [`Precision::Bf16`] runs those in bf16 and casts each result back, so the embedding,
+    /// LayerNorms, softmax, GELU, residual adds, logits, parameters and gradients stay f32.
+    /// [`Precision::F32`] (the default) computes exactly what a head without this setting
+    /// computes. Not saved with the weights: set it after building or loading.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self {
+            transformer: self.transformer.with_precision(precision),
+            precision,
+            ..self
         }
     }
 
@@ -92,7 +110,8 @@ impl<B: Backend> TransformerDecoderTextualHead<B> {
     pub fn project_visual(&self, visual_features: Tensor<B, 4>) -> Tensor<B, 3> {
         let [n, c, h, w] = visual_features.dims();
         let tokens = visual_features.reshape([n, c, h * w]).swap_dims(1, 2);
-        self.visual_projection.forward(tokens)
+        self.precision
+            .forward_linear(&self.visual_projection, tokens)
     }
 
     /// Logits of every position for teacher-forced captions.
@@ -150,7 +169,7 @@ impl<B: Backend> TransformerDecoderTextualHead<B> {
     /// - `hidden`: `[N, T, H]`
     /// - returns: `[N, T, V]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear(
+        self.precision.linear(
             hidden,
             self.embedding.words.weight.val().transpose(),
             Some(self.output.bias.val()),

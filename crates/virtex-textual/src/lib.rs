@@ -15,6 +15,11 @@
 //! - [`load_torch_head`]/[`load_torch_decoder`]: a PyTorch state dict of the head (the
 //!   `textual.*` part of a VirTex checkpoint) onto the module.
 //!
+//! Mixed precision: [`TransformerDecoderTextualHead::with_precision`]`(`[`Precision::Bf16`]`)`
+//! runs every matrix product (projections, `q kᵀ`, `weights · v`, feed-forward, output layer) in
+//! bf16 and everything else (embedding, LayerNorm, softmax, GELU, residual adds, parameters,
+//! gradients) in f32.
+//!
 //! Dropout follows burn's convention: active on an autodiff backend (training), off otherwise
 //! (`model.valid()`).
 //!
@@ -54,6 +59,7 @@ pub use embedding::{WordAndPositionalEmbedding, EMBEDDING_LAYER_NORM_EPS};
 pub use error::{Result, TextualError};
 pub use head::{TiedOutput, TransformerDecoderTextualHead};
 pub use layer_norm::TorchLayerNorm;
+pub use virtex_kernels::{Precision, UnknownPrecision};
 pub use weights::{
     load_torch_decoder, load_torch_head, torch_key_to_burn, HeadLoadReport, TorchKey,
 };

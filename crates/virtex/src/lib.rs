@@ -14,6 +14,9 @@
 //! - Checkpoints: the released `.pth` files
 //!   ([`BidirectionalCaptioningModel::from_official_checkpoint`]) and our own safetensors
 //!   format ([`BidirectionalCaptioningModel::save`] / [`BidirectionalCaptioningModel::load`]).
+//! - Mixed precision: [`BidirectionalCaptioningModel::with_precision`]`(`[`Precision::Bf16`]`)`
+//!   runs convolutions and matrix products in bf16, everything else (norms, softmax, losses,
+//!   parameters, gradients) in f32.
 //! - Decoding ([`DecodingConfig`]): beam search (upstream's SOS quirk or the corrected
 //!   decoder), nucleus sampling, greedy, all with key/value caching.
 //!
@@ -67,4 +70,5 @@ pub use model::{
     BackwardTextualHead, BicaptioningOutput, BidirectionalCaptioningModel, CaptioningOutput,
     ForwardCaptioningModel, VisualBackbone,
 };
+pub use virtex_backbone::Precision;
 pub use virtex_loss::BicaptioningLoss;

@@ -1,7 +1,7 @@
 //! The captioning models (`virtex/models/captioning.py`).
 
 use burn::prelude::*;
-use virtex_backbone::ResNet;
+use virtex_backbone::{Precision, ResNet};
 use virtex_loss::{bicaptioning_loss, captioning_loss, BicaptioningLoss, PADDING_INDEX};
 use virtex_textual::{TransformerDecoder, TransformerDecoderTextualHead};
 
@@ -49,6 +49,13 @@ impl<B: Backend> VisualBackbone<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
         self.cnn.forward(images)
     }
+
+    /// The backbone with its convolutions in `precision` ([`ResNet::with_precision`]).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self {
+            cnn: self.cnn.with_precision(precision),
+        }
+    }
 }
 
 /// The backward (right-to-left) head of the bicaptioning model: only its own decoder stack.
@@ -61,6 +68,16 @@ impl<B: Backend> VisualBackbone<B> {
 pub struct BackwardTextualHead<B: Backend> {
     /// The right-to-left decoder stack (`backward_textual.transformer.*`).
     pub transformer: TransformerDecoder<B>,
+}
+
+impl<B: Backend> BackwardTextualHead<B> {
+    /// The stack with its matrix products in `precision`
+    /// ([`TransformerDecoder::with_precision`]).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self {
+            transformer: self.transformer.with_precision(precision),
+        }
+    }
 }
 
 /// Evaluation outputs of the bicaptioning model (teacher forcing, as upstream's validation).
@@ -133,6 +150,31 @@ impl<B: Backend> BidirectionalCaptioningModel<B> {
             },
             config: config.clone(),
         })
+    }
+
+    /// The model with its matrix products and convolutions in `precision`, for training and
+    /// evaluation alike (`valid()` keeps it).
+    ///
+    /// [`Precision::Bf16`] runs the backbone's convolutions and every matrix product of both
+    /// heads (visual projection, attention projections, `q kᵀ`, `weights · v`, feed-forward,
+    /// tied output layer) in bf16, casting each result straight back to f32; BatchNorm,
+    /// LayerNorm, softmax, GELU, residual adds, embeddings, the losses, the parameters and
+    /// their gradients stay f32, so an optimizer keeps f32 master weights and state.
+    /// [`Precision::F32`] (the default) computes exactly what the model computed before this
+    /// setting existed. The precision is not saved with the weights: set it after building or
+    /// loading a model.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self {
+            visual: self.visual.with_precision(precision),
+            textual: self.textual.with_precision(precision),
+            backward_textual: self.backward_textual.with_precision(precision),
+            config: self.config,
+        }
+    }
+
+    /// The precision set by [`BidirectionalCaptioningModel::with_precision`].
+    pub fn precision(&self) -> Precision {
+        self.textual.precision
     }
 
     /// The training objective: `captioning_forward + captioning_backward`.
@@ -273,6 +315,21 @@ impl<B: Backend> ForwardCaptioningModel<B> {
             textual: config.textual.try_init(device)?,
             config: config.clone(),
         })
+    }
+
+    /// The model with its matrix products and convolutions in `precision` (see
+    /// [`BidirectionalCaptioningModel::with_precision`]).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self {
+            visual: self.visual.with_precision(precision),
+            textual: self.textual.with_precision(precision),
+            config: self.config,
+        }
+    }
+
+    /// The precision set by [`ForwardCaptioningModel::with_precision`].
+    pub fn precision(&self) -> Precision {
+        self.textual.precision
     }
 
     /// The training objective `captioning_forward` (token-mean cross-entropy, padding ignored).

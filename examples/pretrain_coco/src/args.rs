@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use virtex::Precision;
 use virtex_device::DeviceSpec;
 
 /// VirTex pretraining (bicaptioning on COCO Captions).
@@ -48,7 +49,8 @@ pub struct Args {
     /// `optim.num_iterations`); used to split a run for resume tests.
     #[arg(long)]
     pub stop_after: Option<u64>,
-    /// Numeric precision of the CUDA compute: f32 | bf16.
+    /// f32 | bf16: bf16 convolutions and matrix products, f32 norms, softmax, losses, weights
+    /// and optimizer state (for GPUs; overrides `train.precision`).
     #[arg(long)]
-    pub precision: Option<String>,
+    pub precision: Option<Precision>,
 }

@@ -40,14 +40,8 @@ fn try_main() -> Result<(), TrainError> {
     if let Some(tokenizer) = &args.tokenizer {
         config.data.tokenizer = Some(tokenizer.clone());
     }
-    if let Some(precision) = &args.precision {
-        config.train.precision = precision.clone();
-        config.validate()?;
-    }
-    if config.train.precision == "bf16" {
-        return Err(TrainError::Config(
-            "--precision bf16 is not implemented yet (burn 0.21 has no autocast); use f32".into(),
-        ));
+    if let Some(precision) = args.precision {
+        config.train.precision = precision;
     }
 
     let (run_dir, resume) = match (&args.resume, &args.run_dir) {

@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::prelude::*;
 use virtex::{
     BidirectionalCaptioningModel, CaptioningModelConfig, ForwardCaptioningModel, ImportOptions,
-    VirtexError,
+    Precision, VirtexError,
 };
 use virtex_data::Batch;
 
@@ -36,6 +36,9 @@ pub trait PretrainModel<B: Backend>: Module<B> + Sized {
     fn from_official(path: &Path, device: &B::Device) -> Result<Self, VirtexError>;
     /// Exports the CNN as torchvision-named safetensors.
     fn export_backbone(&self, path: &Path) -> Result<(), VirtexError>;
+    /// The model with its convolutions and matrix products in `precision` (not saved in
+    /// checkpoints: the loop sets it from `train.precision` after building or loading).
+    fn with_precision(self, precision: Precision) -> Self;
 }
 
 impl<B: Backend> PretrainModel<B> for BidirectionalCaptioningModel<B> {
@@ -76,6 +79,10 @@ impl<B: Backend> PretrainModel<B> for BidirectionalCaptioningModel<B> {
     fn export_backbone(&self, path: &Path) -> Result<(), VirtexError> {
         Ok(self.visual.cnn.save_torchvision_safetensors(path)?)
     }
+
+    fn with_precision(self, precision: Precision) -> Self {
+        Self::with_precision(self, precision)
+    }
 }
 
 impl<B: Backend> PretrainModel<B> for ForwardCaptioningModel<B> {
@@ -114,5 +121,9 @@ impl<B: Backend> PretrainModel<B> for ForwardCaptioningModel<B> {
 
     fn export_backbone(&self, path: &Path) -> Result<(), VirtexError> {
         Ok(self.visual.cnn.save_torchvision_safetensors(path)?)
+    }
+
+    fn with_precision(self, precision: Precision) -> Self {
+        Self::with_precision(self, precision)
     }
 }

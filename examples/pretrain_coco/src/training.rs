@@ -326,6 +326,7 @@ where
         (None, Some(init)) => load_initial(init, &model_config, &device)?,
         (None, None) => M::init(&model_config, &device).map_err(model_error(&run_dir))?,
     };
+    model = model.with_precision(config.train.precision);
 
     if options.eval_only {
         let val = validate::<B::InnerBackend, _>(
