@@ -15,12 +15,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use virtex::CaptioningModelConfig;
 use virtex_data::{
-    CaptionChoice, CaptioningDataset, CocoCaptions, CocoOptions, DataLoader, FlipCaption,
+    Batch, CaptionChoice, CaptioningDataset, CocoCaptions, CocoOptions, DataLoader, FlipCaption,
     ImageTransforms, LoaderConfig, LoaderPosition, SentencePieceBpeTokenizer, Split,
 };
 use virtex_lookahead::{
     GroupRule, GroupedOptimizer, GroupedOptimizerConfig, LookaheadConfig, LrDecay,
-    LrScheduleConfig, ParamGroupsConfig, TorchSgd, TorchSgdConfig,
+    LrScheduleConfig, ParamGroupsConfig, StepReport, TorchSgd, TorchSgdConfig,
 };
 
 use crate::checkpoint::{latest_checkpoint, write_checkpoint};
@@ -83,7 +83,83 @@ struct TrainState {
     config: PretrainConfig,
 }
 
-type Optim<M, B> = GroupedOptimizer<TorchSgd<M, B>, M, B>;
+/// The optimizer [`run`] trains with: [`optimizer_config`]'s groups, torch-exact SGD, Lookahead,
+/// schedule and global clipping.
+pub type Optim<M, B> = GroupedOptimizer<TorchSgd<M, B>, M, B>;
+
+/// What one [`train_step`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepResult {
+    /// `[loss, captioning_forward, captioning_backward]` of the step's batch, computed before
+    /// the update (the mean over the micro-batches when the step accumulates several).
+    pub losses: [f64; 3],
+    /// The optimizer's report: LRs, gradient norm and clip factor, skipped, Lookahead sync.
+    pub report: StepReport,
+    /// Images the step trained on.
+    pub images: usize,
+}
+
+/// One training iteration, in upstream's order: for each micro-batch, forward in train mode →
+/// loss (`captioning_forward + captioning_backward`) → backward, the gradients summed (each
+/// loss scaled by 1 / micro-batches); then [`GroupedOptimizer::step`]: non-finite check →
+/// global gradient-norm clip → grouped SGD at `base LR × schedule` → Lookahead → schedule step.
+///
+/// `batches` holds the iteration's micro-batches (one without gradient accumulation); they are
+/// consumed one at a time, so only one needs to be on the device at once. Seeding the backend
+/// RNG (dropout) is the caller's business. A non-finite loss gives non-finite gradients, which
+/// the optimizer detects: the step is skipped (`report.skipped`) while the schedule advances,
+/// as upstream's `GradScaler` does.
+pub fn train_step<B, M, I>(
+    model: M,
+    optimizer: &mut Optim<M, B>,
+    batches: I,
+) -> Result<(M, StepResult), TrainError>
+where
+    B: AutodiffBackend,
+    M: PretrainModel<B> + AutodiffModule<B>,
+    I: IntoIterator<Item = Batch<B>>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let batches = batches.into_iter();
+    let micro_batches = batches.len();
+    if micro_batches == 0 {
+        return Err(TrainError::Config(
+            "a training step needs at least one batch".into(),
+        ));
+    }
+    let scale = 1.0 / micro_batches as f64;
+    let mut accumulator = GradientsAccumulator::<M>::new();
+    let mut losses = [0.0f64; 3];
+    let mut images = 0;
+    for batch in batches {
+        images += batch.images.dims()[0];
+        let objective = model.objective(&batch);
+        let values = [
+            scalar(objective.loss.clone()),
+            scalar(objective.forward),
+            scalar(objective.backward),
+        ];
+        for (total, value) in losses.iter_mut().zip(values) {
+            *total += value * scale;
+        }
+        let loss = if micro_batches > 1 {
+            objective.loss.mul_scalar(scale)
+        } else {
+            objective.loss
+        };
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        accumulator.accumulate(&model, grads);
+    }
+    let (model, report) = optimizer.step(model, accumulator.grads());
+    Ok((
+        model,
+        StepResult {
+            losses,
+            report,
+            images,
+        },
+    ))
+}
 
 /// Set by Ctrl-C; the loop checkpoints and stops at the end of the current iteration.
 pub fn install_interrupt_flag() -> Arc<AtomicBool> {
@@ -109,7 +185,11 @@ pub fn model_config(
     .map_err(|err| TrainError::Config(format!("model: {err}")))
 }
 
-fn optimizer_config(config: &PretrainConfig) -> Result<GroupedOptimizerConfig, TrainError> {
+/// The optimizer configuration of a pretraining config (upstream `OptimizerFactory` and
+/// `LRSchedulerFactory`): LR group "visual" (`cnn_lr`) for every parameter whose path contains
+/// "cnn", the common `lr` for the rest, no weight decay where `optim.no_decay` matches, SGD
+/// momentum/Nesterov, Lookahead, warmup + decay schedule and the global gradient-norm clip.
+pub fn optimizer_config(config: &PretrainConfig) -> Result<GroupedOptimizerConfig, TrainError> {
     let optim = &config.optim;
     let decay = LrDecay::from_name(&optim.lr_decay_name)
         .map_err(|err| TrainError::Config(format!("optim.lr_decay_name: {err}")))?;
@@ -412,39 +492,31 @@ where
                 .wrapping_add(iteration),
         );
 
-        let mut accumulator = GradientsAccumulator::<M>::new();
-        let mut step_losses = [0.0f64; 3];
-        let scale = 1.0 / accumulation as f64;
-        for _ in 0..accumulation {
-            let batch = batches
-                .next()
-                .ok_or_else(|| TrainError::Config("the training loader ended".into()))?
-                .map_err(data_error)?;
-            images_seen += batch.batch_size();
-            window.1 += batch.batch_size();
-            let batch = batch.to_device::<B>(&device);
-            let objective = model.objective(&batch);
-            let values = [
-                scalar(objective.loss.clone()),
-                scalar(objective.forward),
-                scalar(objective.backward),
-            ];
-            for (total, value) in step_losses.iter_mut().zip(values) {
-                *total += value * scale;
-            }
-            // A non-finite loss gives non-finite gradients, which the optimizer detects: the
-            // step is skipped while the schedule still advances, as upstream's GradScaler does.
-            let loss = if accumulation > 1 {
-                objective.loss.mul_scalar(scale)
-            } else {
-                objective.loss
-            };
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accumulator.accumulate(&model, grads);
-        }
-
-        let (stepped, report) = optimizer.step(model, accumulator.grads());
+        // The micro-batches wait on the host; each moves to the device only for its own
+        // forward/backward, so device memory holds one at a time.
+        let host_batches = (0..accumulation)
+            .map(|_| {
+                batches
+                    .next()
+                    .ok_or_else(|| TrainError::Config("the training loader ended".into()))?
+                    .map_err(data_error)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (stepped, step) = train_step(
+            model,
+            &mut optimizer,
+            host_batches
+                .iter()
+                .map(|batch| batch.to_device::<B>(&device)),
+        )?;
         model = stepped;
+        images_seen += step.images;
+        window.1 += step.images;
+        let StepResult {
+            losses: step_losses,
+            report,
+            ..
+        } = step;
         let skipped = report.skipped;
         if skipped {
             skipped_steps += 1;
