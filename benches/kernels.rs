@@ -16,9 +16,14 @@
 //! - `optim`: one torch-style SGD step (momentum 0.9, coupled weight decay) over tensors shaped
 //!   like the parameters of R50-L1-H1024 (69.5M values), plain burn tensor ops.
 //! - `resnet50`: a ResNet-50 train step (forward + backward, 4×128²) and inference (8×224²).
+//! - `train_step`: whole VirTex pretraining iterations as `pretrain_coco` runs them (train-mode
+//!   forward, both captioning losses, backward, global clip, Lookahead(SGD) with the LR groups,
+//!   schedule), for the `small_cpu` preset (ResNet-18 + L1 H64, 8×64²) and
+//!   `bicaptioning_R_50_L1_H1024` at batch 8 (224², 30 tokens, 10K vocabulary); reported in
+//!   images per second.
 //!
 //! Throughput: FLOP-counted rows report `Melem/s` = MFLOP/s (criterion has no FLOP unit);
-//! memory-bound rows report bytes of their input per second. Every timed closure ends by
+//! memory-bound rows report bytes of their input per second; `train_step` rows count images. Every timed closure ends by
 //! synchronising the device. The PyTorch side is `tools/bench/kernels.py`, and
 //! `tools/bench/compare.py` prints both side by side.
 
@@ -32,8 +37,13 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Distribution;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use pretrain_coco::config::PretrainConfig;
+use pretrain_coco::model::PretrainModel;
+use pretrain_coco::training::{model_config, optimizer_config, train_step, Optim};
+use virtex::BidirectionalCaptioningModel;
 use virtex_backbone::{BatchNorm2dConfig, ResNet, ResNetConfig};
 use virtex_benches::{bench_device, BenchDevice};
+use virtex_data::{Batch, ImageId, SentencePieceBpeTokenizer};
 
 /// One distinct convolution of ResNet-50 (padding `kernel / 2`, no bias).
 #[derive(Debug, Clone, PartialEq)]
@@ -538,6 +548,108 @@ fn resnet_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device) {
     group.finish();
 }
 
+/// A batch of random images and random captions of lengths spread over `[len/2, len]`
+/// (`[SOS] … [EOS]`, right-padded with 0; the reversed copy for the backward model).
+fn random_batch<B: Backend>(
+    batch: usize,
+    size: usize,
+    max_length: usize,
+    vocab: usize,
+    device: &B::Device,
+) -> Batch<B> {
+    const SOS: i64 = 1;
+    const EOS: i64 = 2;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |bound: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        ((state >> 33) % bound as u64) as usize
+    };
+    let (mut forward, mut backward, mut lengths) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..batch {
+        let length = max_length / 2 + next(max_length / 2 + 1);
+        let mut tokens = vec![SOS];
+        tokens.extend((0..length - 2).map(|_| 3 + next(vocab - 3) as i64));
+        tokens.push(EOS);
+        let mut reversed = tokens.clone();
+        reversed.reverse();
+        tokens.resize(max_length, 0);
+        reversed.resize(max_length, 0);
+        forward.extend(tokens);
+        backward.extend(reversed);
+        lengths.push(length as i64);
+    }
+    let tokens = |values: Vec<i64>| {
+        Tensor::<B, 2, Int>::from_data(TensorData::new(values, [batch, max_length]), device)
+    };
+    Batch {
+        image_ids: (0..batch as u64).map(ImageId::Int).collect(),
+        images: Tensor::random(
+            [batch, 3, size, size],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        ),
+        caption_tokens: tokens(forward),
+        noitpac_tokens: tokens(backward),
+        caption_lengths: Tensor::from_data(TensorData::new(lengths, [batch]), device),
+    }
+}
+
+fn train_step_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device) {
+    let mut group = quick_group(c, "train_step");
+    for (preset, batch) in [("small_cpu", 8), ("bicaptioning_R_50_L1_H1024", 8)] {
+        let make = || {
+            let config = PretrainConfig::preset(preset).expect("a known preset");
+            // The small preset trains on the embedded sample's vocabulary; released models use
+            // upstream's 10K SentencePiece vocabulary.
+            let vocab = if preset == "small_cpu" {
+                SentencePieceBpeTokenizer::from_file(virtex_data::sample_vocab_path())
+                    .expect("the embedded sample vocabulary")
+                    .vocab_size()
+            } else {
+                config.data.vocab_size
+            };
+            let model: BidirectionalCaptioningModel<B> =
+                PretrainModel::init(&model_config(&config, vocab).expect("model config"), device)
+                    .expect("model init");
+            let optimizer = optimizer_config(&config)
+                .expect("optimizer config")
+                .init(&model)
+                .expect("optimizer init");
+            let size = config.data.image_crop_size as usize;
+            let length = config.data.max_caption_length;
+            let batch = random_batch::<B>(batch, size, length, vocab, device);
+            let mut state = (Some(model), optimizer, batch);
+            // One step outside the timed region: parameters are initialised lazily.
+            virtex_step(&mut state);
+            state
+        };
+        group.throughput(Throughput::Elements(batch as u64));
+        bench_with(&mut group, format!("{preset}_b{batch}"), make, virtex_step);
+    }
+    group.finish();
+}
+
+/// What a `train_step` row keeps between iterations: the model (taken and put back by each
+/// step), its optimizer and the batch.
+type StepState<B> = (
+    Option<BidirectionalCaptioningModel<B>>,
+    Optim<BidirectionalCaptioningModel<B>, B>,
+    Batch<B>,
+);
+
+/// One pretraining iteration through `pretrain_coco::training::train_step`, the function the
+/// training loop runs: objective, backward, global clip, grouped Lookahead(SGD), schedule. It
+/// reads the losses back, which synchronises the device; the updated stem weights are read too.
+fn virtex_step<B: AutodiffBackend>((model, optimizer, batch): &mut StepState<B>) {
+    let current = model.take().expect("the model is put back after each step");
+    let (next, _result) =
+        train_step(current, optimizer, std::iter::once(batch.clone())).expect("train step");
+    sync(next.visual.cnn.conv1.weight.val());
+    *model = Some(next);
+}
+
 fn run<B: AutodiffBackend>(c: &mut Criterion, device: B::Device) {
     conv_benches::<B::InnerBackend>(c, &device);
     norm_and_eltwise_benches::<B>(c, &device);
@@ -545,9 +657,11 @@ fn run<B: AutodiffBackend>(c: &mut Criterion, device: B::Device) {
     attention_benches::<B>(c, &device);
     optim_benches::<B::InnerBackend>(c, &device);
     resnet_benches::<B>(c, &device);
+    train_step_benches::<B>(c, &device);
     eprintln!(
         "note: `Melem/s` is MFLOP/s for conv/matmul/attention/resnet50 rows; \
-         `GiB/s` counts the input tensor's bytes for batchnorm/eltwise/optim rows"
+         `GiB/s` counts the input tensor's bytes for batchnorm/eltwise/optim rows; \
+         `elem/s` is images/s for train_step rows"
     );
 }
 

@@ -69,7 +69,9 @@ def read_burn(since, pattern):
         median_ns = json.loads(estimates.read_text())["median"]["point_estimate"]
         throughput = meta.get("throughput") or {}
         if "Elements" in throughput:
-            work, unit = throughput["Elements"], "flop"
+            # train_step rows count images; every other Elements row counts FLOPs.
+            unit = "img" if row_id.startswith("train_step/") else "flop"
+            work = throughput["Elements"]
         elif "Bytes" in throughput:
             work, unit = throughput["Bytes"], "bytes"
         else:
@@ -108,6 +110,8 @@ def fmt_rate(row):
     if row is None or row[1] is None:
         return "—"
     seconds, work, unit = row
+    if unit == "img":
+        return f"{work / seconds:.2f} img/s"
     rate = work / seconds / 1e9
     return f"{rate:.1f} {'GFLOP/s' if unit == 'flop' else 'GB/s'}"
 
@@ -131,7 +135,7 @@ def table(burn, torch_rows, markdown):
                      [render(line) for line in lines])
 
 
-GROUP_ORDER = ["resnet50", "conv_fwd", "conv_bwd_data", "conv_bwd_weight", "batchnorm",
+GROUP_ORDER = ["train_step", "resnet50", "conv_fwd", "conv_bwd_data", "conv_bwd_weight", "batchnorm",
                "eltwise", "matmul", "attention", "optim"]
 
 

@@ -6,7 +6,11 @@ work count (FLOPs, or bytes of the input for memory-bound rows) and the same com
 convolutions through `aten.convolution_backward` for the two gradients, `nn.BatchNorm2d` in
 train and eval mode, the textual head's matmuls as plain products, attention from plain ops,
 `torch.optim.SGD` over tensors shaped like R50-L1-H1024's parameters, and torchvision's
-ResNet-50 (without avgpool/fc, `zero_init_residual=True`) for the train step and inference.
+ResNet-50 (without avgpool/fc, `zero_init_residual=True`) for the train step and inference;
+`train_step/*` rows are whole VirTex pretraining iterations on our PyTorch VirTex
+(`tools/reference/textual.py`: torchvision ResNet + `nn.TransformerDecoder` head, both
+captioning losses) with upstream's optimiser (SGD momentum 0.9, weight decay 1e-4 off for the
+no-decay group, CNN LR group, Lookahead k 5 alpha 0.5, `clip_grad_norm_(10)`, LambdaLR).
 
 Timing mirrors criterion's flat sampling: a short warm-up, then 10 samples of a fixed number
 of iterations (at least one, about 1 s in all); the median time per iteration is reported.
@@ -23,9 +27,13 @@ import statistics
 import sys
 import time
 
+import pathlib
+
 import torch
 import torch.nn.functional as F
 import torchvision
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "reference"))
 
 SAMPLES = 10
 MEASUREMENT_S = 1.0
@@ -361,6 +369,70 @@ def resnet_rows(rows):
     rows.add("resnet50/inference_b8_224", make_inference)
 
 
+SAMPLE_VOCAB_SIZE = 400  # crates/virtex-data/sample/vocab/coco_sample.model
+
+
+def virtex_step_rows(rows):
+    """`train_step/{preset}_b8`: the same presets, shapes and optimiser as kernels.rs."""
+    from backbone import NarrowResNet
+    from lookahead import Lookahead, multiplier
+    from textual import CaptioningModel, TextualHead
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    presets = {
+        # name: (block, layers, feature size, vocab, hidden, heads, size, cnn_lr, lr, warmup)
+        "small_cpu": (BasicBlock, [2, 2, 2, 2], 512, SAMPLE_VOCAB_SIZE, 64, 1, 64, 0.05, 0.01,
+                      10),
+        "bicaptioning_R_50_L1_H1024": (Bottleneck, [3, 4, 6, 3], 2048, 10000, 1024, 16, 224,
+                                       0.2, 0.001, 10000),
+    }
+
+    def make(name, batch):
+        block, layers, features, vocab, hidden, heads, size, cnn_lr, lr, warmup = presets[name]
+        cnn = NarrowResNet(block, layers, stem=64)
+        cnn.fc = torch.nn.Identity()
+        textual = TextualHead(features, vocab, hidden, 1, heads, 4 * hidden, dropout=0.1,
+                              max_caption_length=30)
+        model = CaptioningModel(cnn, textual, backward=True).train()
+        no_decay = re.compile(r".*textual.(embedding|transformer).*(norm.*|bias)")
+        groups = {"cnn": [], "decay": [], "no_decay": []}
+        for path, param in model.named_parameters():  # shared tensors are listed once
+            key = "cnn" if "cnn" in path else "no_decay" if no_decay.match(path) else "decay"
+            groups[key].append(param)
+        sgd = torch.optim.SGD([
+            {"params": groups["cnn"], "lr": cnn_lr, "weight_decay": 1e-4},
+            {"params": groups["decay"], "lr": lr, "weight_decay": 1e-4},
+            {"params": groups["no_decay"], "lr": lr, "weight_decay": 0.0},
+        ], lr=lr, momentum=0.9)
+        optimizer = Lookahead(sgd, k=5, alpha=0.5)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            sgd, lambda step: multiplier("cosine", step, warmup, 500000))
+        gen = torch.Generator().manual_seed(0)
+        lengths = torch.randint(15, 31, (batch,), generator=gen)
+        tokens = torch.zeros(batch, 30, dtype=torch.long)
+        reversed_tokens = torch.zeros_like(tokens)
+        for i, n in enumerate(lengths.tolist()):
+            caption = torch.cat([torch.tensor([1]), torch.randint(3, vocab, (n - 2,), generator=gen),
+                                 torch.tensor([2])])
+            tokens[i, :n] = caption
+            reversed_tokens[i, :n] = caption.flip(0)
+        images = torch.randn(batch, 3, size, size, generator=gen)
+        params = [p for group in sgd.param_groups for p in group["params"]]
+
+        def fn():
+            sgd.zero_grad(set_to_none=True)
+            loss, _, _ = model(images, tokens, reversed_tokens, lengths)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            optimizer.step()
+            schedule.step()
+            return loss
+        return fn, batch, "img"
+
+    for name in presets:
+        rows.add(f"train_step/{name}_b8", lambda name=name: make(name, 8))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -380,6 +452,7 @@ def main():
     attention_rows(rows)
     optim_rows(rows)
     resnet_rows(rows)
+    virtex_step_rows(rows)
 
     results = {}
     print(f"# torch {torch.__version__}, {args.threads} threads", file=sys.stderr)
@@ -387,8 +460,10 @@ def main():
         fn, work, unit = make()
         seconds = measure(fn)
         del fn
-        rate = work / seconds / 1e9
-        label = "GFLOP/s" if unit == "flop" else "GB/s"
+        if unit == "img":
+            rate, label = work / seconds, "img/s"
+        else:
+            rate, label = work / seconds / 1e9, "GFLOP/s" if unit == "flop" else "GB/s"
         print(f"{row_id:60s} {seconds * 1e3:10.3f} ms {rate:9.2f} {label}", file=sys.stderr)
         results[row_id] = {"seconds": seconds, "work": work, "unit": unit}
     if args.json:
