@@ -7,11 +7,12 @@ use burn::backend::{Autodiff, Flex};
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
-use burn::tensor::ops::{ConvOptions, ModuleOps};
+use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::TensorPrimitive;
 
 use crate::dispatch::{cast, is};
 use crate::flex;
+use crate::im2col::ConvGeometry;
 use crate::selection::fast_kernels_enabled;
 
 fn float<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> B::FloatTensorPrimitive {
@@ -114,22 +115,47 @@ pub fn conv2d_x_backward<B: Backend>(
     output_grad: Tensor<B, 4>,
     options: ConvOptions<2>,
 ) -> Tensor<B, 4> {
+    conv_gradient(
+        [x, weight, output_grad],
+        options,
+        |g, [_, weight, output_grad]| flex::data_grad(g, weight, output_grad),
+        Flex::conv2d_x_backward,
+        B::conv2d_x_backward,
+    )
+}
+
+/// A convolution gradient on the GEMM kernels when `B` is `Flex` and the operands are ones they
+/// handle (`fast`), with flex's own op otherwise (`flex_fallback`), and `B`'s op on every other
+/// backend (`generic`).
+fn conv_gradient<B: Backend>(
+    operands: [Tensor<B, 4>; 3],
+    options: ConvOptions<2>,
+    fast: impl FnOnce(&ConvGeometry, [&FloatTensor<Flex>; 3]) -> FloatTensor<Flex>,
+    flex_fallback: impl FnOnce(
+        FloatTensor<Flex>,
+        FloatTensor<Flex>,
+        FloatTensor<Flex>,
+        ConvOptions<2>,
+    ) -> FloatTensor<Flex>,
+    generic: impl FnOnce(
+        B::FloatTensorPrimitive,
+        B::FloatTensorPrimitive,
+        B::FloatTensorPrimitive,
+        ConvOptions<2>,
+    ) -> B::FloatTensorPrimitive,
+) -> Tensor<B, 4> {
     if fast_kernels_enabled() && is::<B, Flex>() {
-        let [x, weight, output_grad] = [x, weight, output_grad].map(|t| {
+        let [x, weight, output_grad] = operands.map(|t| {
             float(cast::<_, Tensor<Flex, 4>>(t).unwrap_or_else(|_| unreachable!("B is Flex")))
         });
         let grad = match flex::geometry(&x, &weight, &options) {
-            Some(g) => flex::data_grad(&g, &weight, &output_grad),
-            None => Flex::conv2d_x_backward(x, weight, output_grad, options),
+            Some(g) => fast(&g, [&x, &weight, &output_grad]),
+            None => flex_fallback(x, weight, output_grad, options),
         };
         return cast(wrap::<Flex, 4>(grad)).unwrap_or_else(|_| unreachable!("B is Flex"));
     }
-    wrap(B::conv2d_x_backward(
-        float(x),
-        float(weight),
-        float(output_grad),
-        options,
-    ))
+    let [x, weight, output_grad] = operands.map(float);
+    wrap(generic(x, weight, output_grad, options))
 }
 
 /// Gradient of [`conv2d`] with respect to `weight` (burn's
@@ -146,22 +172,13 @@ pub fn conv2d_weight_backward<B: Backend>(
     output_grad: Tensor<B, 4>,
     options: ConvOptions<2>,
 ) -> Tensor<B, 4> {
-    if fast_kernels_enabled() && is::<B, Flex>() {
-        let [x, weight, output_grad] = [x, weight, output_grad].map(|t| {
-            float(cast::<_, Tensor<Flex, 4>>(t).unwrap_or_else(|_| unreachable!("B is Flex")))
-        });
-        let grad = match flex::geometry(&x, &weight, &options) {
-            Some(g) => flex::weight_grad(&g, &x, &output_grad),
-            None => Flex::conv2d_weight_backward(x, weight, output_grad, options),
-        };
-        return cast(wrap::<Flex, 4>(grad)).unwrap_or_else(|_| unreachable!("B is Flex"));
-    }
-    wrap(B::conv2d_weight_backward(
-        float(x),
-        float(weight),
-        float(output_grad),
+    conv_gradient(
+        [x, weight, output_grad],
         options,
-    ))
+        |g, [x, _, output_grad]| flex::weight_grad(g, x, output_grad),
+        Flex::conv2d_weight_backward,
+        B::conv2d_weight_backward,
+    )
 }
 
 /// [`Conv2d::forward`] through [`conv2d`]: the same result, on the GEMM kernels where they
