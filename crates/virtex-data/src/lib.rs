@@ -43,6 +43,7 @@ mod dataset;
 mod error;
 mod image_io;
 mod loader;
+mod planar;
 mod rng;
 mod sample;
 mod tokenizer;

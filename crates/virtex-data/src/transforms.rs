@@ -18,6 +18,7 @@
 //! does not anti-alias when shrinking. Colour jitter follows torchvision's tensor ops on `uint8`
 //! images, truncations included.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::caption::{swap_left_right, FlipCaption};
 use crate::error::{DataError, Result};
+use crate::planar::{chw_scale_shift, Planes};
 use crate::rng::SampleRng;
 
 /// ImageNet mean, RGB, on the `[0, 1]` scale.
@@ -378,19 +380,33 @@ impl ImageTransforms {
         mut caption: Option<&mut String>,
         rng: &mut SampleRng,
     ) -> TransformedImage {
-        let mut current: Option<RgbImage> = None;
+        // The image between steps: geometric steps work on interleaved RGB; from the flip or
+        // the jitter on it is kept planar (de-interleaved once, mirrored on the way), which is
+        // also the layout of the output.
+        let mut current = Current::Source;
         let mut normalize = None;
         for step in &self.steps {
-            let img = current.as_ref().unwrap_or(image);
             match step {
                 TransformStep::RandomResizedCrop { size, scale, ratio } => {
+                    let img = current.interleaved(image);
                     let crop =
                         random_resized_crop_params(img.width(), img.height(), *scale, *ratio, rng);
-                    current = Some(resize_region(img, crop, *size, *size));
+                    current = Current::Rgb(resize_region(&img, crop, *size, *size));
                 }
                 TransformStep::HorizontalFlip { p, caption: mode } => {
                     if rng.bernoulli(*p) {
-                        current = Some(image::imageops::flip_horizontal(img));
+                        current = match current {
+                            Current::Planar(mut planes) => {
+                                planes.mirror();
+                                Current::Planar(planes)
+                            }
+                            Current::Rgb(img) => {
+                                Current::Planar(Planes::from_interleaved(&img, true))
+                            }
+                            Current::Source => {
+                                Current::Planar(Planes::from_interleaved(image, true))
+                            }
+                        };
                         if let Some(c) = caption.as_deref_mut() {
                             *c = swap_left_right(c, *mode);
                         }
@@ -399,12 +415,13 @@ impl ImageTransforms {
                 TransformStep::ColorJitter(jitter) => {
                     if rng.bernoulli(jitter.p) {
                         let params = jitter.sample(rng);
-                        let mut out = img.clone();
-                        apply_jitter(&mut out, &params);
-                        current = Some(out);
+                        let mut planes = current.planar(image);
+                        planes.jitter(&params);
+                        current = Current::Planar(planes);
                     }
                 }
                 TransformStep::SmallestMaxSize { size } => {
+                    let img = current.interleaved(image);
                     let (w, h) = smallest_max_size(img.width(), img.height(), *size);
                     if (w, h) != img.dimensions() {
                         let full = CropBox {
@@ -413,16 +430,54 @@ impl ImageTransforms {
                             width: f64::from(img.width()),
                             height: f64::from(img.height()),
                         };
-                        current = Some(resize_region(img, full, w, h));
+                        current = Current::Rgb(resize_region(&img, full, w, h));
+                    } else if let Cow::Owned(img) = img {
+                        current = Current::Rgb(img);
                     }
                 }
                 TransformStep::CenterCrop { size } => {
-                    current = Some(center_crop(img, *size, *size));
+                    let img = current.interleaved(image);
+                    current = Current::Rgb(center_crop(&img, *size, *size));
                 }
                 TransformStep::Normalize(n) => normalize = Some(*n),
             }
         }
-        to_chw(current.as_ref().unwrap_or(image), normalize.as_ref())
+        match current {
+            Current::Source => to_chw(image, normalize.as_ref()),
+            Current::Rgb(img) => to_chw(&img, normalize.as_ref()),
+            Current::Planar(planes) => planes.to_chw(normalize.as_ref()),
+        }
+    }
+}
+
+/// The image between the steps of [`ImageTransforms::run`].
+enum Current {
+    /// The input, untouched.
+    Source,
+    /// Interleaved RGB8.
+    Rgb(RgbImage),
+    /// Planar RGB8.
+    Planar(Planes),
+}
+
+impl Current {
+    /// The image interleaved (borrowed unless it is planar), leaving `self` as the source when
+    /// it is taken.
+    fn interleaved<'a>(&mut self, source: &'a RgbImage) -> Cow<'a, RgbImage> {
+        match std::mem::replace(self, Current::Source) {
+            Current::Source => Cow::Borrowed(source),
+            Current::Rgb(img) => Cow::Owned(img),
+            Current::Planar(planes) => Cow::Owned(planes.to_interleaved()),
+        }
+    }
+
+    /// The image planar, leaving `self` as the source.
+    fn planar(&mut self, source: &RgbImage) -> Planes {
+        match std::mem::replace(self, Current::Source) {
+            Current::Source => Planes::from_interleaved(source, false),
+            Current::Rgb(img) => Planes::from_interleaved(&img, false),
+            Current::Planar(planes) => planes,
+        }
     }
 }
 
@@ -572,127 +627,31 @@ impl ColorJitter {
 
 /// Applies the adjustments of `params` in order.
 pub fn apply_jitter(image: &mut RgbImage, params: &JitterParams) {
-    for op in params.order {
-        match op {
-            0 => {
-                if let Some(f) = params.brightness {
-                    adjust_brightness(image, f)
-                }
-            }
-            1 => {
-                if let Some(f) = params.contrast {
-                    adjust_contrast(image, f)
-                }
-            }
-            2 => {
-                if let Some(f) = params.saturation {
-                    adjust_saturation(image, f)
-                }
-            }
-            _ => {
-                if let Some(f) = params.hue {
-                    adjust_hue(image, f)
-                }
-            }
-        }
-    }
+    via_planes(image, |planes| planes.jitter(params));
 }
 
-/// torchvision `_blend` on uint8: `(ratio·a + (1 − ratio)·b).clamp(0, 255)` truncated to u8.
-/// `ratio` and `1 − ratio` are Python floats that torch rounds to `f32`; `ratio_c` is the latter.
-#[inline]
-fn blend(a: u8, b: f32, ratio: f32, ratio_c: f32) -> u8 {
-    (ratio * f32::from(a) + ratio_c * b).clamp(0.0, 255.0) as u8
+/// Runs `op` on the planar form of `image` and writes the result back (the pipeline itself
+/// stays planar from the flip or jitter on; see [`crate::planar`]).
+fn via_planes(image: &mut RgbImage, op: impl FnOnce(&mut Planes)) {
+    let mut planes = Planes::from_interleaved(image, false);
+    op(&mut planes);
+    planes.write_interleaved(image);
 }
 
-/// `(ratio, 1 − ratio)` rounded to `f32` as torch does with Python scalars.
-fn blend_ratios(factor: f64) -> (f32, f32) {
-    (factor as f32, (1.0 - factor) as f32)
-}
-
-/// torchvision `_rgb2gray` on uint8: `0.2989 r + 0.587 g + 0.114 b`, truncated to u8.
-#[inline]
-fn gray(p: &[u8]) -> u8 {
-    (0.2989f32 * f32::from(p[0]) + 0.587f32 * f32::from(p[1]) + 0.114f32 * f32::from(p[2])) as u8
-}
-
-/// torchvision `adjust_brightness` on uint8.
+/// torchvision `adjust_brightness` on uint8: `(factor · x).clamp(0, 255)` truncated, with
+/// `factor` rounded to `f32` (torchvision's `_blend` with black).
 pub fn adjust_brightness(image: &mut RgbImage, factor: f64) {
-    let (r, rc) = blend_ratios(factor);
-    apply_table(image, &byte_table(|v| blend(v, 0.0, r, rc)));
-}
-
-/// The 256 outputs of a per-byte map: one table lookup per byte then gives exactly the
-/// arithmetic's result at a fraction of its cost.
-fn byte_table(map: impl Fn(u8) -> u8) -> [u8; 256] {
-    std::array::from_fn(|v| map(v as u8))
-}
-
-fn apply_table(image: &mut RgbImage, table: &[u8; 256]) {
-    for v in image.iter_mut() {
-        *v = table[usize::from(*v)];
-    }
+    via_planes(image, |planes| planes.brightness(factor));
 }
 
 /// torchvision `adjust_contrast` on uint8: blend with the mean of the (uint8) grayscale image.
 pub fn adjust_contrast(image: &mut RgbImage, factor: f64) {
-    let (r, rc) = blend_ratios(factor);
-    let n = u64::from(image.width()) * u64::from(image.height());
-    if n == 0 {
-        return;
-    }
-    let sum: u64 = image.pixels().map(|p| u64::from(gray(&p.0))).sum();
-    let mean = (sum as f64 / n as f64) as f32;
-    apply_table(image, &byte_table(|v| blend(v, mean, r, rc)));
+    via_planes(image, |planes| planes.contrast(factor));
 }
 
 /// torchvision `adjust_saturation` on uint8: blend each pixel with its (uint8) gray value.
 pub fn adjust_saturation(image: &mut RgbImage, factor: f64) {
-    let (r, rc) = blend_ratios(factor);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked on the line above).
-        unsafe { adjust_saturation_avx2(image, r, rc) };
-        return;
-    }
-    adjust_saturation_lanes(image, r, rc);
-}
-
-/// [`adjust_saturation_lanes`] compiled for AVX2 (see [`adjust_hue_avx2`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn adjust_saturation_avx2(image: &mut RgbImage, ratio: f32, ratio_c: f32) {
-    adjust_saturation_lanes(image, ratio, ratio_c);
-}
-
-/// Blend of every pixel with its grayscale value, `HUE_LANES` pixels at a time in plain array
-/// arithmetic (vectorised by the compiler; the same operations per pixel as [`gray`] and
-/// [`blend`]).
-#[inline(always)]
-fn adjust_saturation_lanes(image: &mut RgbImage, ratio: f32, ratio_c: f32) {
-    for group in image.as_mut().chunks_mut(3 * HUE_LANES) {
-        let mut rgb = [[0f32; HUE_LANES]; 3];
-        for (i, px) in group.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                rgb[c][i] = f32::from(px[c]);
-            }
-        }
-        let mut gray = [0f32; HUE_LANES];
-        for i in 0..HUE_LANES {
-            let level = (0.2989f32 * rgb[0][i] + 0.587f32 * rgb[1][i] + 0.114f32 * rgb[2][i]) as u8;
-            gray[i] = f32::from(level);
-        }
-        for channel in &mut rgb {
-            for i in 0..HUE_LANES {
-                channel[i] = (ratio * channel[i] + ratio_c * gray[i]).clamp(0.0, 255.0);
-            }
-        }
-        for (i, px) in group.chunks_exact_mut(3).enumerate() {
-            for c in 0..3 {
-                px[c] = rgb[c][i] as u8;
-            }
-        }
-    }
+    via_planes(image, |planes| planes.saturation(factor));
 }
 
 /// torchvision `adjust_hue` on uint8: RGB → HSV in `f32` (`x / 255`), hue shifted modulo 1,
@@ -700,115 +659,7 @@ fn adjust_saturation_lanes(image: &mut RgbImage, ratio: f32, ratio_c: f32) {
 /// `hue_factor` is a fraction of the hue circle; torchvision accepts `[-0.5, 0.5]`, and larger
 /// values are taken modulo 1 here.
 pub fn adjust_hue(image: &mut RgbImage, hue_factor: f64) {
-    let mut hue_factor = hue_factor as f32;
-    if !(-1.0..=1.0).contains(&hue_factor) {
-        // One wrap below handles h + factor in [-1, 2).
-        hue_factor = hue_factor.rem_euclid(1.0);
-    }
-    // Pixels go through in groups of LANES with branch-free arithmetic on arrays, which the
-    // compiler turns into SIMD: the same IEEE operations per pixel as the scalar formula
-    // (divisions stay divisions), so the result is bit-for-bit the same, ~5× sooner.
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked on the line above).
-        unsafe { adjust_hue_avx2(image, hue_factor) };
-        return;
-    }
-    adjust_hue_lanes(image, hue_factor);
-}
-
-/// [`adjust_hue_lanes`] compiled for AVX2 (8 lanes per instruction instead of SSE2's 4). No FMA:
-/// the compiler never fuses a multiply and an add without it being asked, so the per-pixel
-/// results stay those of the scalar formula.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn adjust_hue_avx2(image: &mut RgbImage, hue_factor: f32) {
-    adjust_hue_lanes(image, hue_factor);
-}
-
-#[inline(always)]
-fn adjust_hue_lanes(image: &mut RgbImage, hue_factor: f32) {
-    for group in image.as_mut().chunks_mut(3 * HUE_LANES) {
-        let mut rgb = [[0f32; HUE_LANES]; 3];
-        for (i, px) in group.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                rgb[c][i] = f32::from(px[c]) / 255.0;
-            }
-        }
-        let out = hue_lanes(rgb, hue_factor);
-        for (i, px) in group.chunks_exact_mut(3).enumerate() {
-            for c in 0..3 {
-                px[c] = (out[c][i] * 255.999) as u8;
-            }
-        }
-    }
-}
-
-/// Pixels per group of [`hue_lanes`] (two AVX registers).
-const HUE_LANES: usize = 16;
-
-/// torchvision's `_rgb2hsv` → hue shift → `_hsv2rgb` on `HUE_LANES` pixels in `[0, 1]`.
-#[inline(always)]
-fn hue_lanes([r, g, b]: [[f32; HUE_LANES]; 3], hue_factor: f32) -> [[f32; HUE_LANES]; 3] {
-    let mut out = [[0f32; HUE_LANES]; 3];
-    for i in 0..HUE_LANES {
-        let (r, g, b) = (r[i], g[i], b[i]);
-        let maxc = r.max(g).max(b);
-        let minc = r.min(g).min(b);
-        let eqc = maxc == minc;
-        let cr = maxc - minc;
-        let s = cr / if eqc { 1.0 } else { maxc };
-        let div = if eqc { 1.0 } else { cr };
-        let rc = (maxc - r) / div;
-        let gc = (maxc - g) / div;
-        let bc = (maxc - b) / div;
-        let hr = if maxc == r { bc - gc } else { 0.0 };
-        let hg = if maxc == g && maxc != r {
-            2.0 + rc - bc
-        } else {
-            0.0
-        };
-        let hb = if maxc != g && maxc != r {
-            4.0 + gc - rc
-        } else {
-            0.0
-        };
-        let h = hr + hg + hb;
-        // `(h / 6 + 1) % 1`: h / 6 + 1 lies in [5/6, 2), where the remainder is one
-        // subtraction (exact, by Sterbenz's lemma).
-        let h = h / 6.0 + 1.0;
-        let h = if h >= 1.0 { h - 1.0 } else { h };
-        // Python's `(h + factor) % 1` (torch.remainder, sign of the divisor) for h + factor in
-        // [-0.5, 1.5): fmod returns its argument or argument − 1, then a negative one gets + 1.
-        let h = h + hue_factor;
-        let h = if h < 0.0 {
-            h + 1.0
-        } else if h >= 1.0 {
-            h - 1.0
-        } else {
-            h
-        };
-        let v = maxc;
-        // h ≥ 0, so truncation is floor; h rounds up to 1.0 at most, where i = 6 wraps to 0.
-        let h6 = h * 6.0;
-        let sector = h6 as i32;
-        let f = h6 - sector as f32;
-        let sector = if sector >= 6 { sector - 6 } else { sector };
-        let pp = (v * (1.0 - s)).clamp(0.0, 1.0);
-        let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
-        let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
-        let pick = |values: [f32; 6]| {
-            let mut chosen = values[5];
-            for (k, value) in values.into_iter().enumerate().take(5) {
-                chosen = if sector == k as i32 { value } else { chosen };
-            }
-            chosen
-        };
-        out[0][i] = pick([v, q, pp, pp, t, v]);
-        out[1][i] = pick([t, v, v, q, pp, pp]);
-        out[2][i] = pick([pp, pp, t, v, v, q]);
-    }
-    out
+    via_planes(image, |planes| planes.hue(hue_factor));
 }
 
 /// HWC u8 → CHW f32, normalised if asked.
@@ -816,14 +667,7 @@ pub fn to_chw(image: &RgbImage, normalize: Option<&Normalize>) -> TransformedIma
     let (w, h) = image.dimensions();
     let plane = (w as usize) * (h as usize);
     let mut data = vec![0f32; 3 * plane];
-    let (scale, shift) = match normalize {
-        // (x / 255 - mean) / std  ==  x * (1 / (255 std)) - mean / std
-        Some(n) => (
-            [0, 1, 2].map(|c| 1.0 / (255.0 * n.std[c])),
-            [0, 1, 2].map(|c| -n.mean[c] / n.std[c]),
-        ),
-        None => ([1.0; 3], [0.0; 3]),
-    };
+    let (scale, shift) = chw_scale_shift(normalize);
     let raw = image.as_raw();
     let (r, rest) = data.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
