@@ -18,6 +18,10 @@
 #   PRECISIONS  training runs                       ("bf16 f32")
 #   BENCH       criterion filter of the kernel bench ('^(train_step|resnet50|matmul/vocab)')
 #   DEVICE      burn device                         (cuda:0)
+#   DDP_DEVICES data-parallel smoke run, --devices  (cuda:0,cuda:0: two replicas on one GPU go
+#               through burn-collective's registration and all-reduce; "" skips the row)
+#   DDP_BATCH   its global batch                    (64)
+#   DDP_ITERATIONS its iterations                   (20)
 #   OUT         where logs and the table go         ($OUT if set, else target/device-check/out)
 #
 # Burn's autotune cache lives in ./target (cubecl's default for a working directory inside a
@@ -31,6 +35,9 @@ BATCHES=${BATCHES:-"256 128 64"}
 PRECISIONS=${PRECISIONS:-"bf16 f32"}
 BENCH=${BENCH:-'^(train_step|resnet50|matmul/vocab)'}
 DEVICE=${DEVICE:-cuda:0}
+DDP_DEVICES=${DDP_DEVICES-cuda:0,cuda:0}
+DDP_BATCH=${DDP_BATCH:-64}
+DDP_ITERATIONS=${DDP_ITERATIONS:-20}
 KIT=target/device-check
 OUT=${OUT:-$KIT/out}
 
@@ -141,6 +148,34 @@ train_run() { # train_run PRECISION BATCH -> 0 when it ran to the end
     "loss $first → $last; wall $seconds s"
 }
 
+# The data-parallel path (`--devices`): on a one-GPU machine two replicas share cuda:0, which
+# runs registration, the per-step gradient all-reduce and rank 0's checkpoint exactly as two
+# GPUs would, minus the NCCL copies between devices.
+ddp_run() {
+  local dir="$OUT/runs/ddp" log="$OUT/train_ddp.log" started status=0
+  rm -rf "$dir"
+  started=$(date +%s)
+  timeout 240 "$KIT/bin/pretrain_coco" --preset "$PRESET" --devices "$DDP_DEVICES" \
+    --data-root "$KIT/data" --tokenizer "$KIT/data/vocab.model" --run-dir "$dir" \
+    --precision f32 \
+    --set "optim.batch_size=$DDP_BATCH" --set "optim.num_iterations=$DDP_ITERATIONS" \
+    --set optim.warmup_steps=5 --set train.log_every=5 --set train.val_every=100000 \
+    --set train.checkpoint_every=100000 --set "data.num_workers=$(nproc)" \
+    > "$log" 2>&1 || status=$?
+  local seconds=$(( $(date +%s) - started ))
+  if ((status != 0)); then
+    row "DDP $DDP_DEVICES" "failed (exit $status)" "$(tail -n 2 "$log" | tr '\n' ' ')"
+    return
+  fi
+  local metrics="$dir/metrics.jsonl" first last rate
+  first=$(json_numbers loss "$metrics" train | head -n 1 | xargs printf '%.4f')
+  last=$(json_numbers loss "$metrics" train | tail -n 1 | xargs printf '%.4f')
+  rate=$(json_numbers images_per_second "$metrics" train | tail -n +2 |
+    awk '{ s += $1; n++ } END { if (n) printf "%.1f", s / n; else print "?" }')
+  row "DDP $PRESET f32 b$DDP_BATCH ×$DDP_ITERATIONS on $DDP_DEVICES" "$rate img/s" \
+    "loss $first → $last; wall $seconds s"
+}
+
 run_checks() {
   mkdir -p "$OUT"
   if [ ! -x "$KIT/bin/pretrain_coco" ]; then
@@ -165,6 +200,8 @@ run_checks() {
   awk '/^[a-z_0-9]+\/[^ ]+/ { id = $1 } /time:/ && id != "" { sub(/.*time: +\[/, ""); split($0, t, " ");
        printf "%s %s %s\n", id, t[3], t[4]; id = "" }' "$OUT/kernels.log" > "$OUT/kernels.txt"
   while read -r id value unit; do row "bench $id" "$value $unit" "median (criterion)"; done < "$OUT/kernels.txt"
+
+  [ -z "$DDP_DEVICES" ] || ddp_run
 
   for precision in $PRECISIONS; do
     local ran=0 batch

@@ -85,10 +85,13 @@ impl<B: Backend> BatchNorm2d<B> {
     /// the per-channel arithmetic on `[C]` vectors, then one pass over the input on the CPU
     /// backend ([`virtex_kernels::batch_norm2d_eval`]).
     fn forward_eval(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
+        // As in `forward_train`: the running statistics may live on another device than the
+        // input (a module moved or forked after they were last written).
+        let device = input.device();
         batch_norm2d_eval(
             input,
-            self.running_mean.value(),
-            self.running_var.value(),
+            self.running_mean.value().to_device(&device),
+            self.running_var.value().to_device(&device),
             self.weight.val(),
             self.bias.val(),
             self.epsilon,

@@ -56,6 +56,14 @@ pub enum DeviceError {
     /// The CUDA driver library could not be loaded or initialised.
     #[error("no CUDA driver found: {0}")]
     NoDriver(String),
+    /// A device list (`--devices`) is empty or mixes backends.
+    #[error("invalid device list `{list}`: {reason}")]
+    InvalidList {
+        /// The list as written.
+        list: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The driver works but the requested GPU index does not exist.
     #[error("CUDA device {index} requested but only {count} CUDA device(s) are present")]
     NoSuchGpu {
@@ -131,6 +139,44 @@ impl DeviceSpec {
             .collect()
     }
 
+    /// Parses and checks a data-parallel device list such as `cuda:0,cuda:1`: at least one
+    /// device, all served by one backend (all `cpu` or all `cuda:N`), each passing
+    /// [`DeviceSpec::check`]. A device may repeat (`cpu,cpu`, `cuda:0,cuda:0`: several replicas
+    /// on one device, for testing the multi-device path on one CPU or GPU).
+    ///
+    /// ```
+    /// use virtex_device::DeviceSpec;
+    ///
+    /// assert_eq!(DeviceSpec::check_list("cpu,cpu").unwrap(), vec![DeviceSpec::Cpu; 2]);
+    /// assert!(DeviceSpec::check_list("cpu,tpu").is_err());
+    /// assert!(DeviceSpec::check_list("cpu,cuda:0").is_err());
+    /// assert!(DeviceSpec::check_list(" , ").is_err());
+    /// ```
+    pub fn check_list(text: &str) -> Result<Vec<Self>, DeviceError> {
+        let specs = Self::parse_list(text)?;
+        let invalid = |reason: &str| DeviceError::InvalidList {
+            list: text.to_string(),
+            reason: reason.to_string(),
+        };
+        let Some(first) = specs.first() else {
+            return Err(invalid(
+                "expected at least one device, e.g. `cuda:0,cuda:1`",
+            ));
+        };
+        let same_backend = |spec: &Self| {
+            matches!(
+                (first, spec),
+                (Self::Cpu, Self::Cpu) | (Self::Cuda(_), Self::Cuda(_))
+            )
+        };
+        if !specs.iter().all(same_backend) {
+            return Err(invalid(
+                "all devices must use one backend (all `cpu` or all `cuda:N`)",
+            ));
+        }
+        specs.into_iter().map(Self::check).collect()
+    }
+
     /// The burn device for the CUDA backend. Call [`DeviceSpec::check`] first.
     #[cfg(feature = "cuda")]
     pub fn cuda_device(self) -> Option<burn::backend::cuda::CudaDevice> {
@@ -169,6 +215,65 @@ macro_rules! with_backend {
             #[allow(unreachable_patterns)]
             $crate::DeviceSpec::Cuda(_index) => $crate::__cuda_arm!(_index, $B, $device, $body),
         }
+    }};
+}
+
+/// Runs `$body` with `$B` bound to the backend that serves every spec of `$specs` and
+/// `$devices` to a `Vec` of their burn devices, in order (the multi-device form of
+/// [`with_backend!`]). `$specs` must come from [`DeviceSpec::check_list`] (non-empty, one
+/// backend).
+///
+/// ```
+/// use virtex_device::{with_backend_devices, DeviceSpec};
+///
+/// let specs = DeviceSpec::check_list("cpu,cpu").unwrap();
+/// let count = with_backend_devices!(&specs, |B, devices| devices.len());
+/// assert_eq!(count, 2);
+/// ```
+#[macro_export]
+macro_rules! with_backend_devices {
+    ($specs:expr, |$B:ident, $devices:ident| $body:expr) => {{
+        let specs: &[$crate::DeviceSpec] = $specs;
+        match specs.first().copied().unwrap_or_default() {
+            $crate::DeviceSpec::Cpu => {
+                #[allow(non_camel_case_types, dead_code)]
+                type $B = $crate::CpuBackend;
+                let $devices: Vec<
+                    <$crate::CpuBackend as $crate::__burn::tensor::backend::BackendTypes>::Device,
+                > = specs.iter().map(|_| Default::default()).collect();
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            $crate::DeviceSpec::Cuda(_) => $crate::__cuda_devices_arm!(specs, $B, $devices, $body),
+        }
+    }};
+}
+
+#[doc(hidden)]
+#[cfg(feature = "cuda")]
+#[macro_export]
+macro_rules! __cuda_devices_arm {
+    ($specs:expr, $B:ident, $devices:ident, $body:expr) => {{
+        #[allow(non_camel_case_types, dead_code)]
+        type $B = $crate::CudaBackend;
+        let $devices: Vec<$crate::__burn::backend::cuda::CudaDevice> = $specs
+            .iter()
+            .map(|spec| {
+                spec.cuda_device()
+                    .expect("DeviceSpec::check_list keeps one backend per list")
+            })
+            .collect();
+        $body
+    }};
+}
+
+#[doc(hidden)]
+#[cfg(not(feature = "cuda"))]
+#[macro_export]
+macro_rules! __cuda_devices_arm {
+    ($specs:expr, $B:ident, $devices:ident, $body:expr) => {{
+        let _ = $specs;
+        unreachable!("DeviceSpec::check rejects CUDA when the `cuda` feature is off")
     }};
 }
 
@@ -216,6 +321,20 @@ mod tests {
         let list = DeviceSpec::parse_list("cuda:0,cuda:1").unwrap();
         assert_eq!(list, vec![DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)]);
         assert!(DeviceSpec::parse_list("cuda:0,bogus").is_err());
+    }
+
+    #[test]
+    fn checks_data_parallel_device_lists() {
+        assert_eq!(
+            DeviceSpec::check_list("cpu, cpu").unwrap(),
+            vec![DeviceSpec::Cpu, DeviceSpec::Cpu]
+        );
+        let bad = DeviceSpec::check_list("cpu,tpu").unwrap_err();
+        assert!(bad.to_string().contains("invalid device `tpu`"), "{bad}");
+        let empty = DeviceSpec::check_list(",").unwrap_err();
+        assert!(empty.to_string().contains("at least one device"), "{empty}");
+        let mixed = DeviceSpec::check_list("cpu,cuda:1").unwrap_err();
+        assert!(mixed.to_string().contains("one backend"), "{mixed}");
     }
 
     #[test]

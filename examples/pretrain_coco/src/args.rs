@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 
+use std::str::FromStr;
+
 use clap::Parser;
 use virtex::Precision;
-use virtex_device::DeviceSpec;
+use virtex_device::{DeviceError, DeviceSpec};
 
 /// VirTex pretraining (bicaptioning on COCO Captions).
 ///
@@ -32,6 +34,14 @@ pub struct Args {
     /// cpu | cuda | cuda:N
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Data parallel over several devices, e.g. `cuda:0,cuda:1,cuda:2,cuda:3` (replaces
+    /// `--device`). `optim.batch_size` stays the global batch, split evenly over the devices;
+    /// gradients are averaged with burn-collective's all-reduce (multi-GPU needs NCCL,
+    /// `libnccl.so.2`). BatchNorm uses each device's own batch statistics, as PyTorch DDP
+    /// without SyncBatchNorm; the running statistics checkpointed are the first device's. A
+    /// device may repeat (`cpu,cpu`, `cuda:0,cuda:0`) to test the multi-device path on one.
+    #[arg(long, value_name = "LIST", conflicts_with = "device")]
+    pub devices: Option<DeviceList>,
     /// Run directory (config, checkpoints, metrics.jsonl, plots); default `runs/<timestamp>`.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
@@ -53,4 +63,27 @@ pub struct Args {
     /// and optimizer state (for GPUs; overrides `train.precision`).
     #[arg(long)]
     pub precision: Option<Precision>,
+}
+
+/// A `--devices` list: comma-separated, non-empty, one backend, each device available
+/// ([`DeviceSpec::check_list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList(pub Vec<DeviceSpec>);
+
+impl FromStr for DeviceList {
+    type Err = DeviceError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        DeviceSpec::check_list(text).map(Self)
+    }
+}
+
+impl Args {
+    /// The devices to train on: `--devices`, else `--device`, checked.
+    pub fn training_devices(&self) -> Result<Vec<DeviceSpec>, DeviceError> {
+        match &self.devices {
+            Some(list) => Ok(list.0.clone()),
+            None => Ok(vec![self.device.check()?]),
+        }
+    }
 }

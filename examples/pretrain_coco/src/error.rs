@@ -35,6 +35,9 @@ pub enum TrainError {
         /// The checkpoint written before stopping.
         checkpoint: PathBuf,
     },
+    /// Data-parallel training failed (a collective operation or a replica).
+    #[error("data parallel: {0}")]
+    DataParallel(String),
     /// The device request cannot be served.
     #[error(transparent)]
     Device(#[from] virtex_device::DeviceError),

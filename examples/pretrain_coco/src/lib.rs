@@ -1,5 +1,6 @@
 //! VirTex pretraining (bicaptioning on COCO Captions): configuration and presets, the training
-//! loop, atomic checkpoints with exact resume, metrics and plots.
+//! loop (on one device, or data-parallel over several), atomic checkpoints with exact resume,
+//! metrics and plots.
 //!
 //! The binary is `src/main.rs` (`cargo run --release --example pretrain_coco`); this library
 //! holds everything it calls, so tests can drive whole runs.
@@ -8,6 +9,7 @@
 pub mod args;
 pub mod checkpoint;
 pub mod config;
+pub mod data_parallel;
 mod error;
 pub mod metrics;
 pub mod model;

@@ -1,6 +1,7 @@
 //! `cargo run --release --example pretrain_coco [-- --preset … --device cuda …]`
 //!
 //! With no arguments: the `small_cpu` preset on the embedded sample data, on the CPU.
+//! Several GPUs: `--devices cuda:0,cuda:1` (data parallel, see `pretrain_coco::data_parallel`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,10 +11,10 @@ use burn::backend::Autodiff;
 use clap::Parser;
 use pretrain_coco::args::Args;
 use pretrain_coco::config::PretrainConfig;
-use pretrain_coco::training::{install_interrupt_flag, run, RunOptions};
+use pretrain_coco::training::{install_interrupt_flag, run_data_parallel, RunOptions};
 use pretrain_coco::TrainError;
 use virtex::{BidirectionalCaptioningModel, ForwardCaptioningModel};
-use virtex_device::with_backend;
+use virtex_device::with_backend_devices;
 
 fn main() -> ExitCode {
     match try_main() {
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
 
 fn try_main() -> Result<(), TrainError> {
     let args = Args::parse();
-    let device = args.device.check()?;
+    let devices = args.training_devices()?;
 
     let mut config = PretrainConfig::preset(&args.preset)?;
     if let Some(path) = &args.config {
@@ -62,17 +63,17 @@ fn try_main() -> Result<(), TrainError> {
     };
     let interrupted = install_interrupt_flag();
     let forward_only = config.model.name == "captioning";
-    let summary = with_backend!(device, |B, burn_device| {
+    let summary = with_backend_devices!(&devices, |B, burn_devices| {
         if forward_only {
-            run::<Autodiff<B>, ForwardCaptioningModel<Autodiff<B>>>(
+            run_data_parallel::<Autodiff<B>, ForwardCaptioningModel<Autodiff<B>>>(
                 options,
-                burn_device,
+                burn_devices,
                 interrupted,
             )?
         } else {
-            run::<Autodiff<B>, BidirectionalCaptioningModel<Autodiff<B>>>(
+            run_data_parallel::<Autodiff<B>, BidirectionalCaptioningModel<Autodiff<B>>>(
                 options,
-                burn_device,
+                burn_devices,
                 interrupted,
             )?
         }

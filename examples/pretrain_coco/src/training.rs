@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use burn::collective::{PeerId, ReduceOperation};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
@@ -25,6 +26,7 @@ use virtex_lookahead::{
 
 use crate::checkpoint::{latest_checkpoint, write_checkpoint};
 use crate::config::PretrainConfig;
+use crate::data_parallel::{replicate, ReplicaGroup};
 use crate::error::TrainError;
 use crate::metrics::{plot_losses, MetricsLog, TrainRecord, ValRecord};
 use crate::model::PretrainModel;
@@ -81,6 +83,13 @@ struct TrainState {
     loader_position: LoaderPosition,
     skipped_steps: u64,
     config: PretrainConfig,
+    /// Devices of the run that wrote it (absent before data parallelism: one).
+    #[serde(default = "one_device")]
+    devices: usize,
+}
+
+fn one_device() -> usize {
+    1
 }
 
 /// The optimizer [`run`] trains with: [`optimizer_config`]'s groups, torch-exact SGD, Lookahead,
@@ -120,6 +129,56 @@ where
     I: IntoIterator<Item = Batch<B>>,
     I::IntoIter: ExactSizeIterator,
 {
+    step_with(model, optimizer, batches, Ok)
+}
+
+/// One training iteration of one replica in data-parallel training: [`train_step`] with the
+/// accumulated gradients averaged over every replica between the backward passes and the
+/// optimizer step, by burn-collective's all-reduce (`GradientsParams::all_reduce`,
+/// [`ReduceOperation::Mean`]). Every rank of the collective must call this once per iteration
+/// (it blocks until all have contributed); as all ranks then step with identical gradients,
+/// replicas that start identical stay identical (weights, momentum, Lookahead, skipped steps).
+///
+/// `peer` is this rank's id in the collective, registered beforehand with
+/// [`burn::collective::register`] on `B::InnerBackend` (see [`crate::data_parallel`]). The
+/// returned losses are this rank's own (the mean over its micro-batches).
+pub fn data_parallel_step<B, M, I>(
+    model: M,
+    optimizer: &mut Optim<M, B>,
+    batches: I,
+    peer: PeerId,
+) -> Result<(M, StepResult), TrainError>
+where
+    B: AutodiffBackend,
+    M: PretrainModel<B> + AutodiffModule<B>,
+    I: IntoIterator<Item = Batch<B>>,
+    I::IntoIter: ExactSizeIterator,
+{
+    step_with(model, optimizer, batches, |grads| {
+        grads
+            .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Mean)
+            .map_err(|err| {
+                TrainError::DataParallel(format!(
+                    "all-reduce of the gradients on rank {peer}: {err:?}"
+                ))
+            })
+    })
+}
+
+/// [`train_step`] with `reduce` applied to the accumulated gradients before the optimizer step.
+fn step_with<B, M, I, F>(
+    model: M,
+    optimizer: &mut Optim<M, B>,
+    batches: I,
+    reduce: F,
+) -> Result<(M, StepResult), TrainError>
+where
+    B: AutodiffBackend,
+    M: PretrainModel<B> + AutodiffModule<B>,
+    I: IntoIterator<Item = Batch<B>>,
+    I::IntoIter: ExactSizeIterator,
+    F: FnOnce(GradientsParams) -> Result<GradientsParams, TrainError>,
+{
     let batches = batches.into_iter();
     let micro_batches = batches.len();
     if micro_batches == 0 {
@@ -150,7 +209,8 @@ where
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         accumulator.accumulate(&model, grads);
     }
-    let (model, report) = optimizer.step(model, accumulator.grads());
+    let grads = reduce(accumulator.grads())?;
+    let (model, report) = optimizer.step(model, grads);
     Ok((
         model,
         StepResult {
@@ -368,7 +428,32 @@ where
     B: AutodiffBackend,
     M: PretrainModel<B> + AutodiffModule<B>,
     M::InnerModule: PretrainModel<B::InnerBackend>,
+    Optim<M, B>: Send,
 {
+    run_data_parallel::<B, M>(options, vec![device], interrupted)
+}
+
+/// [`run`] data-parallel over `devices` (one replica per entry; an entry may repeat, e.g. two
+/// replicas on one GPU to test the multi-device path), with burn-collective's all-reduce (see
+/// [`crate::data_parallel`]). `optim.batch_size` stays the global batch: each device trains on
+/// `batch_size / (accumulation_steps · devices)` images per micro-batch, so `N` devices give
+/// the updates of one device with `N`× the accumulation steps, up to floating-point summation
+/// order and BatchNorm (each device normalises its own shard). Rank 0 (`devices[0]`) validates,
+/// logs, checkpoints and exports. One device is exactly [`run`].
+pub fn run_data_parallel<B, M>(
+    options: RunOptions,
+    devices: Vec<B::Device>,
+    interrupted: Arc<AtomicBool>,
+) -> Result<RunSummary, TrainError>
+where
+    B: AutodiffBackend,
+    M: PretrainModel<B> + AutodiffModule<B>,
+    M::InnerModule: PretrainModel<B::InnerBackend>,
+    Optim<M, B>: Send,
+{
+    let Some(device) = devices.first().cloned() else {
+        return Err(TrainError::Config("no device to train on".into()));
+    };
     let run_dir = options.run_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Io {
         path: run_dir.clone(),
@@ -425,32 +510,36 @@ where
     }
 
     let optimizer_config = optimizer_config(&config)?;
-    let mut optimizer: Optim<M, B> = optimizer_config
-        .init(&model)
-        .map_err(|err| TrainError::Config(format!("optimizer: {err}")))?;
+    let checkpoint = resume_from.as_ref().map(|(_, path)| path.as_path());
+    let (mut model, mut optimizer) =
+        build_optimizer(&optimizer_config, model, checkpoint, &device)?;
     let mut iteration = 0u64;
     let mut skipped_steps = 0u64;
-    if let (Some((_, path)), Some(state)) = (&resume_from, &state) {
-        let file = path.join("optimizer.mpk");
-        let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
-            .load(file.clone(), &device)
-            .map_err(|err| TrainError::Checkpoint {
-                path: file.clone(),
-                message: err.to_string(),
-            })?;
-        let (restored, restored_model) =
-            optimizer
-                .load_record(record, model)
-                .map_err(|err| TrainError::Checkpoint {
-                    path: file.clone(),
-                    message: err.to_string(),
-                })?;
-        optimizer = restored;
-        model = restored_model;
+    if let Some(state) = &state {
         iteration = state.iteration;
         skipped_steps = state.skipped_steps;
+        if state.devices != devices.len() {
+            eprintln!(
+                "warning: the checkpoint was written by a run on {} device(s), this one uses {}: \
+                 training continues, but not exactly as the original run would have",
+                state.devices,
+                devices.len()
+            );
+        }
         MetricsLog::truncate_after(&run_dir, iteration)?;
     }
+    // Ranks 1…: replicas of the (restored) model, each with its own optimizer built and
+    // restored the same way, so every rank starts from identical state.
+    let replicas = devices[1..]
+        .iter()
+        .map(|replica_device| {
+            let replica =
+                replicate::<B, M>(&model, replica_device).with_precision(config.train.precision);
+            let (replica, optimizer) =
+                build_optimizer(&optimizer_config, replica, checkpoint, replica_device)?;
+            Ok((replica_device.clone(), replica, optimizer))
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
     let mut metrics = MetricsLog::open(&run_dir)?;
 
     let accumulation = config.optim.accumulation_steps as u64;
@@ -479,53 +568,155 @@ where
     let mut losses = Vec::new();
     let mut consecutive_skips = 0u64;
     let mut last_val = None;
+    let ranks = devices.len();
 
-    while iteration < last {
-        iteration += 1;
-        // Dropout draws from the backend RNG: seeding it per iteration makes a resumed run
-        // draw exactly the masks an uninterrupted run would.
-        B::seed(
-            &device,
-            config
+    std::thread::scope(|scope| {
+        let mut group = if replicas.is_empty() {
+            None
+        } else {
+            Some(ReplicaGroup::<B, M>::start(scope, &device, replicas)?)
+        };
+        while iteration < last {
+            iteration += 1;
+            // Dropout draws from the backend RNG: seeding it per iteration makes a resumed run
+            // draw exactly the masks an uninterrupted run would.
+            let seed = config
                 .random_seed
                 .wrapping_mul(1_000_003)
-                .wrapping_add(iteration),
-        );
+                .wrapping_add(iteration);
+            B::seed(&device, seed);
 
-        // The micro-batches wait on the host; each moves to the device only for its own
-        // forward/backward, so device memory holds one at a time.
-        let host_batches = (0..accumulation)
-            .map(|_| {
-                batches
-                    .next()
-                    .ok_or_else(|| TrainError::Config("the training loader ended".into()))?
-                    .map_err(data_error)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let (stepped, step) = train_step(
-            model,
-            &mut optimizer,
-            host_batches
-                .iter()
-                .map(|batch| batch.to_device::<B>(&device)),
-        )?;
-        model = stepped;
-        images_seen += step.images;
-        window.1 += step.images;
-        let StepResult {
-            losses: step_losses,
-            report,
-            ..
-        } = step;
-        let skipped = report.skipped;
-        if skipped {
-            skipped_steps += 1;
-            consecutive_skips += 1;
-            eprintln!(
+            // The micro-batches wait on the host; each moves to the device only for its own
+            // forward/backward, so device memory holds one at a time.
+            let host_batches = (0..accumulation)
+                .map(|_| {
+                    batches
+                        .next()
+                        .ok_or_else(|| TrainError::Config("the training loader ended".into()))?
+                        .map_err(data_error)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let (stepped, step) = match &mut group {
+                Some(group) => group.step(model, &mut optimizer, &host_batches, &device, seed)?,
+                None => train_step(
+                    model,
+                    &mut optimizer,
+                    host_batches
+                        .iter()
+                        .map(|batch| batch.to_device::<B>(&device)),
+                )?,
+            };
+            model = stepped;
+            images_seen += step.images;
+            window.1 += step.images;
+            let StepResult {
+                losses: step_losses,
+                report,
+                ..
+            } = step;
+            let skipped = report.skipped;
+            if skipped {
+                skipped_steps += 1;
+                consecutive_skips += 1;
+                eprintln!(
                 "iteration {iteration}: non-finite loss or gradient, step skipped ({skipped_steps} so far)"
             );
-            if consecutive_skips >= config.train.max_consecutive_skips {
-                let checkpoint = save_checkpoint(
+                if consecutive_skips >= config.train.max_consecutive_skips {
+                    let checkpoint = save_checkpoint(
+                        &run_dir,
+                        &config,
+                        iteration,
+                        skipped_steps,
+                        &model,
+                        &optimizer,
+                        &data,
+                        accumulation,
+                        ranks,
+                    )?;
+                    return Err(TrainError::Diverged {
+                        count: consecutive_skips,
+                        iteration,
+                        checkpoint,
+                    });
+                }
+            } else {
+                consecutive_skips = 0;
+            }
+            losses.push(step_losses[0]);
+            progress.set_position(iteration);
+
+            if iteration.is_multiple_of(config.train.log_every) || iteration == last {
+                let elapsed = window.0.elapsed().as_secs_f64().max(1e-9);
+                let images_per_second = window.1 as f64 / elapsed;
+                window = (Instant::now(), 0);
+                let learning_rates: Vec<(String, f64)> = optimizer
+                    .learning_rates()
+                    .into_iter()
+                    .map(|g| (g.name, g.lr))
+                    .collect();
+                let record = TrainRecord {
+                    kind: "train".into(),
+                    iteration,
+                    loss: step_losses[0],
+                    captioning_forward: step_losses[1],
+                    captioning_backward: step_losses[2],
+                    grad_norm: report.grad_norm,
+                    learning_rates: learning_rates.clone(),
+                    images_per_second,
+                    skipped_steps,
+                };
+                metrics.append(&record)?;
+                let lrs: Vec<String> = learning_rates
+                    .iter()
+                    .map(|(name, lr)| format!("lr[{name}] {lr:.3e}"))
+                    .collect();
+                let line = format!(
+                    "loss {:.4} (fwd {:.4}, bwd {:.4}) {} {:.1} img/s",
+                    step_losses[0],
+                    step_losses[1],
+                    step_losses[2],
+                    lrs.join(" "),
+                    images_per_second
+                );
+                if options.progress {
+                    progress.set_message(line);
+                } else {
+                    println!("iteration {iteration}/{total}: {line}");
+                }
+            }
+
+            if iteration.is_multiple_of(config.train.val_every) || iteration == total {
+                let val = validate::<B::InnerBackend, _>(
+                    &model.valid(),
+                    &data.val,
+                    config.train.val_batches,
+                    &device_inner::<B>(&device),
+                )?;
+                metrics.append(&ValRecord {
+                    kind: "val".into(),
+                    iteration,
+                    val_loss: val.val_loss,
+                    captioning_forward: val.captioning_forward,
+                    captioning_backward: val.captioning_backward,
+                })?;
+                let line = format!(
+                    "iteration {iteration}: val loss {:.4} (fwd {:.4}, bwd {:.4})",
+                    val.val_loss, val.captioning_forward, val.captioning_backward
+                );
+                if options.progress {
+                    progress.println(line);
+                } else {
+                    println!("{line}");
+                }
+                last_val = Some(val);
+            }
+
+            let interrupt = interrupted.load(Ordering::SeqCst);
+            if iteration.is_multiple_of(config.train.checkpoint_every)
+                || iteration == last
+                || interrupt
+            {
+                let path = save_checkpoint(
                     &run_dir,
                     &config,
                     iteration,
@@ -534,123 +725,37 @@ where
                     &optimizer,
                     &data,
                     accumulation,
+                    ranks,
                 )?;
-                return Err(TrainError::Diverged {
-                    count: consecutive_skips,
-                    iteration,
-                    checkpoint,
-                });
-            }
-        } else {
-            consecutive_skips = 0;
-        }
-        losses.push(step_losses[0]);
-        progress.set_position(iteration);
-
-        if iteration.is_multiple_of(config.train.log_every) || iteration == last {
-            let elapsed = window.0.elapsed().as_secs_f64().max(1e-9);
-            let images_per_second = window.1 as f64 / elapsed;
-            window = (Instant::now(), 0);
-            let learning_rates: Vec<(String, f64)> = optimizer
-                .learning_rates()
-                .into_iter()
-                .map(|g| (g.name, g.lr))
-                .collect();
-            let record = TrainRecord {
-                kind: "train".into(),
-                iteration,
-                loss: step_losses[0],
-                captioning_forward: step_losses[1],
-                captioning_backward: step_losses[2],
-                grad_norm: report.grad_norm,
-                learning_rates: learning_rates.clone(),
-                images_per_second,
-                skipped_steps,
-            };
-            metrics.append(&record)?;
-            let lrs: Vec<String> = learning_rates
-                .iter()
-                .map(|(name, lr)| format!("lr[{name}] {lr:.3e}"))
-                .collect();
-            let line = format!(
-                "loss {:.4} (fwd {:.4}, bwd {:.4}) {} {:.1} img/s",
-                step_losses[0],
-                step_losses[1],
-                step_losses[2],
-                lrs.join(" "),
-                images_per_second
-            );
-            if options.progress {
-                progress.set_message(line);
-            } else {
-                println!("iteration {iteration}/{total}: {line}");
+                // The plot is a convenience: failing to draw it must not stop training.
+                if let Err(err) = plot_losses(&run_dir, &run_dir.join("loss.png")) {
+                    progress.println(format!("warning: could not draw the loss plot: {err}"));
+                }
+                if interrupt {
+                    progress.println(format!(
+                        "interrupted: checkpoint written to {}",
+                        path.display()
+                    ));
+                    break;
+                }
             }
         }
-
-        if iteration.is_multiple_of(config.train.val_every) || iteration == total {
-            let val = validate::<B::InnerBackend, _>(
-                &model.valid(),
-                &data.val,
-                config.train.val_batches,
-                &device_inner::<B>(&device),
-            )?;
-            metrics.append(&ValRecord {
-                kind: "val".into(),
-                iteration,
-                val_loss: val.val_loss,
-                captioning_forward: val.captioning_forward,
-                captioning_backward: val.captioning_backward,
-            })?;
-            let line = format!(
-                "iteration {iteration}: val loss {:.4} (fwd {:.4}, bwd {:.4})",
-                val.val_loss, val.captioning_forward, val.captioning_backward
-            );
-            if options.progress {
-                progress.println(line);
-            } else {
-                println!("{line}");
-            }
-            last_val = Some(val);
+        if let Some(group) = group {
+            group.finish()?;
         }
-
-        let interrupt = interrupted.load(Ordering::SeqCst);
-        if iteration.is_multiple_of(config.train.checkpoint_every) || iteration == last || interrupt
-        {
-            let path = save_checkpoint(
-                &run_dir,
-                &config,
-                iteration,
-                skipped_steps,
-                &model,
-                &optimizer,
-                &data,
-                accumulation,
-            )?;
-            // The plot is a convenience: failing to draw it must not stop training.
-            if let Err(err) = plot_losses(&run_dir, &run_dir.join("loss.png")) {
-                progress.println(format!("warning: could not draw the loss plot: {err}"));
-            }
-            if interrupt {
-                progress.println(format!(
-                    "interrupted: checkpoint written to {}",
-                    path.display()
-                ));
-                break;
-            }
+        progress.finish_and_clear();
+        if iteration == total {
+            model
+                .export_backbone(&run_dir.join("backbone.safetensors"))
+                .map_err(model_error(&run_dir))?;
         }
-    }
-    progress.finish_and_clear();
-    if iteration == total {
-        model
-            .export_backbone(&run_dir.join("backbone.safetensors"))
-            .map_err(model_error(&run_dir))?;
-    }
-    Ok(RunSummary {
-        iteration,
-        losses,
-        skipped_steps,
-        last_val,
-        images_per_second: images_seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        Ok(RunSummary {
+            iteration,
+            losses,
+            skipped_steps,
+            last_val,
+            images_per_second: images_seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        })
     })
 }
 
@@ -658,6 +763,38 @@ fn device_inner<B: AutodiffBackend>(
     device: &B::Device,
 ) -> <B::InnerBackend as burn::tensor::backend::BackendTypes>::Device {
     device.clone()
+}
+
+/// The optimizer for `model` on `device`, restored from `checkpoint`'s `optimizer.mpk` when
+/// resuming (which may also update the module).
+fn build_optimizer<B, M>(
+    config: &GroupedOptimizerConfig,
+    model: M,
+    checkpoint: Option<&Path>,
+    device: &B::Device,
+) -> Result<(M, Optim<M, B>), TrainError>
+where
+    B: AutodiffBackend,
+    M: PretrainModel<B> + AutodiffModule<B>,
+{
+    let optimizer: Optim<M, B> = config
+        .init(&model)
+        .map_err(|err| TrainError::Config(format!("optimizer: {err}")))?;
+    let Some(checkpoint) = checkpoint else {
+        return Ok((model, optimizer));
+    };
+    let file = checkpoint.join("optimizer.mpk");
+    let checkpoint_error = |message: String| TrainError::Checkpoint {
+        path: file.clone(),
+        message,
+    };
+    let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+        .load(file.clone(), device)
+        .map_err(|err| checkpoint_error(err.to_string()))?;
+    let (optimizer, model) = optimizer
+        .load_record(record, model)
+        .map_err(|err| checkpoint_error(err.to_string()))?;
+    Ok((model, optimizer))
 }
 
 fn load_initial<B: Backend, M: PretrainModel<B>>(
@@ -688,6 +825,7 @@ fn save_checkpoint<B, M>(
     optimizer: &Optim<M, B>,
     data: &Data,
     accumulation: u64,
+    devices: usize,
 ) -> Result<PathBuf, TrainError>
 where
     B: AutodiffBackend,
@@ -701,6 +839,7 @@ where
         ),
         skipped_steps,
         config: config.clone(),
+        devices,
     };
     write_checkpoint(run_dir, iteration, config.train.keep_last, |dir| {
         let model_file = dir.join("model.safetensors");
