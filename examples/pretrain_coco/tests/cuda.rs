@@ -115,7 +115,12 @@ fn a_short_run_on_cuda_follows_the_cpu_run() {
     let dir = tempfile::tempdir().expect("temp dir");
     let init = initial_weights(dir.path());
     let cpu = cpu_run(config(Precision::F32), &dir.path().join("cpu"), &init);
-    let cuda = cuda_run(config(Precision::F32), &dir.path().join("cuda"), &init, device);
+    let cuda = cuda_run(
+        config(Precision::F32),
+        &dir.path().join("cuda"),
+        &init,
+        device,
+    );
     let losses = max_relative_difference(&cuda.losses, &cpu.losses);
     eprintln!(
         "losses cpu {:?}\nlosses cuda {:?}\nmax relative difference {losses:.2e}",
@@ -145,7 +150,12 @@ fn a_bf16_run_on_cuda_stays_close_to_f32() {
         &init,
         device.clone(),
     );
-    let bf16_run = cuda_run(config(Precision::Bf16), &dir.path().join("bf16"), &init, device);
+    let bf16_run = cuda_run(
+        config(Precision::Bf16),
+        &dir.path().join("bf16"),
+        &init,
+        device,
+    );
     let difference = max_relative_difference(&bf16_run.losses, &f32_run.losses);
     eprintln!(
         "losses f32 {:?}\nlosses bf16 {:?}\nmax relative difference {difference:.2e}",
