@@ -50,6 +50,22 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+impl RunOptions {
+    /// A fresh training run of `config` in `run_dir`: no resume, no initial checkpoint, no early
+    /// stop, plain log lines. Override fields with struct-update syntax.
+    pub fn new(config: PretrainConfig, run_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            config,
+            run_dir: run_dir.into(),
+            resume: false,
+            init_from: None,
+            eval_only: false,
+            stop_after: None,
+            progress: false,
+        }
+    }
+}
+
 /// What a finished (or stopped) run reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {

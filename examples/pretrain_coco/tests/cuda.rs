@@ -54,13 +54,8 @@ fn config(precision: Precision) -> PretrainConfig {
 
 fn options(config: PretrainConfig, run_dir: &Path, init: &Path) -> RunOptions {
     RunOptions {
-        config,
-        run_dir: run_dir.to_path_buf(),
-        resume: false,
         init_from: Some(init.to_path_buf()),
-        eval_only: false,
-        stop_after: None,
-        progress: false,
+        ..RunOptions::new(config, run_dir)
     }
 }
 

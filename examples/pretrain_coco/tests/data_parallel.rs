@@ -57,15 +57,7 @@ fn tiny_config(iterations: u64, accumulation_steps: usize) -> PretrainConfig {
 }
 
 fn options(config: PretrainConfig, run_dir: &Path) -> RunOptions {
-    RunOptions {
-        config,
-        run_dir: run_dir.to_path_buf(),
-        resume: false,
-        init_from: None,
-        eval_only: false,
-        stop_after: None,
-        progress: false,
-    }
+    RunOptions::new(config, run_dir)
 }
 
 /// Tensors of a safetensors file, by name.

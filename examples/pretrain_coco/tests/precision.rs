@@ -151,15 +151,7 @@ fn tiny_config(precision: Precision) -> PretrainConfig {
 }
 
 fn train(config: PretrainConfig, run_dir: &Path) -> RunSummary {
-    let options = RunOptions {
-        config,
-        run_dir: run_dir.to_path_buf(),
-        resume: false,
-        init_from: None,
-        eval_only: false,
-        stop_after: None,
-        progress: false,
-    };
+    let options = RunOptions::new(config, run_dir);
     run::<B, Model>(
         options,
         Default::default(),

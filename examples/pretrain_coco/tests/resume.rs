@@ -39,13 +39,9 @@ fn options(
     stop_after: Option<u64>,
 ) -> RunOptions {
     RunOptions {
-        config,
-        run_dir: run_dir.to_path_buf(),
         resume,
-        init_from: None,
-        eval_only: false,
         stop_after,
-        progress: false,
+        ..RunOptions::new(config, run_dir)
     }
 }
 
