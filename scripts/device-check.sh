@@ -124,7 +124,7 @@ train_run() { # train_run PRECISION BATCH -> 0 when it ran to the end
   timeout 300 "$KIT/bin/pretrain_coco" --preset "$PRESET" --device "$DEVICE" \
     --data-root "$KIT/data" --tokenizer "$KIT/data/vocab.model" --run-dir "$dir" \
     --precision "$precision" \
-    --set "optim.batch_size=$batch" --set "optim.num_iterations=$ITERATIONS" \
+    --set "optim.batch_size=$batch" --set "optim.num_iterations=$ITERATIONS" --set data.vocab_size=400 \
     --set optim.warmup_steps=10 --set train.log_every=10 --set train.val_every=100000 \
     --set train.checkpoint_every=100000 --set "data.num_workers=$(nproc)" \
     > "$OUT/train_${precision}_b$batch.log" 2>&1 || status=$?
@@ -158,7 +158,7 @@ ddp_run() {
   timeout 240 "$KIT/bin/pretrain_coco" --preset "$PRESET" --devices "$DDP_DEVICES" \
     --data-root "$KIT/data" --tokenizer "$KIT/data/vocab.model" --run-dir "$dir" \
     --precision f32 \
-    --set "optim.batch_size=$DDP_BATCH" --set "optim.num_iterations=$DDP_ITERATIONS" \
+    --set "optim.batch_size=$DDP_BATCH" --set "optim.num_iterations=$DDP_ITERATIONS" --set data.vocab_size=400 \
     --set optim.warmup_steps=5 --set train.log_every=5 --set train.val_every=100000 \
     --set train.checkpoint_every=100000 --set "data.num_workers=$(nproc)" \
     > "$log" 2>&1 || status=$?

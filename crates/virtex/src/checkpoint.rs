@@ -447,6 +447,18 @@ impl<B: Backend> BidirectionalCaptioningModel<B> {
         load_ours(&mut model, path)?;
         Ok(model)
     }
+
+    /// Loads the weights of a model saved by [`BidirectionalCaptioningModel::save`] into this one, keeping this
+    /// model's configuration: its dropout (not part of the architecture) in particular, so a
+    /// checkpoint can be fine-tuned with other settings. The file's architecture (backbone,
+    /// head, vocabulary, caption length, special tokens) must equal this model's; the first
+    /// differing key is named otherwise.
+    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let saved = read_saved_config(path, BICAPTIONING)?;
+        check_same_architecture(&saved, &self.config, path)?;
+        load_ours(self, path)
+    }
 }
 
 impl<B: Backend> ForwardCaptioningModel<B> {
@@ -484,6 +496,18 @@ impl<B: Backend> ForwardCaptioningModel<B> {
         let mut model = config.init_captioning(device)?;
         load_ours(&mut model, path)?;
         Ok(model)
+    }
+
+    /// Loads the weights of a model saved by [`ForwardCaptioningModel::save`] into this one, keeping this
+    /// model's configuration: its dropout (not part of the architecture) in particular, so a
+    /// checkpoint can be fine-tuned with other settings. The file's architecture (backbone,
+    /// head, vocabulary, caption length, special tokens) must equal this model's; the first
+    /// differing key is named otherwise.
+    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let saved = read_saved_config(path, CAPTIONING)?;
+        check_same_architecture(&saved, &self.config, path)?;
+        load_ours(self, path)
     }
 }
 
@@ -567,6 +591,60 @@ fn read_saved_config(path: &Path, expected: &'static str) -> Result<CaptioningMo
     }
     serde_json::from_str(field(CONFIG_KEY)?)
         .map_err(|err| unreadable(format!("`{CONFIG_KEY}`: {err}")))
+}
+
+/// Errors on the first configuration key where `saved` and `configured` differ, ignoring the
+/// dropout probability (a training setting, not part of the weights' layout).
+fn check_same_architecture(
+    saved: &CaptioningModelConfig,
+    configured: &CaptioningModelConfig,
+    path: &Path,
+) -> Result<()> {
+    let mut saved = saved.clone();
+    saved.textual.dropout = configured.textual.dropout;
+    let as_json = |config: &CaptioningModelConfig| {
+        serde_json::to_value(config).map_err(|err| VirtexError::Unreadable {
+            path: path.to_path_buf(),
+            format: "virtex safetensors",
+            message: format!("`{CONFIG_KEY}`: {err}"),
+        })
+    };
+    let (found, expected) = (as_json(&saved)?, as_json(configured)?);
+    match first_difference(&found, &expected, String::new()) {
+        None => Ok(()),
+        Some((key, found, expected)) => Err(VirtexError::ArchitectureMismatch {
+            path: path.to_path_buf(),
+            key,
+            expected,
+            found,
+        }),
+    }
+}
+
+/// The dotted path and both values (as JSON) of the first difference between two JSON trees.
+fn first_difference(
+    found: &serde_json::Value,
+    expected: &serde_json::Value,
+    key: String,
+) -> Option<(String, String, String)> {
+    use serde_json::Value;
+    if let (Value::Object(found_map), Value::Object(expected_map)) = (found, expected) {
+        let keys: std::collections::BTreeSet<&String> =
+            found_map.keys().chain(expected_map.keys()).collect();
+        return keys.into_iter().find_map(|name| {
+            let child = if key.is_empty() {
+                name.clone()
+            } else {
+                format!("{key}.{name}")
+            };
+            first_difference(
+                found_map.get(name).unwrap_or(&Value::Null),
+                expected_map.get(name).unwrap_or(&Value::Null),
+                child,
+            )
+        });
+    }
+    (found != expected).then(|| (key, found.to_string(), expected.to_string()))
 }
 
 fn load_ours<B: Backend, M: ModuleSnapshot<B>>(model: &mut M, path: &Path) -> Result<()> {

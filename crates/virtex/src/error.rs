@@ -102,6 +102,21 @@ pub enum VirtexError {
         /// The kind in the file.
         found: String,
     },
+    /// A saved model whose architecture differs from the model it is loaded into.
+    #[error(
+        "`{path}` holds a different architecture: `{key}` is {found} in the file, {expected} in \
+         the configured model"
+    )]
+    ArchitectureMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The first differing configuration key (e.g. `textual.hidden_size`).
+        key: String,
+        /// The configured model's value (JSON).
+        expected: String,
+        /// The file's value (JSON).
+        found: String,
+    },
     /// Writing a checkpoint failed.
     #[error("cannot write `{path}`: {message}")]
     Write {

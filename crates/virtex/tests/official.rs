@@ -388,6 +388,42 @@ fn our_format_round_trips() {
     let _: CaptioningModelConfig = loaded.config;
 }
 
+/// `load_weights` keeps the configured dropout and names the first architecture difference.
+#[test]
+fn load_weights_keeps_the_configured_dropout_and_checks_the_architecture() {
+    let device = Default::default();
+    let model = bicaptioning::<B>();
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("bicaptioning.safetensors");
+    model.save(&path).unwrap();
+
+    let mut config = model.config.clone();
+    config.textual.dropout = 0.3;
+    let mut target = config.init_bicaptioning::<B>(&device).unwrap();
+    target.load_weights(&path).unwrap();
+    assert_eq!(target.config.textual.dropout, 0.3);
+    let images = float::<B, 4>(&reference(REFERENCE)["input.images"]);
+    assert_eq!(
+        max_abs_diff(
+            &model.visual_features(images.clone()).into_data(),
+            &target.visual_features(images).into_data()
+        ),
+        0.0
+    );
+
+    let mut other = model.config.clone();
+    other.textual.max_caption_length += 1;
+    let mut target = other.init_bicaptioning::<B>(&device).unwrap();
+    let err = target.load_weights(&path).unwrap_err();
+    assert!(
+        matches!(&err, VirtexError::ArchitectureMismatch { key, .. } if key == "textual.max_caption_length"),
+        "{err}"
+    );
+    let mut forward = model.config.init_captioning::<B>(&device).unwrap();
+    let err = forward.load_weights(&path).unwrap_err();
+    assert!(matches!(err, VirtexError::WrongModelKind { .. }), "{err}");
+}
+
 #[test]
 fn files_that_are_not_captioning_checkpoints_are_named() {
     let device = Default::default();

@@ -45,16 +45,26 @@ pub struct Args {
     /// Run directory (config, checkpoints, metrics.jsonl, plots); default `runs/<timestamp>`.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    /// Continue a run exactly from its newest checkpoint.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["init_from", "config", "overrides", "preset"])]
+    /// Continue a run exactly from its newest checkpoint, with the checkpoint's config (only
+    /// `--data-root`, `--tokenizer` and `--precision` may change it).
+    #[arg(
+        long,
+        value_name = "RUN_DIR",
+        conflicts_with_all = ["init_from", "config", "overrides", "preset", "run_dir"]
+    )]
     pub resume: Option<PathBuf>,
     /// Initialise the model from a checkpoint (official VirTex `.pth` or one of ours) and start
     /// a new run (fine-tuning).
     #[arg(long)]
     pub init_from: Option<PathBuf>,
-    /// Only compute the teacher-forced validation loss and print it as one JSON line.
+    /// Only compute the teacher-forced validation loss of the `--resume`d or `--init-from`
+    /// model and print it as one JSON line.
     #[arg(long)]
     pub eval_only: bool,
+    /// Only write the CNN of the `--resume`d run's newest checkpoint, or of `--init-from`, to
+    /// this file (safetensors, torchvision key names) and exit.
+    #[arg(long, value_name = "FILE", conflicts_with = "eval_only")]
+    pub export_backbone: Option<PathBuf>,
     /// Stop after this many iterations of this invocation (the schedule still follows
     /// `optim.num_iterations`); used to split a run for resume tests.
     #[arg(long)]

@@ -71,16 +71,28 @@ pub fn write_checkpoint(
             .and_then(|file| file.sync_all())
             .map_err(io(&path))?;
     }
-    let target = run_dir.join(checkpoint_name(iteration));
-    if target.exists() {
-        // Re-saving the same iteration (e.g. Ctrl-C right after a periodic save).
-        fs::remove_dir_all(&target).map_err(io(&target))?;
-    }
-    let kept = temporary.keep();
-    fs::rename(&kept, &target).map_err(io(&target))?;
-    File::open(run_dir)
+    // The directory's entries too, so that after a power loss the renamed directory is not
+    // found empty.
+    File::open(temporary.path())
         .and_then(|dir| dir.sync_all())
-        .map_err(io(run_dir))?;
+        .map_err(io(temporary.path()))?;
+    let target = run_dir.join(checkpoint_name(iteration));
+    if target.join("state.json").is_file() {
+        // The same iteration saved again (Ctrl-C or the end of the run right after a periodic
+        // save) holds the same state. Keeping the complete copy, rather than deleting it and
+        // renaming the new one over, leaves no moment at which a kill loses it.
+        drop(temporary);
+    } else {
+        if target.exists() {
+            // A directory without `state.json` is not a checkpoint (never written by us).
+            fs::remove_dir_all(&target).map_err(io(&target))?;
+        }
+        let kept = temporary.keep();
+        fs::rename(&kept, &target).map_err(io(&target))?;
+        File::open(run_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io(run_dir))?;
+    }
 
     let checkpoints = list_checkpoints(run_dir)?;
     if checkpoints.len() > keep_last.max(1) {
@@ -90,6 +102,30 @@ pub fn write_checkpoint(
     }
     remove_stale_temporaries(run_dir);
     Ok(target)
+}
+
+/// Replaces `path` with `contents` atomically: a temporary file in the same directory, fsynced,
+/// renamed over `path`, then the directory fsynced. A kill leaves the old file or the new one.
+pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<(), TrainError> {
+    use std::io::Write;
+    let io = |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut temporary = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(directory)
+        .map_err(io)?;
+    temporary.write_all(contents).map_err(io)?;
+    temporary.as_file().sync_all().map_err(io)?;
+    temporary.persist(path).map_err(|err| io(err.error))?;
+    File::open(directory)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io)
 }
 
 /// Removes temporary directories left by a process killed while writing.
@@ -149,6 +185,26 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(latest_checkpoint(run.path()).unwrap().unwrap().0, 10);
         // No half-written checkpoint is visible, and the temporary directory is gone.
+        let names: Vec<String> = fs::read_dir(run.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["checkpoint_00000010".to_string()]);
+    }
+
+    #[test]
+    fn saving_an_iteration_again_keeps_the_complete_copy() {
+        let run = tempfile::tempdir().unwrap();
+        write_checkpoint(run.path(), 10, 1, write_marker(10)).unwrap();
+        let again = write_checkpoint(run.path(), 10, 1, |dir: &Path| {
+            fs::write(dir.join("state.json"), "second").map_err(|source| TrainError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        })
+        .unwrap();
+        let state = fs::read_to_string(again.join("state.json")).unwrap();
+        assert_eq!(state, "{\"iteration\": 10}");
         let names: Vec<String> = fs::read_dir(run.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -237,6 +237,8 @@ impl PretrainConfig {
                 config.model.textual = "transdec_postnorm::L1_H64_A1_F256".into();
                 config.data.image_crop_size = 64;
                 config.data.num_workers = 2;
+                // The sample's SentencePiece vocabulary (`coco_sample.model`).
+                config.data.vocab_size = 400;
                 config.optim.batch_size = 8;
                 config.optim.num_iterations = 150;
                 config.optim.warmup_steps = 10;
@@ -373,6 +375,9 @@ impl PretrainConfig {
             if key == 0 {
                 return fail("train.log_every, checkpoint_every and val_every must be ≥ 1".into());
             }
+        }
+        if self.train.max_consecutive_skips == 0 {
+            return fail("train.max_consecutive_skips must be ≥ 1".into());
         }
         regex::Regex::new(&self.optim.no_decay)
             .map_err(|err| TrainError::Config(format!("optim.no_decay: {err}")))?;

@@ -6,6 +6,9 @@ pub enum TrainError {
     /// Invalid configuration or command line.
     #[error("configuration: {0}")]
     Config(String),
+    /// The dataset or tokenizer could not be loaded, or a batch failed.
+    #[error("data: {0}")]
+    Data(#[from] virtex_data::DataError),
     /// A file could not be read or written.
     #[error("`{path}`: {source}")]
     Io {

@@ -11,9 +11,8 @@ use burn::backend::Autodiff;
 use clap::Parser;
 use pretrain_coco::args::Args;
 use pretrain_coco::config::PretrainConfig;
-use pretrain_coco::training::{install_interrupt_flag, run_data_parallel, RunOptions};
+use pretrain_coco::training::{install_interrupt_flag, train, ResumeOverrides, RunOptions};
 use pretrain_coco::TrainError;
-use virtex::{BidirectionalCaptioningModel, ForwardCaptioningModel};
 use virtex_device::with_backend_devices;
 
 fn main() -> ExitCode {
@@ -53,31 +52,28 @@ fn try_main() -> Result<(), TrainError> {
     eprintln!("run directory: {}", run_dir.display());
 
     let options = RunOptions {
-        config: config.clone(),
+        config,
         run_dir,
         resume,
         init_from: args.init_from.clone(),
         eval_only: args.eval_only,
         stop_after: args.stop_after,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        export_backbone: args.export_backbone.clone(),
+        resume_overrides: ResumeOverrides {
+            data_root: args.data_root.clone(),
+            tokenizer: args.tokenizer.clone(),
+            precision: args.precision,
+        },
     };
     let interrupted = install_interrupt_flag();
-    let forward_only = config.model.name == "captioning";
     let summary = with_backend_devices!(&devices, |B, burn_devices| {
-        if forward_only {
-            run_data_parallel::<Autodiff<B>, ForwardCaptioningModel<Autodiff<B>>>(
-                options,
-                burn_devices,
-                interrupted,
-            )?
-        } else {
-            run_data_parallel::<Autodiff<B>, BidirectionalCaptioningModel<Autodiff<B>>>(
-                options,
-                burn_devices,
-                interrupted,
-            )?
-        }
+        train::<Autodiff<B>>(options, burn_devices, interrupted)?
     });
+    if let Some(path) = &args.export_backbone {
+        eprintln!("backbone written to {}", path.display());
+        return Ok(());
+    }
 
     if args.eval_only {
         if let Some(val) = summary.last_val {

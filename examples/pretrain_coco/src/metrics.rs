@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::write_file_atomically;
 use crate::error::TrainError;
 
 /// One logged training iteration.
@@ -17,12 +18,16 @@ pub struct TrainRecord {
     /// 1-based iteration number.
     pub iteration: u64,
     /// Total loss (forward + backward captioning).
+    #[serde(with = "non_finite")]
     pub loss: f64,
     /// Forward captioning loss.
+    #[serde(with = "non_finite")]
     pub captioning_forward: f64,
     /// Backward captioning loss (0 for forward-only models).
+    #[serde(with = "non_finite")]
     pub captioning_backward: f64,
     /// Global gradient L2 norm before clipping.
+    #[serde(with = "non_finite")]
     pub grad_norm: f64,
     /// Learning rate of each parameter group, by group name.
     pub learning_rates: Vec<(String, f64)>,
@@ -40,10 +45,13 @@ pub struct ValRecord {
     /// Iteration after which validation ran.
     pub iteration: u64,
     /// Teacher-forced total loss.
+    #[serde(with = "non_finite")]
     pub val_loss: f64,
     /// Forward component.
+    #[serde(with = "non_finite")]
     pub captioning_forward: f64,
     /// Backward component.
+    #[serde(with = "non_finite")]
     pub captioning_backward: f64,
 }
 
@@ -109,7 +117,7 @@ impl MetricsLog {
         if !text.is_empty() {
             text.push('\n');
         }
-        std::fs::write(&path, text).map_err(io)
+        write_file_atomically(&path, text.as_bytes())
     }
 
     /// Reads back every record of a run: (train, val).
@@ -129,6 +137,41 @@ impl MetricsLog {
             }
         }
         Ok((train, val))
+    }
+}
+
+/// `f64` fields that may be NaN or ±∞ (a skipped step's loss or gradient norm): JSON has no
+/// such numbers (serde_json would write `null` and fail to read it back), so they are written as
+/// the strings `"NaN"`, `"inf"` and `"-inf"`, which Python's `float()` also reads.
+mod non_finite {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        if value.is_finite() {
+            serializer.serialize_f64(*value)
+        } else if value.is_nan() {
+            serializer.serialize_str("NaN")
+        } else if *value > 0.0 {
+            serializer.serialize_str("inf")
+        } else {
+            serializer.serialize_str("-inf")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Number(f64),
+        Text(String),
+        Null(()),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        Ok(match Written::deserialize(deserializer)? {
+            Written::Number(value) => value,
+            Written::Text(text) => text.parse().unwrap_or(f64::NAN),
+            Written::Null(()) => f64::NAN,
+        })
     }
 }
 
@@ -194,4 +237,51 @@ pub fn plot_losses(run_dir: &Path, output: &Path) -> Result<(), TrainError> {
         .draw()
         .map_err(|e| plot_error(e.to_string()))?;
     root.present().map_err(|e| plot_error(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(iteration: u64, loss: f64, grad_norm: f64) -> TrainRecord {
+        TrainRecord {
+            kind: "train".into(),
+            iteration,
+            loss,
+            captioning_forward: loss,
+            captioning_backward: 0.0,
+            grad_norm,
+            learning_rates: vec![("visual".into(), 0.1)],
+            images_per_second: 10.0,
+            skipped_steps: 0,
+        }
+    }
+
+    #[test]
+    fn non_finite_values_round_trip_and_the_plot_skips_them() {
+        let run = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::open(run.path()).unwrap();
+        log.append(&record(1, 5.0, 2.0)).unwrap();
+        log.append(&record(2, f64::NAN, f64::INFINITY)).unwrap();
+        log.append(&record(3, 4.0, f64::NEG_INFINITY)).unwrap();
+        let text = std::fs::read_to_string(run.path().join("metrics.jsonl")).unwrap();
+        assert!(text.contains(r#""loss":"NaN""#), "{text}");
+        assert!(text.contains(r#""grad_norm":"inf""#), "{text}");
+
+        let (train, val) = MetricsLog::read(run.path()).unwrap();
+        assert!(val.is_empty());
+        assert_eq!(train.len(), 3);
+        assert!(train[1].loss.is_nan());
+        assert_eq!(train[1].grad_norm, f64::INFINITY);
+        assert_eq!(train[2].grad_norm, f64::NEG_INFINITY);
+        assert_eq!(train[2], record(3, 4.0, f64::NEG_INFINITY));
+
+        // Earlier logs wrote `null` for these; they still read.
+        let old = r#"{"kind":"train","iteration":4,"loss":null,"captioning_forward":null,"captioning_backward":0.0,"grad_norm":null,"learning_rates":[],"images_per_second":1.0,"skipped_steps":1}"#;
+        let parsed: TrainRecord = serde_json::from_str(old).unwrap();
+        assert!(parsed.loss.is_nan() && parsed.grad_norm.is_nan());
+
+        plot_losses(run.path(), &run.path().join("loss.png")).unwrap();
+        assert!(run.path().join("loss.png").is_file());
+    }
 }

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use burn::prelude::*;
 use virtex::{
-    BidirectionalCaptioningModel, CaptioningModelConfig, ForwardCaptioningModel, ImportOptions,
-    Precision, VirtexError,
+    BidirectionalCaptioningModel, CaptioningModelConfig, ForwardCaptioningModel, Precision,
+    VirtexError,
 };
 use virtex_data::Batch;
 
@@ -32,8 +32,8 @@ pub trait PretrainModel<B: Backend>: Module<B> + Sized {
     fn load_ours(path: &Path, device: &B::Device) -> Result<Self, VirtexError>;
     /// Loads an official VirTex `.pth` into this (matching) model.
     fn load_official(&mut self, path: &Path) -> Result<(), VirtexError>;
-    /// Builds the model an official VirTex `.pth` describes and loads it.
-    fn from_official(path: &Path, device: &B::Device) -> Result<Self, VirtexError>;
+    /// Loads our format into this (matching) model, keeping its configuration (dropout).
+    fn load_weights(&mut self, path: &Path) -> Result<(), VirtexError>;
     /// Exports the CNN as torchvision-named safetensors.
     fn export_backbone(&self, path: &Path) -> Result<(), VirtexError>;
     /// The model with its convolutions and matrix products in `precision` (not saved in
@@ -72,8 +72,8 @@ impl<B: Backend> PretrainModel<B> for BidirectionalCaptioningModel<B> {
         self.load_official_weights(path).map(|_| ())
     }
 
-    fn from_official(path: &Path, device: &B::Device) -> Result<Self, VirtexError> {
-        Self::from_official_checkpoint(path, &ImportOptions::default(), device).map(|(m, _)| m)
+    fn load_weights(&mut self, path: &Path) -> Result<(), VirtexError> {
+        Self::load_weights(self, path)
     }
 
     fn export_backbone(&self, path: &Path) -> Result<(), VirtexError> {
@@ -115,8 +115,8 @@ impl<B: Backend> PretrainModel<B> for ForwardCaptioningModel<B> {
         self.load_official_weights(path).map(|_| ())
     }
 
-    fn from_official(path: &Path, device: &B::Device) -> Result<Self, VirtexError> {
-        Self::from_official_checkpoint(path, &ImportOptions::default(), device).map(|(m, _)| m)
+    fn load_weights(&mut self, path: &Path) -> Result<(), VirtexError> {
+        Self::load_weights(self, path)
     }
 
     fn export_backbone(&self, path: &Path) -> Result<(), VirtexError> {

@@ -14,7 +14,9 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use virtex::CaptioningModelConfig;
+use virtex::{
+    BidirectionalCaptioningModel, CaptioningModelConfig, ForwardCaptioningModel, Precision,
+};
 use virtex_data::{
     Batch, CaptionChoice, CaptioningDataset, CocoCaptions, CocoOptions, DataLoader, FlipCaption,
     ImageTransforms, LoaderConfig, LoaderPosition, SentencePieceBpeTokenizer, Split,
@@ -24,7 +26,7 @@ use virtex_lookahead::{
     LrScheduleConfig, ParamGroupsConfig, StepReport, TorchSgd, TorchSgdConfig,
 };
 
-use crate::checkpoint::{latest_checkpoint, write_checkpoint};
+use crate::checkpoint::{latest_checkpoint, write_checkpoint, write_file_atomically};
 use crate::config::PretrainConfig;
 use crate::data_parallel::{replicate, ReplicaGroup};
 use crate::error::TrainError;
@@ -48,6 +50,50 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     /// Show a progress bar (otherwise plain log lines).
     pub progress: bool,
+    /// Only write the CNN of the resumed or initial model to this file (torchvision names,
+    /// safetensors) and stop.
+    pub export_backbone: Option<PathBuf>,
+    /// What a resumed run takes from the command line instead of the checkpoint's config.
+    pub resume_overrides: ResumeOverrides,
+}
+
+/// Settings a resumed run may change from its checkpoint's config: where the data lives (a run
+/// moved to another machine) and the compute precision. Everything else comes from the
+/// checkpoint, so the run continues as it started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResumeOverrides {
+    /// `data.root`.
+    pub data_root: Option<PathBuf>,
+    /// `data.tokenizer`.
+    pub tokenizer: Option<PathBuf>,
+    /// `train.precision` (a change makes the continuation inexact, as any precision change).
+    pub precision: Option<Precision>,
+}
+
+impl ResumeOverrides {
+    /// Applies the overrides to `config`; returns a line per changed setting.
+    pub fn apply(&self, config: &mut PretrainConfig) -> Vec<String> {
+        let mut changed = Vec::new();
+        if let Some(root) = &self.data_root {
+            if config.data.root.as_ref() != Some(root) {
+                changed.push(format!("data.root = {}", root.display()));
+                config.data.root = Some(root.clone());
+            }
+        }
+        if let Some(tokenizer) = &self.tokenizer {
+            if config.data.tokenizer.as_ref() != Some(tokenizer) {
+                changed.push(format!("data.tokenizer = {}", tokenizer.display()));
+                config.data.tokenizer = Some(tokenizer.clone());
+            }
+        }
+        if let Some(precision) = self.precision {
+            if config.train.precision != precision {
+                changed.push(format!("train.precision = {precision:?}"));
+                config.train.precision = precision;
+            }
+        }
+        changed
+    }
 }
 
 impl RunOptions {
@@ -62,6 +108,8 @@ impl RunOptions {
             eval_only: false,
             stop_after: None,
             progress: false,
+            export_backbone: None,
+            resume_overrides: ResumeOverrides::default(),
         }
     }
 }
@@ -237,12 +285,20 @@ where
     ))
 }
 
-/// Set by Ctrl-C; the loop checkpoints and stops at the end of the current iteration.
+/// Set by Ctrl-C (or SIGTERM/SIGHUP); the loop checkpoints and stops at the end of the current
+/// iteration. A second signal exits at once with status 130, for phases that do not poll the
+/// flag (data loading, validation) or an iteration that takes too long.
 pub fn install_interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let handler_flag = flag.clone();
     // A second handler (tests call `run` several times) is refused: the first flag stays active.
-    let _ = ctrlc::set_handler(move || handler_flag.store(true, Ordering::SeqCst));
+    let _ = ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            eprintln!("interrupted again: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: checkpointing at the end of this iteration (again to exit now)");
+    });
     flag
 }
 
@@ -308,7 +364,7 @@ pub fn optimizer_config(config: &PretrainConfig) -> Result<GroupedOptimizerConfi
 }
 
 fn data_error(err: virtex_data::DataError) -> TrainError {
-    TrainError::Config(format!("data: {err}"))
+    TrainError::Data(err)
 }
 
 fn model_error(path: &Path) -> impl Fn(virtex::VirtexError) -> TrainError + '_ {
@@ -319,20 +375,43 @@ fn model_error(path: &Path) -> impl Fn(virtex::VirtexError) -> TrainError + '_ {
 }
 
 /// The data root and tokenizer file this config points to (sample data by default).
+///
+/// Without `data.tokenizer`, a data root's tokenizer is the first that exists of
+/// [`default_tokenizer_candidates`]; when none does, the first is returned (and loading it
+/// fails with an error that lists them).
 pub fn data_paths(config: &PretrainConfig) -> (PathBuf, PathBuf) {
     let root = config
         .data
         .root
         .clone()
         .unwrap_or_else(virtex_data::sample_data_root);
-    let tokenizer = config.data.tokenizer.clone().unwrap_or_else(|| {
-        if config.data.root.is_some() {
-            root.join("vocab.json")
-        } else {
-            virtex_data::sample_vocab_path()
+    let tokenizer = match (&config.data.tokenizer, &config.data.root) {
+        (Some(tokenizer), _) => tokenizer.clone(),
+        (None, None) => virtex_data::sample_vocab_path(),
+        (None, Some(_)) => {
+            let candidates = default_tokenizer_candidates(&root);
+            candidates
+                .iter()
+                .find(|path| path.is_file())
+                .unwrap_or(&candidates[0])
+                .clone()
         }
-    });
+    };
     (root, tokenizer)
+}
+
+/// Where a data root's tokenizer is looked for: `vocab.json` (ours) or upstream's
+/// `coco_10k.model`, in `vocab/` inside the root or next to it (upstream's `datasets/coco` and
+/// `datasets/vocab`).
+pub fn default_tokenizer_candidates(root: &Path) -> Vec<PathBuf> {
+    let mut candidates = vec![
+        root.join("vocab.json"),
+        root.join("vocab").join("coco_10k.model"),
+    ];
+    if let Some(parent) = root.parent() {
+        candidates.push(parent.join("vocab").join("coco_10k.model"));
+    }
+    candidates
 }
 
 struct Data {
@@ -343,8 +422,28 @@ struct Data {
 
 fn load_data(config: &PretrainConfig) -> Result<Data, TrainError> {
     let (root, tokenizer_path) = data_paths(config);
+    if config.data.tokenizer.is_none() && config.data.root.is_some() && !tokenizer_path.is_file() {
+        let tried: Vec<String> = default_tokenizer_candidates(&root)
+            .iter()
+            .map(|path| format!("`{}`", path.display()))
+            .collect();
+        return Err(TrainError::Config(format!(
+            "no tokenizer found for the data root (tried {}); pass --tokenizer \
+             (upstream's is datasets/vocab/coco_10k.model)",
+            tried.join(", ")
+        )));
+    }
     let tokenizer =
         Arc::new(SentencePieceBpeTokenizer::from_file(&tokenizer_path).map_err(data_error)?);
+    if tokenizer.vocab_size() != config.data.vocab_size {
+        return Err(TrainError::Config(format!(
+            "data.vocab_size is {} but the tokenizer `{}` has {} pieces; set data.vocab_size \
+             to match (the model's vocabulary is the tokenizer's)",
+            config.data.vocab_size,
+            tokenizer_path.display(),
+            tokenizer.vocab_size()
+        )));
+    }
     let options = CocoOptions {
         skip_bad_images: config.data.skip_bad_images,
         ..CocoOptions::default()
@@ -434,6 +533,69 @@ fn scalar<B: Backend>(tensor: Tensor<B, 1>) -> f64 {
     tensor.into_scalar().elem::<f64>()
 }
 
+/// Where a run starts: its configuration and, when resuming, the checkpoint and its state.
+struct RunStart {
+    config: PretrainConfig,
+    resume_from: Option<(u64, PathBuf)>,
+    state: Option<TrainState>,
+}
+
+impl RunStart {
+    /// The newest checkpoint's config with [`RunOptions::resume_overrides`] when resuming,
+    /// else [`RunOptions::config`].
+    fn of(options: &RunOptions) -> Result<Self, TrainError> {
+        if !options.resume {
+            return Ok(Self {
+                config: options.config.clone(),
+                resume_from: None,
+                state: None,
+            });
+        }
+        let (iteration, path) =
+            latest_checkpoint(&options.run_dir)?.ok_or_else(|| TrainError::Checkpoint {
+                path: options.run_dir.clone(),
+                message: "no checkpoint to resume from (expected checkpoint_*/state.json)".into(),
+            })?;
+        let state = read_state(&path)?;
+        let mut config = state.config.clone();
+        for change in options.resume_overrides.apply(&mut config) {
+            eprintln!("resuming with {change} (from the command line)");
+        }
+        config.validate()?;
+        Ok(Self {
+            config,
+            resume_from: Some((iteration, path)),
+            state: Some(state),
+        })
+    }
+}
+
+/// The configuration a run will use: the newest checkpoint's when resuming (with
+/// [`RunOptions::resume_overrides`]), else [`RunOptions::config`].
+pub fn run_config(options: &RunOptions) -> Result<PretrainConfig, TrainError> {
+    RunStart::of(options).map(|start| start.config)
+}
+
+/// Runs a pretraining job with the model its configuration names (`model.name`: bicaptioning
+/// or forward-only captioning; when resuming, the checkpoint's): [`run_data_parallel`] with
+/// the right model type. What `pretrain_coco`'s `main` calls.
+pub fn train<B>(
+    options: RunOptions,
+    devices: Vec<B::Device>,
+    interrupted: Arc<AtomicBool>,
+) -> Result<RunSummary, TrainError>
+where
+    B: AutodiffBackend,
+    Optim<BidirectionalCaptioningModel<B>, B>: Send,
+    Optim<ForwardCaptioningModel<B>, B>: Send,
+{
+    if run_config(&options)?.model.name == "captioning" {
+        run_data_parallel::<B, ForwardCaptioningModel<B>>(options, devices, interrupted)
+    } else {
+        run_data_parallel::<B, BidirectionalCaptioningModel<B>>(options, devices, interrupted)
+    }
+}
+
 /// Runs (or resumes, or evaluates) a pretraining job on backend `B`.
 pub fn run<B, M>(
     options: RunOptions,
@@ -476,23 +638,20 @@ where
         source,
     })?;
 
-    let resume_from = if options.resume {
-        let (iteration, path) =
-            latest_checkpoint(&run_dir)?.ok_or_else(|| TrainError::Checkpoint {
-                path: run_dir.clone(),
-                message: "no checkpoint to resume from (expected checkpoint_*/state.json)".into(),
-            })?;
-        Some((iteration, path))
-    } else {
-        None
-    };
-    let (config, state) = match &resume_from {
-        Some((_, path)) => {
-            let state = read_state(path)?;
-            (state.config.clone(), Some(state))
-        }
-        None => (options.config.clone(), None),
-    };
+    let RunStart {
+        config,
+        resume_from,
+        state,
+    } = RunStart::of(&options)?;
+    if (options.eval_only || options.export_backbone.is_some())
+        && resume_from.is_none()
+        && options.init_from.is_none()
+    {
+        return Err(TrainError::Config(
+            "--eval-only and --export-backbone need a model: --init-from FILE or --resume RUN_DIR"
+                .into(),
+        ));
+    }
     write_resolved_config(&run_dir, &config)?;
 
     let data = load_data(&config)?;
@@ -508,6 +667,17 @@ where
         (None, None) => M::init(&model_config, &device).map_err(model_error(&run_dir))?,
     };
     model = model.with_precision(config.train.precision);
+
+    if let Some(path) = &options.export_backbone {
+        model.export_backbone(path).map_err(model_error(path))?;
+        return Ok(RunSummary {
+            iteration: state.map_or(0, |s| s.iteration),
+            losses: Vec::new(),
+            skipped_steps: 0,
+            last_val: None,
+            images_per_second: 0.0,
+        });
+    }
 
     if options.eval_only {
         let val = validate::<B::InnerBackend, _>(
@@ -565,6 +735,18 @@ where
         .map_or(total, |n| (iteration + n).min(total));
     let start_position =
         LoaderPosition::from_step(iteration * accumulation, data.train.batches_per_epoch());
+    if let Some(state) = state
+        .as_ref()
+        .filter(|s| s.loader_position != start_position)
+    {
+        eprintln!(
+            "warning: the checkpoint stopped the data loader at {:?}, but the training set now \
+             gives {:?} ({} batches per epoch): the data changed, resuming is not exact",
+            state.loader_position,
+            start_position,
+            data.train.batches_per_epoch()
+        );
+    }
     let mut batches = data.train.iter_from(start_position);
 
     let progress = if options.progress {
@@ -573,9 +755,19 @@ where
             bar.set_style(style);
         }
         bar.set_position(iteration);
+        // The ETA is estimated from this invocation's rate, not from the resumed position.
+        bar.reset_eta();
         bar
     } else {
         ProgressBar::hidden()
+    };
+    // A line above the bar, or on stdout without one (a hidden bar drops its lines).
+    let say = |line: String| {
+        if options.progress {
+            progress.println(line);
+        } else {
+            println!("{line}");
+        }
     };
 
     let started = Instant::now();
@@ -634,27 +826,10 @@ where
             if skipped {
                 skipped_steps += 1;
                 consecutive_skips += 1;
-                eprintln!(
-                "iteration {iteration}: non-finite loss or gradient, step skipped ({skipped_steps} so far)"
-            );
-                if consecutive_skips >= config.train.max_consecutive_skips {
-                    let checkpoint = save_checkpoint(
-                        &run_dir,
-                        &config,
-                        iteration,
-                        skipped_steps,
-                        &model,
-                        &optimizer,
-                        &data,
-                        accumulation,
-                        ranks,
-                    )?;
-                    return Err(TrainError::Diverged {
-                        count: consecutive_skips,
-                        iteration,
-                        checkpoint,
-                    });
-                }
+                say(format!(
+                    "iteration {iteration}: non-finite loss or gradient, step skipped \
+                     ({skipped_steps} so far)"
+                ));
             } else {
                 consecutive_skips = 0;
             }
@@ -701,6 +876,29 @@ where
                 }
             }
 
+            // After the log line, so the stopping iteration is in metrics.jsonl.
+            if consecutive_skips >= config.train.max_consecutive_skips {
+                let checkpoint = save_checkpoint(
+                    &run_dir,
+                    &config,
+                    iteration,
+                    skipped_steps,
+                    &model,
+                    &optimizer,
+                    &data,
+                    accumulation,
+                    ranks,
+                )?;
+                if let Err(err) = plot_losses(&run_dir, &run_dir.join("loss.png")) {
+                    say(format!("warning: could not draw the loss plot: {err}"));
+                }
+                return Err(TrainError::Diverged {
+                    count: consecutive_skips,
+                    iteration,
+                    checkpoint,
+                });
+            }
+
             if iteration.is_multiple_of(config.train.val_every) || iteration == total {
                 let val = validate::<B::InnerBackend, _>(
                     &model.valid(),
@@ -719,11 +917,7 @@ where
                     "iteration {iteration}: val loss {:.4} (fwd {:.4}, bwd {:.4})",
                     val.val_loss, val.captioning_forward, val.captioning_backward
                 );
-                if options.progress {
-                    progress.println(line);
-                } else {
-                    println!("{line}");
-                }
+                say(line);
                 last_val = Some(val);
             }
 
@@ -745,10 +939,10 @@ where
                 )?;
                 // The plot is a convenience: failing to draw it must not stop training.
                 if let Err(err) = plot_losses(&run_dir, &run_dir.join("loss.png")) {
-                    progress.println(format!("warning: could not draw the loss plot: {err}"));
+                    say(format!("warning: could not draw the loss plot: {err}"));
                 }
                 if interrupt {
-                    progress.println(format!(
+                    say(format!(
                         "interrupted: checkpoint written to {}",
                         path.display()
                     ));
@@ -813,6 +1007,8 @@ where
     Ok((model, optimizer))
 }
 
+/// The configured model (its dropout and architecture from the config) with the weights of
+/// `path`: an official `.pth` or one of our safetensors, whose architecture must match.
 fn load_initial<B: Backend, M: PretrainModel<B>>(
     path: &Path,
     config: &CaptioningModelConfig,
@@ -822,13 +1018,13 @@ fn load_initial<B: Backend, M: PretrainModel<B>>(
         virtex_backbone::WeightsFormat::detect(path),
         Ok(virtex_backbone::WeightsFormat::Pytorch)
     );
+    let mut model = M::init(config, device).map_err(model_error(path))?;
     if is_pytorch {
-        let mut model = M::init(config, device).map_err(model_error(path))?;
         model.load_official(path).map_err(model_error(path))?;
-        Ok(model)
     } else {
-        M::load_ours(path, device).map_err(model_error(path))
+        model.load_weights(path).map_err(model_error(path))?;
     }
+    Ok(model)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -899,5 +1095,5 @@ fn write_resolved_config(run_dir: &Path, config: &PretrainConfig) -> Result<(), 
         path: path.clone(),
         source: std::io::Error::other(err),
     })?;
-    std::fs::write(&path, text).map_err(|source| TrainError::Io { path, source })
+    write_file_atomically(&path, text.as_bytes())
 }
