@@ -23,9 +23,13 @@
 #   DDP_BATCH   its global batch                    (64)
 #   DDP_ITERATIONS its iterations                   (20)
 #   OUT         where logs and the table go         ($OUT if set, else target/device-check/out)
+#   BUDGET      seconds the whole `run` may take    (480: every step's timeout is cut to what
+#               is left, and a step with under 30 s left is skipped with a row saying so)
 #
 # Burn's autotune cache lives in ./target (cubecl's default for a working directory inside a
-# Cargo project), so every step of one `run` shares it; `run` copies it to $OUT/autotune as well.
+# Cargo project), so every step of one `run` shares it; `run` copies it to $OUT/autotune, and
+# starts from target/device-check/autotune when a previous run's copy was put there (carry it
+# with the kit to skip the tuning next time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +44,16 @@ DDP_BATCH=${DDP_BATCH:-64}
 DDP_ITERATIONS=${DDP_ITERATIONS:-20}
 KIT=target/device-check
 OUT=${OUT:-$KIT/out}
+BUDGET=${BUDGET:-480}
+SCRIPT_STARTED=$(date +%s)
+
+# step_timeout CAP -> seconds for the next step: CAP, cut to the budget left minus 10 s of
+# reserve for the table; 0 when under 30 s are left (the caller skips the step).
+step_timeout() {
+  local left=$(( BUDGET - ($(date +%s) - SCRIPT_STARTED) - 10 ))
+  ((left < 30)) && { echo 0; return; }
+  echo $(( $1 < left ? $1 : left ))
+}
 
 # --- build (here) -------------------------------------------------------------------------------
 
@@ -112,16 +126,19 @@ json_numbers() { # json_numbers FIELD FILE KIND -> the field of every record of 
   grep "\"kind\":\"$3\"" "$2" | sed -n "s/.*\"$1\":\([-0-9.eE+naNinf]*\).*/\1/p"
 }
 
-train_run() { # train_run PRECISION BATCH -> 0 when it ran to the end
+train_run() { # train_run PRECISION BATCH -> 0 when it ran to the end, 124 on a timeout
   local precision=$1 batch=$2 dir="$OUT/runs/${precision}_b$2"
   rm -rf "$dir"
+  local limit
+  limit=$(step_timeout 240)
+  ((limit > 0)) || return 124
   local sampler
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 \
     > "$OUT/memory_${precision}_b$batch.txt" 2>/dev/null &
   sampler=$!
   local started status=0
   started=$(date +%s)
-  timeout 300 "$KIT/bin/pretrain_coco" --preset "$PRESET" --device "$DEVICE" \
+  timeout "$limit" "$KIT/bin/pretrain_coco" --preset "$PRESET" --device "$DEVICE" \
     --data-root "$KIT/data" --tokenizer "$KIT/data/vocab.model" --run-dir "$dir" \
     --precision "$precision" \
     --set "optim.batch_size=$batch" --set "optim.num_iterations=$ITERATIONS" --set data.vocab_size=400 \
@@ -152,10 +169,15 @@ train_run() { # train_run PRECISION BATCH -> 0 when it ran to the end
 # runs registration, the per-step gradient all-reduce and rank 0's checkpoint exactly as two
 # GPUs would, minus the NCCL copies between devices.
 ddp_run() {
-  local dir="$OUT/runs/ddp" log="$OUT/train_ddp.log" started status=0
+  local dir="$OUT/runs/ddp" log="$OUT/train_ddp.log" started status=0 limit
   rm -rf "$dir"
+  limit=$(step_timeout 120)
+  if ((limit == 0)); then
+    row "DDP $DDP_DEVICES" "skipped" "time budget ($BUDGET s) spent"
+    return
+  fi
   started=$(date +%s)
-  timeout 240 "$KIT/bin/pretrain_coco" --preset "$PRESET" --devices "$DDP_DEVICES" \
+  timeout "$limit" "$KIT/bin/pretrain_coco" --preset "$PRESET" --devices "$DDP_DEVICES" \
     --data-root "$KIT/data" --tokenizer "$KIT/data/vocab.model" --run-dir "$dir" \
     --precision f32 \
     --set "optim.batch_size=$DDP_BATCH" --set "optim.num_iterations=$DDP_ITERATIONS" --set data.vocab_size=400 \
@@ -187,30 +209,51 @@ run_checks() {
   gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -n 1 || true)
   row "device" "$gpu" "$(date -u +%FT%TZ)"
 
-  local status=0 started
+  if [ -d "$KIT/autotune" ] && [ ! -d target/autotune ]; then
+    mkdir -p target && cp -r "$KIT/autotune" target/autotune
+  fi
+
+  local status=0 started limit
   started=$(date +%s)
-  VIRTEX_REQUIRE_CUDA=1 "$KIT/bin/cuda_tests" --test-threads 1 > "$OUT/cuda_tests.log" 2>&1 || status=$?
+  limit=$(step_timeout 180)
+  VIRTEX_REQUIRE_CUDA=1 timeout "$limit" "$KIT/bin/cuda_tests" --test-threads 1 \
+    > "$OUT/cuda_tests.log" 2>&1 || status=$?
   row "CUDA tests" "$(grep -E '^test result' "$OUT/cuda_tests.log" | tail -n 1 || echo 'no result')" \
     "exit $status, $(( $(date +%s) - started )) s; $(grep -h 'max relative difference' "$OUT/cuda_tests.log" | tr '\n' ' ')"
 
+  # The issue's main question first (bf16 vs f32 training), then the benches and DDP.
+  for precision in $PRECISIONS; do
+    local ran=0 batch code=0
+    for batch in $BATCHES; do
+      code=0
+      train_run "$precision" "$batch" || code=$?
+      if ((code == 0)); then ran=1; break; fi
+      # A timeout is not a batch that does not fit: a smaller one would not help.
+      ((code == 124)) && break
+      echo "batch $batch did not run with $precision; trying a smaller one" >&2
+    done
+    if ((code == 124)); then
+      row "train $PRESET $precision b$batch" "timed out" "time budget ($BUDGET s); see $OUT/train_${precision}_b$batch.log"
+    elif ((!ran)); then
+      row "train $PRESET $precision" "failed at every batch in '$BATCHES'" "see $OUT/train_${precision}_*.log"
+    fi
+  done
+
   started=$(date +%s)
-  VIRTEX_BENCH_DEVICE="$DEVICE" timeout 150 "$KIT/bin/kernels" --bench "$BENCH" \
-    > "$OUT/kernels.log" 2>&1 || status=$?
+  limit=$(step_timeout 150)
+  if ((limit == 0)); then
+    row "kernel benches" "skipped" "time budget ($BUDGET s) spent"
+    : > "$OUT/kernels.log"
+  else
+    VIRTEX_BENCH_DEVICE="$DEVICE" timeout "$limit" "$KIT/bin/kernels" --bench "$BENCH" \
+      > "$OUT/kernels.log" 2>&1 || status=$?
+  fi
   # criterion prints "<id>\n time: [low median high]" (or both on one line for short ids).
   awk '/^[a-z_0-9]+\/[^ ]+/ { id = $1 } /time:/ && id != "" { sub(/.*time: +\[/, ""); split($0, t, " ");
        printf "%s %s %s\n", id, t[3], t[4]; id = "" }' "$OUT/kernels.log" > "$OUT/kernels.txt"
   while read -r id value unit; do row "bench $id" "$value $unit" "median (criterion)"; done < "$OUT/kernels.txt"
 
   [ -z "$DDP_DEVICES" ] || ddp_run
-
-  for precision in $PRECISIONS; do
-    local ran=0 batch
-    for batch in $BATCHES; do
-      if train_run "$precision" "$batch"; then ran=1; break; fi
-      echo "batch $batch did not run with $precision; trying a smaller one" >&2
-    done
-    ((ran)) || row "train $PRESET $precision" "failed at every batch in '$BATCHES'" "see $OUT/train_${precision}_*.log"
-  done
 
   mkdir -p "$OUT/autotune" && cp -r target/autotune "$OUT/autotune/" 2>/dev/null || true
   {

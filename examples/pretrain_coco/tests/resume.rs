@@ -183,6 +183,76 @@ fn checkpoint_survives_kill_9() {
     );
 }
 
+/// Child half of the interrupt test: trains with the real signal handler, no periodic
+/// checkpoints, until interrupted.
+#[test]
+fn child_interrupted_process() {
+    let Ok(run_dir) = std::env::var("VIRTEX_INTERRUPT_TEST_RUN_DIR") else {
+        return; // Only does work when spawned by `ctrl_c_checkpoints_and_stops`.
+    };
+    let interrupted = pretrain_coco::training::install_interrupt_flag();
+    let summary = run::<B, Model>(
+        options(
+            tiny_config(10_000, 10_000),
+            Path::new(&run_dir),
+            false,
+            None,
+        ),
+        Default::default(),
+        interrupted,
+    )
+    .unwrap();
+    assert!(summary.iteration < 10_000);
+}
+
+/// SIGINT (Ctrl-C) makes the loop checkpoint the iteration it finishes and exit cleanly.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_checkpoints_and_stops() {
+    let _exclusive = exclusive();
+    let run_dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_interrupted_process", "--nocapture"])
+        .env("VIRTEX_INTERRUPT_TEST_RUN_DIR", run_dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = run_dir.path().join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |text| text.lines().count()) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the child never trained"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signal = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(180) {
+            child.kill().unwrap();
+            panic!("the child did not stop after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    // The checkpoint is of the last iteration the child logged (it logs every iteration).
+    let (iteration, path) = latest_checkpoint(run_dir.path())
+        .unwrap()
+        .expect("a checkpoint");
+    let (records, _) = MetricsLog::read(run_dir.path()).unwrap();
+    assert!(iteration >= 2);
+    assert_eq!(records.last().unwrap().iteration, iteration);
+    Model::load(path.join("model.safetensors"), &Default::default()).unwrap();
+}
+
 #[test]
 fn eval_only_init_from_and_backbone_export() {
     let _exclusive = exclusive();
