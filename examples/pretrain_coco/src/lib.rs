@@ -4,6 +4,8 @@
 //!
 //! The binary is `src/main.rs` (`cargo run --release --example pretrain_coco`); this library
 //! holds everything it calls, so tests can drive whole runs.
+//!
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 pub mod args;
