@@ -654,8 +654,9 @@ where
     }
     write_resolved_config(&run_dir, &config)?;
 
-    let data = load_data(&config)?;
-    let model_config = model_config(&config, data.vocab_size)?;
+    // `data.vocab_size` is checked against the tokenizer when the data loads (below the export,
+    // which needs no data).
+    let model_config = model_config(&config, config.data.vocab_size)?;
 
     B::seed(&device, config.random_seed);
     let mut model: M = match (&resume_from, &options.init_from) {
@@ -678,6 +679,8 @@ where
             images_per_second: 0.0,
         });
     }
+
+    let data = load_data(&config)?;
 
     if options.eval_only {
         let val = validate::<B::InnerBackend, _>(
