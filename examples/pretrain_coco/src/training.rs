@@ -252,19 +252,22 @@ where
     }
     let scale = 1.0 / micro_batches as f64;
     let mut accumulator = GradientsAccumulator::<M>::new();
-    let mut losses = [0.0f64; 3];
+    // `[loss, forward, backward]` of each micro-batch, read only after the optimizer step:
+    // reading a value waits for the device, and three reads here would stall a GPU before the
+    // backward pass is even queued.
+    let mut pending_losses = Vec::with_capacity(micro_batches);
     let mut images = 0;
     for batch in batches {
         images += batch.images.dims()[0];
         let objective = model.objective(&batch);
-        let values = [
-            scalar(objective.loss.clone()),
-            scalar(objective.forward),
-            scalar(objective.backward),
-        ];
-        for (total, value) in losses.iter_mut().zip(values) {
-            *total += value * scale;
-        }
+        pending_losses.push(Tensor::cat(
+            vec![
+                objective.loss.clone().inner(),
+                objective.forward.inner(),
+                objective.backward.inner(),
+            ],
+            0,
+        ));
         let loss = if micro_batches > 1 {
             objective.loss.mul_scalar(scale)
         } else {
@@ -275,6 +278,12 @@ where
     }
     let grads = reduce(accumulator.grads())?;
     let (model, report) = optimizer.step(model, grads);
+    let mut losses = [0.0f64; 3];
+    for pending in pending_losses {
+        for (total, value) in losses.iter_mut().zip(pending.into_data().iter::<f64>()) {
+            *total += value * scale;
+        }
+    }
     Ok((
         model,
         StepResult {
@@ -417,7 +426,6 @@ pub fn default_tokenizer_candidates(root: &Path) -> Vec<PathBuf> {
 struct Data {
     train: DataLoader,
     val: DataLoader,
-    vocab_size: usize,
 }
 
 fn load_data(config: &PretrainConfig) -> Result<Data, TrainError> {
@@ -489,11 +497,7 @@ fn load_data(config: &PretrainConfig) -> Result<Data, TrainError> {
     let train = loader(Split::Train, train_transforms, config.data.shuffle, true)?;
     let val_transforms = ImageTransforms::pretrain_val(crop).map_err(data_error)?;
     let val = loader(Split::Val, val_transforms, false, false)?;
-    Ok(Data {
-        train,
-        val,
-        vocab_size: tokenizer.vocab_size(),
-    })
+    Ok(Data { train, val })
 }
 
 /// Teacher-forced loss over the validation split, in evaluation mode (running BatchNorm
