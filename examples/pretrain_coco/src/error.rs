@@ -17,6 +17,9 @@ pub enum TrainError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A model could not be built, loaded or saved (the error names the file).
+    #[error("model: {0}")]
+    Model(#[from] virtex::VirtexError),
     /// A checkpoint could not be loaded.
     #[error("checkpoint `{path}`: {message}")]
     Checkpoint {

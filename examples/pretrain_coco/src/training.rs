@@ -376,13 +376,6 @@ fn data_error(err: virtex_data::DataError) -> TrainError {
     TrainError::Data(err)
 }
 
-fn model_error(path: &Path) -> impl Fn(virtex::VirtexError) -> TrainError + '_ {
-    move |err| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        message: err.to_string(),
-    }
-}
-
 /// The data root and tokenizer file this config points to (sample data by default).
 ///
 /// Without `data.tokenizer`, a data root's tokenizer is the first that exists of
@@ -430,6 +423,13 @@ struct Data {
 
 fn load_data(config: &PretrainConfig) -> Result<Data, TrainError> {
     let (root, tokenizer_path) = data_paths(config);
+    if !root.is_dir() {
+        return Err(TrainError::Config(format!(
+            "the data root `{}` is not a directory (expected COCO's `annotations/`, \
+             `train2017/` and `val2017/`)",
+            root.display()
+        )));
+    }
     if config.data.tokenizer.is_none() && config.data.root.is_some() && !tokenizer_path.is_file() {
         let tried: Vec<String> = default_tokenizer_candidates(&root)
             .iter()
@@ -666,15 +666,15 @@ where
     let mut model: M = match (&resume_from, &options.init_from) {
         (Some((_, path)), _) => {
             let file = path.join("model.safetensors");
-            M::load_ours(&file, &device).map_err(model_error(&file))?
+            M::load_ours(&file, &device).map_err(TrainError::Model)?
         }
         (None, Some(init)) => load_initial(init, &model_config, &device)?,
-        (None, None) => M::init(&model_config, &device).map_err(model_error(&run_dir))?,
+        (None, None) => M::init(&model_config, &device).map_err(TrainError::Model)?,
     };
     model = model.with_precision(config.train.precision);
 
     if let Some(path) = &options.export_backbone {
-        model.export_backbone(path).map_err(model_error(path))?;
+        model.export_backbone(path).map_err(TrainError::Model)?;
         return Ok(RunSummary {
             iteration: state.map_or(0, |s| s.iteration),
             losses: Vec::new(),
@@ -964,7 +964,7 @@ where
         if iteration == total {
             model
                 .export_backbone(&run_dir.join("backbone.safetensors"))
-                .map_err(model_error(&run_dir))?;
+                .map_err(TrainError::Model)?;
         }
         Ok(RunSummary {
             iteration,
@@ -1025,11 +1025,11 @@ fn load_initial<B: Backend, M: PretrainModel<B>>(
         virtex_backbone::WeightsFormat::detect(path),
         Ok(virtex_backbone::WeightsFormat::Pytorch)
     );
-    let mut model = M::init(config, device).map_err(model_error(path))?;
+    let mut model = M::init(config, device).map_err(TrainError::Model)?;
     if is_pytorch {
-        model.load_official(path).map_err(model_error(path))?;
+        model.load_official(path).map_err(TrainError::Model)?;
     } else {
-        model.load_weights(path).map_err(model_error(path))?;
+        model.load_weights(path).map_err(TrainError::Model)?;
     }
     Ok(model)
 }
@@ -1062,9 +1062,7 @@ where
     };
     write_checkpoint(run_dir, iteration, config.train.keep_last, |dir| {
         let model_file = dir.join("model.safetensors");
-        model
-            .save_ours(&model_file)
-            .map_err(model_error(&model_file))?;
+        model.save_ours(&model_file).map_err(TrainError::Model)?;
         let optimizer_file = dir.join("optimizer.mpk");
         NamedMpkFileRecorder::<FullPrecisionSettings>::new()
             .record(optimizer.to_record(), optimizer_file.clone())

@@ -351,7 +351,10 @@ fn export_eval_and_init_from_check_their_inputs() {
     init.init_from = Some(run_dir.path().join("checkpoint_00000002/model.safetensors"));
     let err = train_any(init).unwrap_err();
     assert!(
-        matches!(&err, TrainError::Checkpoint { message, .. } if message.contains("`textual.attention_heads` is 1 in the file, 2")),
+        matches!(&err, TrainError::Model(virtex::VirtexError::ArchitectureMismatch { key, .. }) if key == "textual.attention_heads")
+            && err
+                .to_string()
+                .contains("`textual.attention_heads` is 1 in the file, 2"),
         "{err}"
     );
 }
