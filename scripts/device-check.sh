@@ -61,7 +61,11 @@ executables() { sed -n 's/.*"executable":"\([^"]*\)".*/\1/p'; }
 
 build() {
   local bin=target/device-check-bin
+  # Keep a previous run's autotune cache (see the header) across rebuilds.
+  local cache=""
+  if [ -d "$KIT/autotune" ]; then cache=$(mktemp -d) && mv "$KIT/autotune" "$cache/"; fi
   rm -rf "$bin" "$KIT" && mkdir -p "$bin" "$KIT"
+  if [ -n "$cache" ]; then mv "$cache/autotune" "$KIT/" && rmdir "$cache"; fi
   local trainer tests bench
   trainer=$(cargo build --release -p pretrain-coco --features cuda --example pretrain_coco \
     --message-format=json | executables | tail -n 1)
@@ -123,14 +127,15 @@ rows=()
 row() { rows+=("$(printf '| %s | %s | %s |' "$1" "$2" "$3")"); }
 
 json_numbers() { # json_numbers FIELD FILE KIND -> the field of every record of that kind
-  grep "\"kind\":\"$3\"" "$2" | sed -n "s/.*\"$1\":\([-0-9.eE+naNinf]*\).*/\1/p"
+  # Non-finite values are written as strings ("NaN", "inf", "-inf").
+  grep "\"kind\":\"$3\"" "$2" | sed -n "s/.*\"$1\":\"\{0,1\}\([-0-9.eE+naNinf]*\).*/\1/p"
 }
 
 train_run() { # train_run PRECISION BATCH -> 0 when it ran to the end, 124 on a timeout
   local precision=$1 batch=$2 dir="$OUT/runs/${precision}_b$2"
   rm -rf "$dir"
   local limit
-  limit=$(step_timeout 240)
+  limit=$(step_timeout 150)
   ((limit > 0)) || return 124
   local sampler
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 \
@@ -138,7 +143,7 @@ train_run() { # train_run PRECISION BATCH -> 0 when it ran to the end, 124 on a 
   sampler=$!
   local started status=0
   started=$(date +%s)
-  timeout "$limit" "$KIT/bin/pretrain_coco" --preset "$PRESET" --device "$DEVICE" \
+  timeout -k 15 "$limit" "$KIT/bin/pretrain_coco" --preset "$PRESET" --device "$DEVICE" \
     --data-root "$KIT/data" --tokenizer "$KIT/data/vocab.model" --run-dir "$dir" \
     --precision "$precision" \
     --set "optim.batch_size=$batch" --set "optim.num_iterations=$ITERATIONS" --set data.vocab_size=400 \
@@ -177,7 +182,7 @@ ddp_run() {
     return
   fi
   started=$(date +%s)
-  timeout "$limit" "$KIT/bin/pretrain_coco" --preset "$PRESET" --devices "$DDP_DEVICES" \
+  timeout -k 15 "$limit" "$KIT/bin/pretrain_coco" --preset "$PRESET" --devices "$DDP_DEVICES" \
     --data-root "$KIT/data" --tokenizer "$KIT/data/vocab.model" --run-dir "$dir" \
     --precision f32 \
     --set "optim.batch_size=$DDP_BATCH" --set "optim.num_iterations=$DDP_ITERATIONS" --set data.vocab_size=400 \
@@ -214,14 +219,8 @@ run_checks() {
   fi
 
   local status=0 started limit
-  started=$(date +%s)
-  limit=$(step_timeout 180)
-  VIRTEX_REQUIRE_CUDA=1 timeout "$limit" "$KIT/bin/cuda_tests" --test-threads 1 \
-    > "$OUT/cuda_tests.log" 2>&1 || status=$?
-  row "CUDA tests" "$(grep -E '^test result' "$OUT/cuda_tests.log" | tail -n 1 || echo 'no result')" \
-    "exit $status, $(( $(date +%s) - started )) s; $(grep -h 'max relative difference' "$OUT/cuda_tests.log" | tr '\n' ' ')"
-
-  # The issue's main question first (bf16 vs f32 training), then the benches and DDP.
+  # The issue's main question first (bf16 vs f32 training), then the CUDA tests, the benches
+  # and DDP; each step's timeout is cut to the budget left.
   for precision in $PRECISIONS; do
     local ran=0 batch code=0
     for batch in $BATCHES; do
@@ -242,10 +241,21 @@ run_checks() {
   started=$(date +%s)
   limit=$(step_timeout 150)
   if ((limit == 0)); then
+    echo "skipped: time budget ($BUDGET s) spent" > "$OUT/cuda_tests.log"
+  else
+    VIRTEX_REQUIRE_CUDA=1 timeout -k 15 "$limit" "$KIT/bin/cuda_tests" --test-threads 1 \
+      > "$OUT/cuda_tests.log" 2>&1 || status=$?
+  fi
+  row "CUDA tests" "$(grep -E '^(test result|skipped)' "$OUT/cuda_tests.log" | tail -n 1 || echo 'no result')" \
+    "exit $status, $(( $(date +%s) - started )) s; $(grep -h 'max relative difference' "$OUT/cuda_tests.log" | tr '\n' ' ')"
+
+  started=$(date +%s)
+  limit=$(step_timeout 90)
+  if ((limit == 0)); then
     row "kernel benches" "skipped" "time budget ($BUDGET s) spent"
     : > "$OUT/kernels.log"
   else
-    VIRTEX_BENCH_DEVICE="$DEVICE" timeout "$limit" "$KIT/bin/kernels" --bench "$BENCH" \
+    VIRTEX_BENCH_DEVICE="$DEVICE" timeout -k 15 "$limit" "$KIT/bin/kernels" --bench "$BENCH" \
       > "$OUT/kernels.log" 2>&1 || status=$?
   fi
   # criterion prints "<id>\n time: [low median high]" (or both on one line for short ids).
@@ -255,7 +265,8 @@ run_checks() {
 
   [ -z "$DDP_DEVICES" ] || ddp_run
 
-  mkdir -p "$OUT/autotune" && cp -r target/autotune "$OUT/autotune/" 2>/dev/null || true
+  # To reuse it next time: copy $OUT/autotune to target/device-check/autotune here.
+  cp -r target/autotune "$OUT/" 2>/dev/null || true
   {
     echo "| check | result | notes |"
     echo "|---|---|---|"

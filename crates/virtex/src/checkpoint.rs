@@ -594,7 +594,8 @@ fn read_saved_config(path: &Path, expected: &'static str) -> Result<CaptioningMo
 }
 
 /// Errors on the first configuration key where `saved` and `configured` differ, ignoring the
-/// dropout probability (a training setting, not part of the weights' layout).
+/// training settings that do not change what the weights compute: dropout, BatchNorm momentum
+/// and the zero-initialisation of residual branches.
 fn check_same_architecture(
     saved: &CaptioningModelConfig,
     configured: &CaptioningModelConfig,
@@ -602,6 +603,8 @@ fn check_same_architecture(
 ) -> Result<()> {
     let mut saved = saved.clone();
     saved.textual.dropout = configured.textual.dropout;
+    saved.backbone.bn_momentum = configured.backbone.bn_momentum;
+    saved.backbone.zero_init_residual = configured.backbone.zero_init_residual;
     let as_json = |config: &CaptioningModelConfig| {
         serde_json::to_value(config).map_err(|err| VirtexError::Unreadable {
             path: path.to_path_buf(),

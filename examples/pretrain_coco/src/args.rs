@@ -28,7 +28,9 @@ pub struct Args {
     /// COCO root (`annotations/`, `train2017/`, `val2017/`); default: the embedded sample.
     #[arg(long)]
     pub data_root: Option<PathBuf>,
-    /// Tokenizer / vocabulary file (default: `vocab.json` in the data root, or the sample's).
+    /// Tokenizer: a SentencePiece `.model` or our `vocab.json` (default: the sample's, or for a
+    /// data root the first of `ROOT/vocab.json`, `ROOT/vocab/coco_10k.model`,
+    /// `ROOT/../vocab/coco_10k.model`).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// cpu | cuda | cuda:N

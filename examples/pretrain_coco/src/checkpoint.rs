@@ -14,6 +14,8 @@ use crate::error::TrainError;
 
 const PREFIX: &str = "checkpoint_";
 const TEMPORARY_PREFIX: &str = ".partial-checkpoint_";
+/// What every temporary of a run directory starts with (see [`remove_stale_temporaries`]).
+const STALE_PREFIX: &str = ".partial-";
 
 /// The directory name of the checkpoint of `iteration`.
 pub fn checkpoint_name(iteration: u64) -> String {
@@ -77,21 +79,23 @@ pub fn write_checkpoint(
         .and_then(|dir| dir.sync_all())
         .map_err(io(temporary.path()))?;
     let target = run_dir.join(checkpoint_name(iteration));
-    if target.join("state.json").is_file() {
-        // The same iteration saved again (Ctrl-C or the end of the run right after a periodic
-        // save) holds the same state. Keeping the complete copy, rather than deleting it and
-        // renaming the new one over, leaves no moment at which a kill loses it.
-        drop(temporary);
+    // The loop saves an iteration once and refuses to start a new run over old checkpoints, so
+    // the name is normally free. If it is not, the old directory is renamed aside (the other
+    // checkpoints stay loadable meanwhile) and removed once the new one is in place.
+    let replaced = if target.exists() {
+        let aside = run_dir.join(format!("{TEMPORARY_PREFIX}replaced-{iteration:08}"));
+        fs::rename(&target, &aside).map_err(io(&target))?;
+        Some(aside)
     } else {
-        if target.exists() {
-            // A directory without `state.json` is not a checkpoint (never written by us).
-            fs::remove_dir_all(&target).map_err(io(&target))?;
-        }
-        let kept = temporary.keep();
-        fs::rename(&kept, &target).map_err(io(&target))?;
-        File::open(run_dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io(run_dir))?;
+        None
+    };
+    let kept = temporary.keep();
+    fs::rename(&kept, &target).map_err(io(&target))?;
+    File::open(run_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io(run_dir))?;
+    if let Some(aside) = replaced {
+        fs::remove_dir_all(&aside).map_err(io(&aside))?;
     }
 
     let checkpoints = list_checkpoints(run_dir)?;
@@ -117,10 +121,19 @@ pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<(), TrainEr
         _ => Path::new("."),
     };
     let mut temporary = tempfile::Builder::new()
-        .prefix(".partial-")
+        .prefix(STALE_PREFIX)
         .tempfile_in(directory)
         .map_err(io)?;
     temporary.write_all(contents).map_err(io)?;
+    // tempfile creates files readable by the owner only; these are ordinary outputs.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        temporary
+            .as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
+    }
     temporary.as_file().sync_all().map_err(io)?;
     temporary.persist(path).map_err(|err| io(err.error))?;
     File::open(directory)
@@ -128,16 +141,22 @@ pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<(), TrainEr
         .map_err(io)
 }
 
-/// Removes temporary directories left by a process killed while writing.
+/// Removes temporaries left by a process killed while writing: checkpoint directories and
+/// the files of [`write_file_atomically`] (both start with `.partial-`).
 fn remove_stale_temporaries(run_dir: &Path) {
     if let Ok(entries) = fs::read_dir(run_dir) {
         for entry in entries.flatten() {
             let is_stale = entry
                 .file_name()
                 .to_str()
-                .is_some_and(|name| name.starts_with(TEMPORARY_PREFIX));
+                .is_some_and(|name| name.starts_with(STALE_PREFIX));
             if is_stale {
-                let _ = fs::remove_dir_all(entry.path());
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
             }
         }
     }
@@ -193,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn saving_an_iteration_again_keeps_the_complete_copy() {
+    fn saving_an_iteration_again_replaces_it() {
         let run = tempfile::tempdir().unwrap();
         write_checkpoint(run.path(), 10, 1, write_marker(10)).unwrap();
         let again = write_checkpoint(run.path(), 10, 1, |dir: &Path| {
@@ -204,12 +223,36 @@ mod tests {
         })
         .unwrap();
         let state = fs::read_to_string(again.join("state.json")).unwrap();
-        assert_eq!(state, "{\"iteration\": 10}");
+        assert_eq!(state, "second");
         let names: Vec<String> = fs::read_dir(run.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, vec!["checkpoint_00000010".to_string()]);
+    }
+
+    #[test]
+    fn atomic_files_are_readable_and_stale_temporaries_go() {
+        let run = tempfile::tempdir().unwrap();
+        let path = run.path().join("config.json");
+        write_file_atomically(&path, b"{}").unwrap();
+        write_file_atomically(&path, b"{\"a\": 1}").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\": 1}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
+        // A kill during a write leaves a `.partial-` file; the next checkpoint removes it.
+        fs::write(run.path().join(".partial-abc"), "half").unwrap();
+        write_checkpoint(run.path(), 10, 1, write_marker(10)).unwrap();
+        let mut names: Vec<String> = fs::read_dir(run.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["checkpoint_00000010", "config.json"]);
     }
 
     #[test]

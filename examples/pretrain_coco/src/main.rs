@@ -29,27 +29,28 @@ fn try_main() -> Result<(), TrainError> {
     let args = Args::parse();
     let devices = args.training_devices()?;
 
+    // The data and precision flags apply to a new run's config and to a resumed run's alike.
+    let command_line = ResumeOverrides {
+        data_root: args.data_root.clone(),
+        tokenizer: args.tokenizer.clone(),
+        precision: args.precision,
+    };
     let mut config = PretrainConfig::preset(&args.preset)?;
     if let Some(path) = &args.config {
         config = config.merge_json_file(path)?;
     }
     config = config.apply_overrides(&args.overrides)?;
-    if let Some(root) = &args.data_root {
-        config.data.root = Some(root.clone());
-    }
-    if let Some(tokenizer) = &args.tokenizer {
-        config.data.tokenizer = Some(tokenizer.clone());
-    }
-    if let Some(precision) = args.precision {
-        config.train.precision = precision;
-    }
+    command_line.apply(&mut config);
 
     let (run_dir, resume) = match (&args.resume, &args.run_dir) {
         (Some(dir), _) => (dir.clone(), true),
         (None, Some(dir)) => (dir.clone(), false),
         (None, None) => (default_run_dir(), false),
     };
-    eprintln!("run directory: {}", run_dir.display());
+    let trains = !args.eval_only && args.export_backbone.is_none();
+    if trains {
+        eprintln!("run directory: {}", run_dir.display());
+    }
 
     let options = RunOptions {
         config,
@@ -60,11 +61,7 @@ fn try_main() -> Result<(), TrainError> {
         stop_after: args.stop_after,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         export_backbone: args.export_backbone.clone(),
-        resume_overrides: ResumeOverrides {
-            data_root: args.data_root.clone(),
-            tokenizer: args.tokenizer.clone(),
-            precision: args.precision,
-        },
+        resume_overrides: command_line,
     };
     let interrupted = install_interrupt_flag();
     let summary = with_backend_devices!(&devices, |B, burn_devices| {

@@ -167,11 +167,17 @@ mod non_finite {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-        Ok(match Written::deserialize(deserializer)? {
-            Written::Number(value) => value,
-            Written::Text(text) => text.parse().unwrap_or(f64::NAN),
-            Written::Null(()) => f64::NAN,
-        })
+        match Written::deserialize(deserializer)? {
+            Written::Number(value) => Ok(value),
+            Written::Text(text) => match text.parse::<f64>() {
+                Ok(value) if !value.is_finite() => Ok(value),
+                _ => Err(serde::de::Error::custom(format!(
+                    "`{text}`: expected a number, \"NaN\", \"inf\" or \"-inf\""
+                ))),
+            },
+            // Written by serde_json for NaN/±∞ before this module existed.
+            Written::Null(()) => Ok(f64::NAN),
+        }
     }
 }
 
@@ -280,6 +286,9 @@ mod tests {
         let old = r#"{"kind":"train","iteration":4,"loss":null,"captioning_forward":null,"captioning_backward":0.0,"grad_norm":null,"learning_rates":[],"images_per_second":1.0,"skipped_steps":1}"#;
         let parsed: TrainRecord = serde_json::from_str(old).unwrap();
         assert!(parsed.loss.is_nan() && parsed.grad_norm.is_nan());
+
+        let garbage = old.replace(r#""loss":null"#, r#""loss":"lots""#);
+        assert!(serde_json::from_str::<TrainRecord>(&garbage).is_err());
 
         plot_losses(run.path(), &run.path().join("loss.png")).unwrap();
         assert!(run.path().join("loss.png").is_file());

@@ -372,34 +372,44 @@ pub fn optimizer_config(config: &PretrainConfig) -> Result<GroupedOptimizerConfi
         .with_clip_grad_norm((optim.clip_grad_norm > 0.0).then_some(optim.clip_grad_norm)))
 }
 
-fn data_error(err: virtex_data::DataError) -> TrainError {
-    TrainError::Data(err)
-}
-
 /// The data root and tokenizer file this config points to (sample data by default).
 ///
 /// Without `data.tokenizer`, a data root's tokenizer is the first that exists of
-/// [`default_tokenizer_candidates`]; when none does, the first is returned (and loading it
-/// fails with an error that lists them).
-pub fn data_paths(config: &PretrainConfig) -> (PathBuf, PathBuf) {
-    let root = config
-        .data
-        .root
-        .clone()
-        .unwrap_or_else(virtex_data::sample_data_root);
-    let tokenizer = match (&config.data.tokenizer, &config.data.root) {
-        (Some(tokenizer), _) => tokenizer.clone(),
-        (None, None) => virtex_data::sample_vocab_path(),
-        (None, Some(_)) => {
-            let candidates = default_tokenizer_candidates(&root);
-            candidates
-                .iter()
-                .find(|path| path.is_file())
-                .unwrap_or(&candidates[0])
-                .clone()
-        }
+/// [`default_tokenizer_candidates`]; an error lists them when none does.
+pub fn data_paths(config: &PretrainConfig) -> Result<(PathBuf, PathBuf), TrainError> {
+    let Some(root) = config.data.root.clone() else {
+        let tokenizer = config
+            .data
+            .tokenizer
+            .clone()
+            .unwrap_or_else(virtex_data::sample_vocab_path);
+        return Ok((virtex_data::sample_data_root(), tokenizer));
     };
-    (root, tokenizer)
+    if !root.is_dir() {
+        return Err(TrainError::Config(format!(
+            "the data root `{}` is not a directory (expected COCO's `annotations/`, \
+             `train2017/` and `val2017/`)",
+            root.display()
+        )));
+    }
+    if let Some(tokenizer) = &config.data.tokenizer {
+        return Ok((root, tokenizer.clone()));
+    }
+    let candidates = default_tokenizer_candidates(&root);
+    match candidates.iter().find(|path| path.is_file()) {
+        Some(tokenizer) => Ok((root.clone(), tokenizer.clone())),
+        None => {
+            let tried: Vec<String> = candidates
+                .iter()
+                .map(|path| format!("`{}`", path.display()))
+                .collect();
+            Err(TrainError::Config(format!(
+                "no tokenizer found for the data root (tried {}); pass --tokenizer \
+                 (upstream's is datasets/vocab/coco_10k.model)",
+                tried.join(", ")
+            )))
+        }
+    }
 }
 
 /// Where a data root's tokenizer is looked for: `vocab.json` (ours) or upstream's
@@ -422,27 +432,9 @@ struct Data {
 }
 
 fn load_data(config: &PretrainConfig) -> Result<Data, TrainError> {
-    let (root, tokenizer_path) = data_paths(config);
-    if !root.is_dir() {
-        return Err(TrainError::Config(format!(
-            "the data root `{}` is not a directory (expected COCO's `annotations/`, \
-             `train2017/` and `val2017/`)",
-            root.display()
-        )));
-    }
-    if config.data.tokenizer.is_none() && config.data.root.is_some() && !tokenizer_path.is_file() {
-        let tried: Vec<String> = default_tokenizer_candidates(&root)
-            .iter()
-            .map(|path| format!("`{}`", path.display()))
-            .collect();
-        return Err(TrainError::Config(format!(
-            "no tokenizer found for the data root (tried {}); pass --tokenizer \
-             (upstream's is datasets/vocab/coco_10k.model)",
-            tried.join(", ")
-        )));
-    }
+    let (root, tokenizer_path) = data_paths(config)?;
     let tokenizer =
-        Arc::new(SentencePieceBpeTokenizer::from_file(&tokenizer_path).map_err(data_error)?);
+        Arc::new(SentencePieceBpeTokenizer::from_file(&tokenizer_path).map_err(TrainError::Data)?);
     if tokenizer.vocab_size() != config.data.vocab_size {
         return Err(TrainError::Config(format!(
             "data.vocab_size is {} but the tokenizer `{}` has {} pieces; set data.vocab_size \
@@ -467,19 +459,19 @@ fn load_data(config: &PretrainConfig) -> Result<Data, TrainError> {
     } else {
         ImageTransforms::from_names(&config.data.image_transform_train, crop, flip)
     }
-    .map_err(data_error)?;
+    .map_err(TrainError::Data)?;
     let choice = match config.data.caption_choice.as_str() {
         "first" => CaptionChoice::First,
         _ => CaptionChoice::Random,
     };
     let micro_batch = config.optim.batch_size / config.optim.accumulation_steps;
     let loader = |split: Split, transforms: ImageTransforms, shuffle: bool, drop_last: bool| {
-        let coco = CocoCaptions::load(&root, split, &options).map_err(data_error)?;
+        let coco = CocoCaptions::load(&root, split, &options).map_err(TrainError::Data)?;
         let dataset = CaptioningDataset::new(coco, tokenizer.clone(), transforms)
-            .map_err(data_error)?
+            .map_err(TrainError::Data)?
             .with_caption_choice(choice)
             .with_max_caption_length(config.data.max_caption_length)
-            .map_err(data_error)?;
+            .map_err(TrainError::Data)?;
         DataLoader::new(
             dataset,
             LoaderConfig {
@@ -492,10 +484,10 @@ fn load_data(config: &PretrainConfig) -> Result<Data, TrainError> {
                 skip_bad_images: config.data.skip_bad_images,
             },
         )
-        .map_err(data_error)
+        .map_err(TrainError::Data)
     };
     let train = loader(Split::Train, train_transforms, config.data.shuffle, true)?;
-    let val_transforms = ImageTransforms::pretrain_val(crop).map_err(data_error)?;
+    let val_transforms = ImageTransforms::pretrain_val(crop).map_err(TrainError::Data)?;
     let val = loader(Split::Val, val_transforms, false, false)?;
     Ok(Data { train, val })
 }
@@ -518,11 +510,16 @@ where
         if max_batches.is_some_and(|max| batches >= max) {
             break;
         }
-        let batch = batch.map_err(data_error)?.to_device::<B>(device);
+        let batch = batch.map_err(TrainError::Data)?.to_device::<B>(device);
         let objective = model.objective(&batch);
-        totals[0] += scalar(objective.loss);
-        totals[1] += scalar(objective.forward);
-        totals[2] += scalar(objective.backward);
+        let values = Tensor::cat(
+            vec![objective.loss, objective.forward, objective.backward],
+            0,
+        )
+        .into_data();
+        for (total, value) in totals.iter_mut().zip(values.iter::<f64>()) {
+            *total += value;
+        }
         batches += 1;
     }
     let n = batches.max(1) as f64;
@@ -531,10 +528,6 @@ where
         captioning_forward: totals[1] / n,
         captioning_backward: totals[2] / n,
     })
-}
-
-fn scalar<B: Backend>(tensor: Tensor<B, 1>) -> f64 {
-    tensor.into_scalar().elem::<f64>()
 }
 
 /// Where a run starts: its configuration and, when resuming, the checkpoint and its state.
@@ -546,9 +539,32 @@ struct RunStart {
 
 impl RunStart {
     /// The newest checkpoint's config with [`RunOptions::resume_overrides`] when resuming,
-    /// else [`RunOptions::config`].
+    /// else [`RunOptions::config`]. A new training run refuses a run directory that already
+    /// holds checkpoints: its first checkpoint would mix with (and prune) the other run's.
     fn of(options: &RunOptions) -> Result<Self, TrainError> {
+        let only_reads_a_model = options.eval_only || options.export_backbone.is_some();
+        if only_reads_a_model && !options.resume && options.init_from.is_none() {
+            return Err(TrainError::Config(
+                "--eval-only and --export-backbone need a model: --init-from FILE or --resume \
+                 RUN_DIR"
+                    .into(),
+            ));
+        }
         if !options.resume {
+            let existing = if options.run_dir.is_dir() {
+                latest_checkpoint(&options.run_dir)?
+            } else {
+                None
+            };
+            if let Some((iteration, _)) = existing.filter(|_| !only_reads_a_model) {
+                return Err(TrainError::Config(format!(
+                    "the run directory `{dir}` already holds checkpoints (newest: iteration \
+                     {iteration}): continue that run with --resume {dir}, or choose another \
+                     --run-dir",
+                    dir = options.run_dir.display()
+                )));
+            }
+            options.config.validate()?;
             return Ok(Self {
                 config: options.config.clone(),
                 resume_from: None,
@@ -593,10 +609,11 @@ where
     Optim<BidirectionalCaptioningModel<B>, B>: Send,
     Optim<ForwardCaptioningModel<B>, B>: Send,
 {
-    if run_config(&options)?.model.name == "captioning" {
-        run_data_parallel::<B, ForwardCaptioningModel<B>>(options, devices, interrupted)
+    let start = RunStart::of(&options)?;
+    if start.config.model.name == "captioning" {
+        run_from::<B, ForwardCaptioningModel<B>>(options, start, devices, interrupted)
     } else {
-        run_data_parallel::<B, BidirectionalCaptioningModel<B>>(options, devices, interrupted)
+        run_from::<B, BidirectionalCaptioningModel<B>>(options, start, devices, interrupted)
     }
 }
 
@@ -633,30 +650,40 @@ where
     M::InnerModule: PretrainModel<B::InnerBackend>,
     Optim<M, B>: Send,
 {
+    let start = RunStart::of(&options)?;
+    run_from::<B, M>(options, start, devices, interrupted)
+}
+
+/// [`run_data_parallel`] from a resolved [`RunStart`].
+fn run_from<B, M>(
+    options: RunOptions,
+    start: RunStart,
+    devices: Vec<B::Device>,
+    interrupted: Arc<AtomicBool>,
+) -> Result<RunSummary, TrainError>
+where
+    B: AutodiffBackend,
+    M: PretrainModel<B> + AutodiffModule<B>,
+    M::InnerModule: PretrainModel<B::InnerBackend>,
+    Optim<M, B>: Send,
+{
     let Some(device) = devices.first().cloned() else {
         return Err(TrainError::Config("no device to train on".into()));
     };
-    let run_dir = options.run_dir.clone();
-    std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Io {
-        path: run_dir.clone(),
-        source,
-    })?;
-
     let RunStart {
         config,
         resume_from,
         state,
-    } = RunStart::of(&options)?;
-    if (options.eval_only || options.export_backbone.is_some())
-        && resume_from.is_none()
-        && options.init_from.is_none()
-    {
-        return Err(TrainError::Config(
-            "--eval-only and --export-backbone need a model: --init-from FILE or --resume RUN_DIR"
-                .into(),
-        ));
+    } = start;
+    let run_dir = options.run_dir.clone();
+    let only_reads_a_model = options.eval_only || options.export_backbone.is_some();
+    if !only_reads_a_model {
+        std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Io {
+            path: run_dir.clone(),
+            source,
+        })?;
+        write_resolved_config(&run_dir, &config)?;
     }
-    write_resolved_config(&run_dir, &config)?;
 
     // `data.vocab_size` is checked against the tokenizer when the data loads (below the export,
     // which needs no data).
@@ -808,7 +835,7 @@ where
                     batches
                         .next()
                         .ok_or_else(|| TrainError::Config("the training loader ended".into()))?
-                        .map_err(data_error)
+                        .map_err(TrainError::Data)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let (stepped, step) = match &mut group {
@@ -843,7 +870,8 @@ where
             losses.push(step_losses[0]);
             progress.set_position(iteration);
 
-            if iteration.is_multiple_of(config.train.log_every) || iteration == last {
+            let stopping = skipped && consecutive_skips >= config.train.max_consecutive_skips;
+            if iteration.is_multiple_of(config.train.log_every) || iteration == last || stopping {
                 let elapsed = window.0.elapsed().as_secs_f64().max(1e-9);
                 let images_per_second = window.1 as f64 / elapsed;
                 window = (Instant::now(), 0);
@@ -884,7 +912,7 @@ where
             }
 
             // After the log line, so the stopping iteration is in metrics.jsonl.
-            if consecutive_skips >= config.train.max_consecutive_skips {
+            if stopping {
                 let checkpoint = save_checkpoint(
                     &run_dir,
                     &config,

@@ -118,7 +118,9 @@ fn child_training_process() {
         return; // Only does work when spawned by `checkpoint_survives_kill_9`.
     };
     let config = tiny_config(10_000, 1);
-    train(options(config, Path::new(&run_dir), false, None));
+    // Later rounds continue the run (a new run over its checkpoints is refused).
+    let resume = latest_checkpoint(Path::new(&run_dir)).unwrap().is_some();
+    train(options(config, Path::new(&run_dir), resume, None));
 }
 
 #[test]
@@ -338,6 +340,10 @@ fn export_eval_and_init_from_check_their_inputs() {
     // Exporting trained nothing: the run still ends at its checkpoint.
     assert_eq!(latest_checkpoint(run_dir.path()).unwrap().unwrap().0, 2);
 
+    // A new run over the stopped run's checkpoints is refused.
+    let err = train_any(options(config.clone(), run_dir.path(), false, None)).unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+
     let elsewhere = tempfile::tempdir().unwrap();
     let mut eval = options(config.clone(), elsewhere.path(), false, None);
     eval.eval_only = true;
@@ -371,6 +377,8 @@ fn a_diverging_run_stops_with_a_checkpoint() {
     config.optim.cnn_lr = 1e38;
     config.optim.lr = 1e38;
     config.train.max_consecutive_skips = 2;
+    // The stopping iteration is logged even off the logging period.
+    config.train.log_every = 100;
     let err = train_any(options(config, run_dir.path(), false, None)).unwrap_err();
     let TrainError::Diverged {
         count, checkpoint, ..
