@@ -166,6 +166,16 @@ fn remove_stale_temporaries(run_dir: &Path) {
 mod tests {
     use super::*;
 
+    /// The names in a directory, sorted.
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     fn write_marker(iteration: u64) -> impl FnOnce(&Path) -> Result<(), TrainError> {
         move |dir: &Path| {
             fs::write(
@@ -204,11 +214,7 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(latest_checkpoint(run.path()).unwrap().unwrap().0, 10);
         // No half-written checkpoint is visible, and the temporary directory is gone.
-        let names: Vec<String> = fs::read_dir(run.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, vec!["checkpoint_00000010".to_string()]);
+        assert_eq!(entries(run.path()), ["checkpoint_00000010"]);
     }
 
     #[test]
@@ -224,11 +230,7 @@ mod tests {
         .unwrap();
         let state = fs::read_to_string(again.join("state.json")).unwrap();
         assert_eq!(state, "second");
-        let names: Vec<String> = fs::read_dir(run.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, vec!["checkpoint_00000010".to_string()]);
+        assert_eq!(entries(run.path()), ["checkpoint_00000010"]);
     }
 
     #[test]
@@ -247,12 +249,7 @@ mod tests {
         // A kill during a write leaves a `.partial-` file; the next checkpoint removes it.
         fs::write(run.path().join(".partial-abc"), "half").unwrap();
         write_checkpoint(run.path(), 10, 1, write_marker(10)).unwrap();
-        let mut names: Vec<String> = fs::read_dir(run.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, vec!["checkpoint_00000010", "config.json"]);
+        assert_eq!(entries(run.path()), ["checkpoint_00000010", "config.json"]);
     }
 
     #[test]

@@ -811,6 +811,25 @@ where
     let mut consecutive_skips = 0u64;
     let mut last_val = None;
     let ranks = devices.len();
+    // A checkpoint, then the loss plot (a convenience: failing to draw it must not stop
+    // training).
+    let checkpoint = |model: &M, optimizer: &Optim<M, B>, iteration: u64, skipped_steps: u64| {
+        let path = save_checkpoint(
+            &run_dir,
+            &config,
+            iteration,
+            skipped_steps,
+            model,
+            optimizer,
+            &data,
+            accumulation,
+            ranks,
+        )?;
+        if let Err(err) = plot_losses(&run_dir, &run_dir.join("loss.png")) {
+            say(format!("warning: could not draw the loss plot: {err}"));
+        }
+        Ok::<_, TrainError>(path)
+    };
 
     std::thread::scope(|scope| {
         let mut group = if replicas.is_empty() {
@@ -913,20 +932,7 @@ where
 
             // After the log line, so the stopping iteration is in metrics.jsonl.
             if stopping {
-                let checkpoint = save_checkpoint(
-                    &run_dir,
-                    &config,
-                    iteration,
-                    skipped_steps,
-                    &model,
-                    &optimizer,
-                    &data,
-                    accumulation,
-                    ranks,
-                )?;
-                if let Err(err) = plot_losses(&run_dir, &run_dir.join("loss.png")) {
-                    say(format!("warning: could not draw the loss plot: {err}"));
-                }
+                let checkpoint = checkpoint(&model, &optimizer, iteration, skipped_steps)?;
                 return Err(TrainError::Diverged {
                     count: consecutive_skips,
                     iteration,
@@ -961,21 +967,7 @@ where
                 || iteration == last
                 || interrupt
             {
-                let path = save_checkpoint(
-                    &run_dir,
-                    &config,
-                    iteration,
-                    skipped_steps,
-                    &model,
-                    &optimizer,
-                    &data,
-                    accumulation,
-                    ranks,
-                )?;
-                // The plot is a convenience: failing to draw it must not stop training.
-                if let Err(err) = plot_losses(&run_dir, &run_dir.join("loss.png")) {
-                    say(format!("warning: could not draw the loss plot: {err}"));
-                }
+                let path = checkpoint(&model, &optimizer, iteration, skipped_steps)?;
                 if interrupt {
                     say(format!(
                         "interrupted: checkpoint written to {}",

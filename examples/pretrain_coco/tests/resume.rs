@@ -111,6 +111,17 @@ fn n_plus_resume_plus_n_equals_2n() {
     assert_eq!(train_lines, 6);
 }
 
+/// Runs the test `name` of this binary in a child process, with `variable` = `run_dir`.
+fn spawn_child(name: &str, variable: &str, run_dir: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture"])
+        .env(variable, run_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Child half of the kill test: trains with a checkpoint every iteration until killed.
 #[test]
 fn child_training_process() {
@@ -132,13 +143,11 @@ fn checkpoint_survives_kill_9() {
     // Kill the writer at different moments: after 0.2 s … 1.6 s past the first checkpoint,
     // which lands kills both between and inside checkpoint writes (one per iteration).
     for round in 0..4u64 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_training_process", "--nocapture"])
-            .env("VIRTEX_KILL_TEST_RUN_DIR", run_dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_child(
+            "child_training_process",
+            "VIRTEX_KILL_TEST_RUN_DIR",
+            run_dir.path(),
+        );
         let start = Instant::now();
         let before = list_checkpoints(run_dir.path()).unwrap().len();
         while list_checkpoints(run_dir.path()).unwrap().len() <= before.min(1)
@@ -213,13 +222,11 @@ fn child_interrupted_process() {
 fn ctrl_c_checkpoints_and_stops() {
     let _exclusive = exclusive();
     let run_dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_interrupted_process", "--nocapture"])
-        .env("VIRTEX_INTERRUPT_TEST_RUN_DIR", run_dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child(
+        "child_interrupted_process",
+        "VIRTEX_INTERRUPT_TEST_RUN_DIR",
+        run_dir.path(),
+    );
     let metrics = run_dir.path().join("metrics.jsonl");
     let start = Instant::now();
     while std::fs::read_to_string(&metrics).map_or(0, |text| text.lines().count()) < 2 {
