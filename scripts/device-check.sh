@@ -131,9 +131,9 @@ json_numbers() { # json_numbers FIELD FILE KIND -> the field of every record of 
   grep "\"kind\":\"$3\"" "$2" | sed -n "s/.*\"$1\":\"\{0,1\}\([-0-9.eE+naNinf]*\).*/\1/p"
 }
 
-train_run() { # train_run PRECISION BATCH -> 0 when it ran to the end, 124 on a timeout
+train_run() { # train_run PRECISION BATCH -> 0 when it ran to the end, 124/137 on a timeout
   local precision=$1 batch=$2 dir="$OUT/runs/${precision}_b$2"
-  rm -rf "$dir"
+  rm -rf "$dir" "$OUT/train_${precision}_b$batch.log"
   local limit
   limit=$(step_timeout 150)
   ((limit > 0)) || return 124
@@ -227,11 +227,14 @@ run_checks() {
       code=0
       train_run "$precision" "$batch" || code=$?
       if ((code == 0)); then ran=1; break; fi
-      # A timeout is not a batch that does not fit: a smaller one would not help.
-      ((code == 124)) && break
+      # A timeout (124, or 137 when -k had to kill) is not a batch that does not fit: a smaller
+      # one would not help.
+      ((code == 124 || code == 137)) && break
       echo "batch $batch did not run with $precision; trying a smaller one" >&2
     done
-    if ((code == 124)); then
+    if ((code == 124 || code == 137)) && [ ! -f "$OUT/train_${precision}_b$batch.log" ]; then
+      row "train $PRESET $precision" "skipped" "time budget ($BUDGET s) spent"
+    elif ((code == 124 || code == 137)); then
       row "train $PRESET $precision b$batch" "timed out" "time budget ($BUDGET s); see $OUT/train_${precision}_b$batch.log"
     elif ((!ran)); then
       row "train $PRESET $precision" "failed at every batch in '$BATCHES'" "see $OUT/train_${precision}_*.log"

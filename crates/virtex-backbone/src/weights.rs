@@ -414,8 +414,13 @@ fn write_atomically(
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let temporary = tempfile::Builder::new()
-        .prefix(".partial-")
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".partial-");
+    // tempfile's default is owner-only (0600); the file is an ordinary output: 0666 less the
+    // user's umask, as `File::create` would give.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let temporary = builder
         .tempfile_in(&directory)
         .map_err(|err| write_error(err.to_string()))?;
     write(temporary.path()).map_err(write_error)?;

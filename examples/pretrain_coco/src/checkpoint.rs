@@ -9,6 +9,7 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::error::TrainError;
 
@@ -62,6 +63,7 @@ pub fn write_checkpoint(
         let path = path.to_path_buf();
         move |source| TrainError::Io { path, source }
     };
+    let started_writing = SystemTime::now();
     let temporary = tempfile::Builder::new()
         .prefix(TEMPORARY_PREFIX)
         .tempdir_in(run_dir)
@@ -95,7 +97,8 @@ pub fn write_checkpoint(
         .and_then(|dir| dir.sync_all())
         .map_err(io(run_dir))?;
     if let Some(aside) = replaced {
-        fs::remove_dir_all(&aside).map_err(io(&aside))?;
+        // The new checkpoint is in place; a copy that cannot be removed now is removed later.
+        let _ = fs::remove_dir_all(&aside);
     }
 
     let checkpoints = list_checkpoints(run_dir)?;
@@ -104,7 +107,7 @@ pub fn write_checkpoint(
             fs::remove_dir_all(old).map_err(io(old))?;
         }
     }
-    remove_stale_temporaries(run_dir);
+    remove_stale_temporaries(run_dir, started_writing);
     Ok(target)
 }
 
@@ -120,20 +123,14 @@ pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<(), TrainEr
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    let mut temporary = tempfile::Builder::new()
-        .prefix(STALE_PREFIX)
-        .tempfile_in(directory)
-        .map_err(io)?;
-    temporary.write_all(contents).map_err(io)?;
-    // tempfile creates files readable by the owner only; these are ordinary outputs.
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(STALE_PREFIX);
+    // tempfile's default is owner-only (0600); these are ordinary outputs: 0666 less the
+    // user's umask, as `File::create` would give.
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        temporary
-            .as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))
-            .map_err(io)?;
-    }
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut temporary = builder.tempfile_in(directory).map_err(io)?;
+    temporary.write_all(contents).map_err(io)?;
     temporary.as_file().sync_all().map_err(io)?;
     temporary.persist(path).map_err(|err| io(err.error))?;
     File::open(directory)
@@ -142,23 +139,40 @@ pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<(), TrainEr
 }
 
 /// Removes temporaries left by a process killed while writing: checkpoint directories and
-/// the files of [`write_file_atomically`] (both start with `.partial-`).
-fn remove_stale_temporaries(run_dir: &Path) {
-    if let Ok(entries) = fs::read_dir(run_dir) {
-        for entry in entries.flatten() {
-            let is_stale = entry
-                .file_name()
-                .to_str()
-                .is_some_and(|name| name.starts_with(STALE_PREFIX));
-            if is_stale {
-                let path = entry.path();
-                let _ = if path.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
+/// the files of [`write_file_atomically`] and the model writers (all start with `.partial-`).
+/// Only entries last modified before `before` (when this checkpoint began) go, so a file that
+/// another process (an export into the run directory) is writing right now is left alone. A
+/// checkpoint set aside for replacement whose replacement never arrived is renamed back.
+fn remove_stale_temporaries(run_dir: &Path, before: SystemTime) {
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(STALE_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let replaced = name
+            .strip_prefix(TEMPORARY_PREFIX)
+            .and_then(|rest| rest.strip_prefix("replaced-"))
+            .and_then(|number| number.parse::<u64>().ok());
+        if let Some(iteration) = replaced {
+            let original = run_dir.join(checkpoint_name(iteration));
+            if !original.exists() && fs::rename(&path, &original).is_ok() {
+                continue;
             }
         }
+        let modified = entry.metadata().and_then(|meta| meta.modified());
+        if modified.is_ok_and(|time| time >= before) {
+            continue;
+        }
+        let _ = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
     }
 }
 
@@ -243,13 +257,22 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
+            // Readable by others (tempfile's 0600 would not be), within the umask.
             let mode = fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o644);
+            assert_eq!(mode & 0o600, 0o600);
+            assert_eq!(mode & 0o044, 0o044, "{mode:o}");
         }
         // A kill during a write leaves a `.partial-` file; the next checkpoint removes it.
         fs::write(run.path().join(".partial-abc"), "half").unwrap();
-        write_checkpoint(run.path(), 10, 1, write_marker(10)).unwrap();
-        assert_eq!(entries(run.path()), ["checkpoint_00000010", "config.json"]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // One set aside for a replacement that never arrived is put back.
+        fs::create_dir(run.path().join(".partial-checkpoint_replaced-00000007")).unwrap();
+        write_marker(7)(&run.path().join(".partial-checkpoint_replaced-00000007")).unwrap();
+        write_checkpoint(run.path(), 10, 2, write_marker(10)).unwrap();
+        assert_eq!(
+            entries(run.path()),
+            ["checkpoint_00000007", "checkpoint_00000010", "config.json"]
+        );
     }
 
     #[test]

@@ -683,6 +683,12 @@ where
             source,
         })?;
         write_resolved_config(&run_dir, &config)?;
+        if resume_from.is_none() {
+            // A new run in a directory that an earlier run left without a checkpoint (killed
+            // early): its log and plot must not mix with this run's.
+            MetricsLog::truncate_after(&run_dir, 0)?;
+            let _ = std::fs::remove_file(run_dir.join("loss.png"));
+        }
     }
 
     // `data.vocab_size` is checked against the tokenizer when the data loads (below the export,

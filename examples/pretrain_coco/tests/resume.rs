@@ -350,6 +350,17 @@ fn export_eval_and_init_from_check_their_inputs() {
     // A new run over the stopped run's checkpoints is refused.
     let err = train_any(options(config.clone(), run_dir.path(), false, None)).unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
+    // Without checkpoints (an earlier run killed before its first), a new run starts a new log.
+    let early = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        run_dir.path().join("metrics.jsonl"),
+        early.path().join("metrics.jsonl"),
+    )
+    .unwrap();
+    let fresh = train_any(options(config.clone(), early.path(), false, Some(1))).unwrap();
+    assert_eq!(fresh.iteration, 1);
+    let (records, _) = MetricsLog::read(early.path()).unwrap();
+    assert_eq!(records.iter().map(|r| r.iteration).collect::<Vec<_>>(), [1]);
 
     let elsewhere = tempfile::tempdir().unwrap();
     let mut eval = options(config.clone(), elsewhere.path(), false, None);
