@@ -36,6 +36,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod atomic;
 mod batch_norm;
 mod block;
 mod config;
@@ -43,6 +44,7 @@ mod error;
 mod resnet;
 mod weights;
 
+pub use atomic::{write_atomically, PARTIAL_PREFIX};
 pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use block::{Downsample, ResidualBlock};
 pub use config::{BlockKind, ResNetConfig};

@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
 use burn::prelude::*;
@@ -400,37 +400,18 @@ fn check_result(path: &Path, prefix: &str, result: &ApplyResult) -> Result<()> {
     Ok(())
 }
 
-/// Writes through a temporary file in the same directory, then renames it into place, so an
-/// interrupted write never leaves a truncated checkpoint under the final name.
+/// [`crate::write_atomically`] for the weight writers, whose failures are strings.
 fn write_atomically(
     path: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), String>,
 ) -> Result<()> {
-    let write_error = |message: String| BackboneError::Write {
+    crate::write_atomically(path, |temporary| {
+        write(temporary).map_err(std::io::Error::other)
+    })
+    .map_err(|err| BackboneError::Write {
         path: path.to_path_buf(),
-        message,
-    };
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".partial-");
-    // tempfile's default is owner-only (0600); the file is an ordinary output: 0666 less the
-    // user's umask, as `File::create` would give.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let temporary = builder
-        .tempfile_in(&directory)
-        .map_err(|err| write_error(err.to_string()))?;
-    write(temporary.path()).map_err(write_error)?;
-    File::open(temporary.path())
-        .and_then(|file| file.sync_all())
-        .map_err(|err| write_error(err.to_string()))?;
-    temporary
-        .persist(path)
-        .map_err(|err| write_error(err.to_string()))?;
-    Ok(())
+        message: err.to_string(),
+    })
 }
 
 #[cfg(test)]

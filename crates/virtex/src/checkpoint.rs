@@ -527,33 +527,16 @@ fn save_ours<B: Backend, M: ModuleSnapshot<B>>(
         message,
     };
     let json = serde_json::to_string(config).map_err(|err| write_error(err.to_string()))?;
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".partial-");
-    // tempfile's default is owner-only (0600); the file is an ordinary output: 0666 less the
-    // user's umask, as `File::create` would give.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let temporary = builder
-        .tempfile_in(&directory)
-        .map_err(|err| write_error(err.to_string()))?;
-    let mut store = SafetensorsStore::from_file(temporary.path())
-        .overwrite(true)
-        .metadata(KIND_KEY, kind)
-        .metadata(CONFIG_KEY, json);
-    model
-        .save_into(&mut store)
-        .map_err(|err| write_error(err.to_string()))?;
-    File::open(temporary.path())
-        .and_then(|file| file.sync_all())
-        .map_err(|err| write_error(err.to_string()))?;
-    temporary
-        .persist(path)
-        .map_err(|err| write_error(err.to_string()))?;
-    Ok(())
+    virtex_backbone::write_atomically(path, |temporary| {
+        let mut store = SafetensorsStore::from_file(temporary)
+            .overwrite(true)
+            .metadata(KIND_KEY, kind)
+            .metadata(CONFIG_KEY, json);
+        model
+            .save_into(&mut store)
+            .map_err(|err| std::io::Error::other(err.to_string()))
+    })
+    .map_err(|err| write_error(err.to_string()))
 }
 
 /// The configuration stored in a file written by `save`, checking its kind.

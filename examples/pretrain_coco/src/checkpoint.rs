@@ -16,7 +16,7 @@ use crate::error::TrainError;
 const PREFIX: &str = "checkpoint_";
 const TEMPORARY_PREFIX: &str = ".partial-checkpoint_";
 /// What every temporary of a run directory starts with (see [`remove_stale_temporaries`]).
-const STALE_PREFIX: &str = ".partial-";
+const STALE_PREFIX: &str = virtex_backbone::PARTIAL_PREFIX;
 
 /// The directory name of the checkpoint of `iteration`.
 pub fn checkpoint_name(iteration: u64) -> String {
@@ -111,31 +111,15 @@ pub fn write_checkpoint(
     Ok(target)
 }
 
-/// Replaces `path` with `contents` atomically: a temporary file in the same directory, fsynced,
-/// renamed over `path`, then the directory fsynced. A kill leaves the old file or the new one.
+/// Replaces `path` with `contents` atomically ([`virtex_backbone::write_atomically`]): a kill
+/// leaves the old file or the new one.
 pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<(), TrainError> {
-    use std::io::Write;
-    let io = |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(STALE_PREFIX);
-    // tempfile's default is owner-only (0600); these are ordinary outputs: 0666 less the
-    // user's umask, as `File::create` would give.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let mut temporary = builder.tempfile_in(directory).map_err(io)?;
-    temporary.write_all(contents).map_err(io)?;
-    temporary.as_file().sync_all().map_err(io)?;
-    temporary.persist(path).map_err(|err| io(err.error))?;
-    File::open(directory)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io)
+    virtex_backbone::write_atomically(path, |temporary| fs::write(temporary, contents)).map_err(
+        |source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    )
 }
 
 /// Removes temporaries left by a process killed while writing: checkpoint directories and

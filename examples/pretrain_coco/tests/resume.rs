@@ -60,12 +60,7 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn train(options: RunOptions) -> RunSummary {
-    run::<B, Model>(
-        options,
-        Default::default(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap()
+    train_any(options).unwrap()
 }
 
 #[test]
