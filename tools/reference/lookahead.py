@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Reference trajectories for `virtex-lookahead`, computed with PyTorch.
+"""Reference trajectories for `virtex-optim`, computed with PyTorch.
 
-Writes small files into crates/virtex-lookahead/tests/fixtures/ (committed; CI never runs Python):
+Writes small files into crates/virtex-optim/tests/fixtures/ (committed; CI never runs Python):
 
 - lookahead_sgd.safetensors           (1) torch.optim.SGD(momentum 0.9, coupled wd) in Lookahead(k=5,
                                           a=0.5), one group, 13 steps with given gradients
@@ -40,7 +40,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "crates" / "virtex-lookahead" / "tests" / "fixtures"
+OUT = ROOT / "crates" / "virtex-optim" / "tests" / "fixtures"
 
 NO_DECAY = r".*textual.(embedding|transformer).*(norm.*|bias)"
 

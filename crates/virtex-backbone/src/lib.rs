@@ -36,7 +36,6 @@
 //! ```
 #![warn(missing_docs)]
 
-mod atomic;
 mod batch_norm;
 mod block;
 mod config;
@@ -44,7 +43,6 @@ mod error;
 mod resnet;
 mod weights;
 
-pub use atomic::{write_atomically, PARTIAL_PREFIX};
 pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use block::{Downsample, ResidualBlock};
 pub use config::{BlockKind, ResNetConfig};

@@ -216,13 +216,31 @@ impl<B: Backend> ResNet<B> {
             WeightsFormat::Burnpack => unreachable!("handled above"),
         };
 
-        let prefix = detect_prefix(&snapshots).ok_or_else(|| BackboneError::MissingTensor {
-            path: path.to_path_buf(),
-            key: "conv1.weight".into(),
-            hint: closest_key_hint(&snapshots),
-            found: 0,
-            expected: self.num_tensors(),
-        })?;
+        self.load_state_dict(snapshots, None, format, path)
+    }
+
+    /// Loads tensors already read from `path` (a state dict in `format`): the backbone's keys
+    /// start with `prefix` (`"model.visual.cnn."` in a VirTex checkpoint), or, with `None`,
+    /// with the prefix detected as in [`ResNet::load_weights`]. Keys outside the prefix are
+    /// ignored; `path` only names the file in errors. This is how a caller that has read a
+    /// whole checkpoint once (the `virtex` crate's official import) hands the CNN its part.
+    pub fn load_state_dict(
+        &mut self,
+        snapshots: Vec<TensorSnapshot>,
+        prefix: Option<&str>,
+        format: WeightsFormat,
+        path: &Path,
+    ) -> Result<LoadReport> {
+        let prefix = match prefix {
+            Some(prefix) => prefix.to_string(),
+            None => detect_prefix(&snapshots).ok_or_else(|| BackboneError::MissingTensor {
+                path: path.to_path_buf(),
+                key: "conv1.weight".into(),
+                hint: closest_key_hint(&snapshots),
+                found: 0,
+                expected: self.num_tensors(),
+            })?,
+        };
         let (backbone, ignored) = select_backbone(snapshots, &prefix);
         let remapper = KeyRemapper::from_patterns(TORCHVISION_TO_BURN.to_vec())
             .expect("the mapping table holds valid regular expressions");
@@ -400,12 +418,12 @@ fn check_result(path: &Path, prefix: &str, result: &ApplyResult) -> Result<()> {
     Ok(())
 }
 
-/// [`crate::write_atomically`] for the weight writers, whose failures are strings.
+/// [`virtex_device::write_atomically`] for the weight writers, whose failures are strings.
 fn write_atomically(
     path: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), String>,
 ) -> Result<()> {
-    crate::write_atomically(path, |temporary| {
+    virtex_device::write_atomically(path, |temporary| {
         write(temporary).map_err(std::io::Error::other)
     })
     .map_err(|err| BackboneError::Write {

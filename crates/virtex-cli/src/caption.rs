@@ -10,12 +10,11 @@ use virtex::{
     ForwardCaptioningModel, ImportOptions,
 };
 use virtex_backbone::WeightsFormat;
-use virtex_data::{ImageId, ImageTransforms, SentencePieceBpeTokenizer};
-use virtex_device::{with_backend, DeviceSpec};
+use virtex_data::{collect_image_files, ImageId, ImageTransforms, SentencePieceBpeTokenizer};
+use virtex_device::{with_backend, write_atomically, DeviceSpec};
 
 use crate::error::CliError;
 use crate::features::progress_bar;
-use crate::images::collect_image_paths;
 
 /// Beam-search behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -116,7 +115,7 @@ impl CaptionArgs {
     pub fn run(self) -> Result<(), CliError> {
         let device = self.device.check()?;
         let decoding = self.decoding()?;
-        let files = collect_image_paths(&self.images)?;
+        let files = collect_image_files(&self.images)?;
         let tokenizer = SentencePieceBpeTokenizer::from_file(&self.vocab)?;
         let transforms = ImageTransforms::downstream_val(self.short_side, self.crop)?;
         let results = with_backend!(device, |B, burn_device| {
@@ -154,7 +153,10 @@ impl CaptionArgs {
             path: self.out.clone(),
             message: err.to_string(),
         })?;
-        std::fs::write(&self.out, text + "\n").map_err(|err| CliError::Output {
+        write_atomically(&self.out, |temporary| {
+            std::fs::write(temporary, text + "\n")
+        })
+        .map_err(|err| CliError::Output {
             path: self.out.clone(),
             message: err.to_string(),
         })?;

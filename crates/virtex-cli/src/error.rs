@@ -12,21 +12,14 @@ pub enum CliError {
     /// Loading a captioning model or decoding failed.
     #[error(transparent)]
     Virtex(#[from] virtex::VirtexError),
-    /// Data, tokenizer or caption-file error.
+    /// Data error: an image that cannot be read or decoded, no image in the inputs, a
+    /// tokenizer or caption file.
     #[error(transparent)]
     Data(#[from] virtex_data::DataError),
     /// Evaluation error.
     #[error(transparent)]
     Eval(#[from] virtex_eval::EvalError),
-    /// An image could not be read or decoded.
-    #[error("cannot read image `{path}`: {message}")]
-    Image {
-        /// The image file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// An input path does not exist or holds no images.
+    /// An input file is missing or empty (e.g. a VOC split).
     #[error("{0}")]
     Input(String),
     /// An output file could not be written.

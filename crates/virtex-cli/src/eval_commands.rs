@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Serialize;
 use virtex_backbone::WeightsFormat;
-use virtex_device::{with_backend, DeviceSpec};
+use virtex_data::ImageTransforms;
+use virtex_device::{with_backend, write_atomically, DeviceSpec};
 use virtex_eval::{
     evaluate_captions, evaluate_voc07, read_coco_annotations, read_predictions, CaptionEvaluation,
     Features, Voc07Result, Voc07Split, Voc07SvmConfig, SKLEARN_RANDOM_STATE_0_SEED,
@@ -21,15 +22,16 @@ use virtex_eval::{
 
 use crate::error::CliError;
 use crate::features::{extract_features, load_backbone, progress_bar, FeatureKind};
-use crate::images::EvalTransform;
 
+/// Writes `value` as pretty JSON with a final newline, atomically.
 fn write_json<T: Serialize>(out: &Path, value: &T) -> Result<(), CliError> {
     let output_error = |message: String| CliError::Output {
         path: out.to_path_buf(),
         message,
     };
     let text = serde_json::to_string_pretty(value).map_err(|err| output_error(err.to_string()))?;
-    std::fs::write(out, text + "\n").map_err(|err| output_error(err.to_string()))
+    write_atomically(out, |temporary| std::fs::write(temporary, text + "\n"))
+        .map_err(|err| output_error(err.to_string()))
 }
 
 /// Arguments of `virtex eval-voc07`: PASCAL VOC07 classification with linear SVMs on
@@ -121,10 +123,7 @@ impl EvalVoc07Args {
                 )));
             }
         }
-        let transform = EvalTransform {
-            short_side: self.short_side,
-            crop: self.crop,
-        };
+        let transforms = ImageTransforms::downstream_val(self.short_side, self.crop)?;
         let (train_features, test_features) = with_backend!(device, |B, burn_device| {
             let model =
                 load_backbone::<B>(&self.arch, &self.weights, self.weights_format, &burn_device)?;
@@ -134,7 +133,7 @@ impl EvalVoc07Args {
                 let matrix = extract_features(
                     &model,
                     &paths,
-                    transform,
+                    &transforms,
                     FeatureKind::PooledL2,
                     self.batch_size,
                     &burn_device,
@@ -359,10 +358,8 @@ mod tests {
         model.save_torchvision_safetensors(&weights).unwrap();
         let voc_root = eval_fixture("voc07_tiny");
         let out = directory.path().join("voc07.json");
-        let transform = EvalTransform {
-            short_side: 64,
-            crop: 56,
-        };
+        let (short_side, crop) = (64, 56);
+        let transforms = ImageTransforms::downstream_val(short_side, crop).unwrap();
         EvalVoc07Args {
             weights: weights.clone(),
             weights_format: None,
@@ -370,8 +367,8 @@ mod tests {
             arch: "resnet18".into(),
             train_split: "trainval".into(),
             test_split: "test".into(),
-            short_side: transform.short_side,
-            crop: transform.crop,
+            short_side,
+            crop,
             batch_size: 5,
             device: DeviceSpec::Cpu,
             seed: SKLEARN_RANDOM_STATE_0_SEED,
@@ -392,7 +389,7 @@ mod tests {
                 let matrix = extract_features(
                     &model,
                     &[path],
-                    transform,
+                    &transforms,
                     FeatureKind::PooledL2,
                     1,
                     &device,

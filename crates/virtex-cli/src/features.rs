@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use virtex_backbone::{global_average_pool, l2_normalize, ResNet, ResNetConfig, WeightsFormat};
-use virtex_device::{with_backend, DeviceSpec};
+use virtex_data::{collect_image_files, load_image_batch, ImageTransforms};
+use virtex_device::{with_backend, write_atomically, DeviceSpec};
 
 use crate::error::CliError;
-use crate::images::{collect_image_paths, load_rgb, EvalTransform};
 
 /// Arguments of `virtex features`.
 #[derive(Debug, Args)]
@@ -87,27 +86,25 @@ pub fn load_backbone<B: Backend>(
     Ok(model)
 }
 
-/// Runs the backbone over `paths` in batches; decoding and preprocessing run on all cores.
+/// Runs the backbone over `paths` in batches of `batch_size`. Images go through
+/// [`virtex_data::load_image_batch`] (decoding and `transforms` on all cores; a bad file is an
+/// error naming it); `transforms` is normally [`ImageTransforms::downstream_val`].
+///
+/// # Shapes
+/// Returns `[paths.len(), C, h, w]` for [`FeatureKind::Grid`], `[paths.len(), C]` otherwise.
 pub fn extract_features<B: Backend>(
     model: &ResNet<B>,
     paths: &[PathBuf],
-    transform: EvalTransform,
+    transforms: &ImageTransforms,
     kind: FeatureKind,
     batch_size: usize,
     device: &B::Device,
     progress: &ProgressBar,
 ) -> Result<FeatureMatrix, CliError> {
-    let crop = transform.crop as usize;
     let mut values = Vec::new();
     let mut item_shape = Vec::new();
     for batch in paths.chunks(batch_size.max(1)) {
-        let pixels: Vec<Vec<f32>> = batch
-            .par_iter()
-            .map(|path| load_rgb(path).and_then(|image| transform.apply(path, &image)))
-            .collect::<Result<_, _>>()?;
-        let flat: Vec<f32> = pixels.into_iter().flatten().collect();
-        let images =
-            Tensor::<B, 4>::from_data(TensorData::new(flat, [batch.len(), 3, crop, crop]), device);
+        let images = load_image_batch::<B, _>(batch, transforms, device)?.images;
         let grid = model.forward(images);
         let output: TensorData = match kind {
             FeatureKind::Grid => grid.into_data(),
@@ -128,7 +125,7 @@ pub fn extract_features<B: Backend>(
     Ok(FeatureMatrix { values, shape })
 }
 
-/// Writes `features` plus the file names (metadata key `files`, a JSON list).
+/// Writes `features` plus the file names (metadata key `files`, a JSON list), atomically.
 pub fn write_features(
     out: &Path,
     features: &FeatureMatrix,
@@ -154,8 +151,12 @@ pub fn write_features(
         "files".to_string(),
         serde_json::to_string(&names).map_err(|err| output_error(err.to_string()))?,
     )]);
-    safetensors::serialize_to_file([("features", view)], Some(metadata), out)
-        .map_err(|err| output_error(err.to_string()))
+    // Serialised straight into the temporary file: features can be large, so no second copy.
+    write_atomically(out, |temporary| {
+        safetensors::serialize_to_file([("features", view)], Some(metadata), temporary)
+            .map_err(std::io::Error::other)
+    })
+    .map_err(|err| output_error(err.to_string()))
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
@@ -180,16 +181,13 @@ impl FeaturesArgs {
                 self.crop, self.short_side
             )));
         }
-        let files = collect_image_paths(&self.images)?;
+        let files = collect_image_files(&self.images)?;
         let kind = match (self.pooled, self.l2_normalize) {
             (_, true) => FeatureKind::PooledL2,
             (true, false) => FeatureKind::Pooled,
             (false, false) => FeatureKind::Grid,
         };
-        let transform = EvalTransform {
-            short_side: self.short_side,
-            crop: self.crop,
-        };
+        let transforms = ImageTransforms::downstream_val(self.short_side, self.crop)?;
         let features = with_backend!(device, |B, burn_device| {
             let model =
                 load_backbone::<B>(&self.arch, &self.weights, self.weights_format, &burn_device)?;
@@ -197,7 +195,7 @@ impl FeaturesArgs {
             let features = extract_features(
                 &model,
                 &files,
-                transform,
+                &transforms,
                 kind,
                 self.batch_size,
                 &burn_device,

@@ -199,3 +199,94 @@ fn bad_inputs_fail_with_a_message_naming_the_file() {
     );
     assert!(!out.exists());
 }
+
+/// Every command reads images with virtex-data's loader, so `features` refuses a truncated JPEG
+/// as training and `caption` do (before, it decoded the missing rows as grey), naming the file,
+/// and writes nothing.
+#[test]
+fn a_truncated_jpeg_is_refused_naming_the_file() {
+    let directory = tempfile::tempdir().unwrap();
+    let model = ResNetConfig::resnet18().init::<B>(&Default::default());
+    let weights = directory.path().join("resnet18.safetensors");
+    model.save_torchvision_safetensors(&weights).unwrap();
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../virtex-data/sample/train2017/000000000001.jpg");
+    let bytes = std::fs::read(&sample).unwrap();
+    let images = directory.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::copy(&sample, images.join("a_whole.jpg")).unwrap();
+    let truncated = images.join("b_truncated.jpg");
+    std::fs::write(&truncated, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let out = directory.path().join("features.safetensors");
+
+    let err = virtex_cli::FeaturesArgs {
+        weights: weights.clone(),
+        weights_format: None,
+        images: vec![images.clone()],
+        arch: "resnet18".into(),
+        short_side: 64,
+        crop: 64,
+        pooled: true,
+        l2_normalize: false,
+        batch_size: 2,
+        device: virtex_device::DeviceSpec::Cpu,
+        out: out.clone(),
+    }
+    .run()
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            virtex_cli::CliError::Data(virtex_data::DataError::TruncatedImage { path, .. })
+                if *path == truncated
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("b_truncated.jpg"), "{err}");
+    assert!(!out.exists());
+
+    // The binary reports it and exits non-zero.
+    let output = virtex()
+        .args([
+            "features",
+            "--arch",
+            "resnet18",
+            "--short-side",
+            "64",
+            "--crop",
+            "64",
+        ])
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--images")
+        .arg(&images)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("b_truncated.jpg") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn help_describes_every_command_as_available() {
+    let output = virtex().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(!help.contains("later"), "{help}");
+    for command in [
+        "features",
+        "caption",
+        "train-tokenizer",
+        "tokenize",
+        "eval-voc07",
+        "eval-captions",
+    ] {
+        assert!(help.contains(command), "{command}: {help}");
+    }
+}

@@ -67,6 +67,12 @@ pub enum DataError {
         /// What the decoder reported.
         message: String,
     },
+    /// Image files and directories given as inputs hold no JPEG or PNG image.
+    #[error("no JPEG or PNG image in {}", display_paths(.inputs))]
+    NoImages {
+        /// The files and directories given.
+        inputs: Vec<PathBuf>,
+    },
     /// A dataset has no usable sample.
     #[error("dataset `{path}` has no usable image with captions")]
     EmptyDataset {
@@ -158,6 +164,17 @@ impl DataError {
                 | Self::CorruptImage { .. }
         ) || matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "the given paths (none given)".into();
+    }
+    paths
+        .iter()
+        .map(|p| format!("`{}`", p.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Result type of this crate.

@@ -7,7 +7,8 @@
 //! - Reading: [`CocoCaptions`] (`ROOT/annotations/captions_{split}2017.json` + images, captions
 //!   grouped per image and normalised with [`normalize_caption`]), [`ImageDirectory`] for
 //!   inference, [`load_image`] (any colour type → RGB8, typed errors for missing, empty,
-//!   truncated and corrupt files).
+//!   truncated and corrupt files); [`collect_image_files`] and [`load_image_batch`] for image
+//!   files and directories given on a command line.
 //! - Tokenizer: [`SentencePieceBpeTokenizer`] loads an official SentencePiece `.model` and encodes
 //!   to exactly sentencepiece's ids; trains and saves new vocabularies.
 //! - Transforms: [`ImageTransforms`] presets for pretraining (train/val), downstream and no
@@ -41,6 +42,7 @@ mod coco;
 mod collate;
 mod dataset;
 mod error;
+mod image_files;
 mod image_io;
 mod loader;
 mod planar;
@@ -57,6 +59,7 @@ pub use coco::{
 pub use collate::{collate, collate_images, Batch, CollatedBatch, ImageBatch};
 pub use dataset::{load_directory_image, CaptionChoice, CaptioningDataset, CaptioningSample};
 pub use error::{DataError, Result};
+pub use image_files::{collect_image_files, load_image_batch};
 pub use image_io::{decode_image, load_image};
 pub use loader::{BatchIter, DataLoader, LoaderConfig, LoaderPosition};
 pub use rng::SampleRng;

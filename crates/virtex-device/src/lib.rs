@@ -19,7 +19,10 @@
 //! ```
 #![warn(missing_docs)]
 
+mod atomic;
 mod probe;
+
+pub use atomic::{write_atomically, PARTIAL_PREFIX};
 
 #[doc(hidden)]
 pub use burn as __burn;

@@ -5,29 +5,20 @@
 //! The released model-zoo files, and the `checkpoint_{iter}.pth` files of upstream's training
 //! script, hold `VirTexModel.state_dict()` under `"model"` (optionally next to `"optimizer"`,
 //! `"scheduler"`, `"scaler"`, `"iteration"`, which are ignored). A bare state dict, or a
-//! DDP-wrapped one (`module.` prefix), is accepted too. Keys, after that prefix:
+//! DDP-wrapped one (`module.` prefix), is accepted too.
 //!
-//! | key in the file                                   | burn module path                      | how |
-//! |---------------------------------------------------|---------------------------------------|-----|
-//! | `visual.cnn.conv1.weight`, `visual.cnn.bn1.*`, `visual.cnn.layerN.i.{convK,bnK}.*` | same | `virtex-backbone`'s loader (`ResNet::load_weights`) |
-//! | `visual.cnn.layerN.i.downsample.0.weight`         | `visual.cnn.layerN.i.downsample.conv.weight` | backbone loader |
-//! | `visual.cnn.layerN.i.downsample.1.*`              | `visual.cnn.layerN.i.downsample.bn.*` | backbone loader |
-//! | `visual.cnn.*.num_batches_tracked`                | —                                     | ignored (momentum is fixed) |
-//! | `textual.visual_projection.weight` `[H, C]`       | same, `[C, H]`                        | transposed |
-//! | `textual.visual_projection.bias`                  | same                                  | |
-//! | `textual.embedding.{words,positions}.weight`      | same                                  | |
-//! | `textual.embedding.layer_norm.{weight,bias}`      | same                                  | |
-//! | `textual.transformer.layers.{i}.{self_attn,multihead_attn}.in_proj_{weight,bias}` `[3H, H]`, `[3H]` | same | kept stacked (`[Wq; Wk; Wv]`, torch layout) |
-//! | `textual.transformer.layers.{i}.{self_attn,multihead_attn}.out_proj.weight` | same | transposed |
-//! | `textual.transformer.layers.{i}.linear{1,2}.weight` | same                                | transposed |
-//! | `textual.transformer.layers.{i}.{…}.bias`, `norm{1,2,3}.*` | same                         | |
-//! | `textual.transformer.norm.*` (pre-norm only)       | same                                 | |
-//! | `textual.output.weight`                           | — (it *is* `textual.embedding.words.weight`) | checked equal, loaded once |
-//! | `textual.output.bias`                             | same                                  | |
-//! | `backward_textual.transformer.*`                  | `backward_textual.transformer.*`      | as `textual.transformer.*` |
-//! | `backward_textual.{visual_projection,embedding,output}.*` | — (shared: owned by `textual`) | checked equal to the `textual.*` twin, dropped |
+//! Keys, after that prefix, go through one table ([`SECTIONS`]): the first prefix that
+//! matches decides which part of the model a key fills and which crate's table renames it.
 //!
-//! The head-level part of the table lives in `virtex_textual::load_torch_head`. Loading is
+//! | keys in the file                          | part of the model                  | renamed by |
+//! |-------------------------------------------|------------------------------------|------------|
+//! | `visual.cnn.*`                            | `visual.cnn` (the ResNet)          | `virtex_backbone`'s table (`downsample.{0,1}` → `downsample.{conv,bn}`; `num_batches_tracked` ignored) |
+//! | `textual.*`                               | `textual` (projection, embedding, forward stack, output bias) | `virtex_textual`'s table (`nn.Linear` weights transposed; the tied `output.weight` checked equal to `embedding.words.weight`) |
+//! | `backward_textual.transformer.*`          | `backward_textual.transformer` (bicaptioning only) | `virtex_textual`'s table, as `transformer.*` |
+//! | `backward_textual.*` (everything else)    | — shared with `textual`            | checked equal to the `textual.*` twin, dropped |
+//! | anything else                             | —                                  | an error: not part of a captioning model |
+//!
+//! The file is read once; each part is then loaded from the tensors in memory. Loading is
 //! strict: every tensor of the model must be present with the right shape, and any other key in
 //! the model's namespace is an error naming it (with both shapes for a shape mismatch).
 //!
@@ -41,8 +32,10 @@
 //!
 //! safetensors with burn's module paths and layouts (`visual.cnn.layer1.0.downsample.conv.weight`,
 //! `textual.visual_projection.weight` as `[C, H]`, …) and the model's configuration as JSON in
-//! the metadata (`virtex.config`, with `virtex.model` = `bicaptioning` | `captioning`), so a
-//! file rebuilds its model without any other input.
+//! the metadata (`virtex.config`, with `virtex.model` = `bicaptioning` | `captioning`, which
+//! also says whether the model has a backward head), so a file rebuilds its model without any
+//! other input. Files written before the two model types became one [`CaptioningModel`] have
+//! the same layout and load unchanged.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -53,15 +46,14 @@ use burn::prelude::*;
 use burn_store::{
     ApplyError, ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore, TensorSnapshot,
 };
-use virtex_backbone::{BlockKind, ResNet, ResNetConfig, WeightsFormat};
+use virtex_backbone::{BlockKind, ResNetConfig, WeightsFormat};
 use virtex_textual::{
-    load_torch_decoder, load_torch_head, NormType, TextualHeadConfig, TransformerDecoder,
-    TransformerDecoderTextualHead,
+    load_torch_decoder, load_torch_head, NormType, TextualHeadConfig,
 };
 
 use crate::config::CaptioningModelConfig;
 use crate::error::{Result, VirtexError};
-use crate::model::{BidirectionalCaptioningModel, ForwardCaptioningModel};
+use crate::model::CaptioningModel;
 
 /// Choices the tensors of an official checkpoint cannot tell.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +66,11 @@ pub struct ImportOptions {
     pub sos_index: usize,
     /// `[EOS]` id.
     pub eos_index: usize,
+    /// Whether the model gets a backward head: `None` = as the file (a bicaptioning file gives
+    /// a bicaptioning model), `Some(false)` = forward only (a bicaptioning file's backward
+    /// stack is skipped and counted in [`ImportReport::ignored`]), `Some(true)` = the file must
+    /// hold one.
+    pub caption_backward: Option<bool>,
 }
 
 impl Default for ImportOptions {
@@ -83,6 +80,7 @@ impl Default for ImportOptions {
             dropout: 0.1,
             sos_index: 1,
             eos_index: 2,
+            caption_backward: None,
         }
     }
 }
@@ -174,13 +172,6 @@ impl OfficialFile {
             })
     }
 
-    /// Keys of the model's state dict (prefix stripped).
-    fn model_keys(&self) -> impl Iterator<Item = &str> {
-        self.tensors
-            .keys()
-            .filter_map(|key| key.strip_prefix(self.prefix.as_str()))
-    }
-
     /// The distinct `N` of `{prefix}{under}N.` keys, sorted.
     fn indices(&self, under: &str) -> Vec<usize> {
         let full = format!("{}{under}", self.prefix);
@@ -240,13 +231,14 @@ impl OfficialFile {
         .with_norm_type(norm)
         .with_dropout(options.dropout)
         .with_max_caption_length(positions[0]);
-        let mut config = CaptioningModelConfig::new(backbone, textual);
-        config.sos_index = options.sos_index;
-        config.eos_index = options.eos_index;
-        config.validate()?;
         let has_backward = !self
             .indices("backward_textual.transformer.layers.")
             .is_empty();
+        let mut config = CaptioningModelConfig::new(backbone, textual)
+            .with_caption_backward(options.caption_backward.unwrap_or(has_backward));
+        config.sos_index = options.sos_index;
+        config.eos_index = options.eos_index;
+        config.validate()?;
         Ok((config, has_backward))
     }
 
@@ -274,18 +266,12 @@ impl OfficialFile {
         Ok(config)
     }
 
-    /// Loads everything into the parts of a model.
-    fn load<B: Backend>(
-        &self,
-        cnn: &mut ResNet<B>,
-        textual: &mut TransformerDecoderTextualHead<B>,
-        backward: Option<&mut TransformerDecoder<B>>,
-        config: CaptioningModelConfig,
-    ) -> Result<ImportReport> {
+    /// Loads every part of `model` from the tensors read once, through [`SECTIONS`].
+    fn load<B: Backend>(&self, model: &mut CaptioningModel<B>) -> Result<ImportReport> {
         let has_backward = !self
             .indices("backward_textual.transformer.layers.")
             .is_empty();
-        if backward.is_some() && !has_backward {
+        if model.backward_textual.is_some() && !has_backward {
             return Err(VirtexError::MissingTensor {
                 path: self.path.clone(),
                 key: format!(
@@ -294,69 +280,74 @@ impl OfficialFile {
                 ),
             });
         }
-        for key in self.model_keys() {
-            if !(key.starts_with("visual.cnn.")
-                || key.starts_with("textual.")
-                || key.starts_with("backward_textual."))
-            {
-                return Err(VirtexError::UnexpectedTensor {
+        let mut parts: BTreeMap<Section, Vec<&String>> = BTreeMap::new();
+        for key in self.tensors.keys() {
+            let Some(local) = key.strip_prefix(self.prefix.as_str()) else {
+                continue;
+            };
+            let section = SECTIONS
+                .iter()
+                .find(|(prefix, _)| local.starts_with(prefix))
+                .map(|(_, section)| *section)
+                .ok_or_else(|| VirtexError::UnexpectedTensor {
                     path: self.path.clone(),
-                    key: format!("{}{key}", self.prefix),
+                    key: key.clone(),
                     message: "not part of a captioning model".into(),
-                });
-            }
-        }
-
-        let cnn_report = cnn.load_weights_as(&self.path, WeightsFormat::Pytorch)?;
-        let textual_report =
-            load_torch_head(textual, &self.tensors, &format!("{}textual.", self.prefix)).map_err(
-                |source| VirtexError::TextualWeights {
-                    path: self.path.clone(),
-                    source,
-                },
-            )?;
-        let backward_prefix = format!("{}backward_textual.", self.prefix);
-        let backward_keys: Vec<&String> = self
-            .tensors
-            .keys()
-            .filter(|key| key.starts_with(&backward_prefix))
-            .collect();
-        let (backward_tensors, duplicates, mut ignored) = match backward {
-            Some(decoder) => {
-                let applied = load_torch_decoder(
-                    decoder,
-                    &self.tensors,
-                    &format!("{backward_prefix}transformer."),
-                )
-                .map_err(|source| VirtexError::TextualWeights {
-                    path: self.path.clone(),
-                    source,
                 })?;
-                (applied, self.check_duplicates(&backward_keys)?, 0)
-            }
-            None => (0, 0, backward_keys.len()),
+            parts.entry(section).or_default().push(key);
+        }
+        let part = |section: Section| parts.get(&section).map_or(&[][..], Vec::as_slice);
+
+        let cnn_snapshots = part(Section::Backbone)
+            .iter()
+            .map(|key| self.tensors[*key].clone())
+            .collect();
+        let cnn_report = model.visual.cnn.load_state_dict(
+            cnn_snapshots,
+            Some(&format!("{}visual.cnn.", self.prefix)),
+            WeightsFormat::Pytorch,
+            &self.path,
+        )?;
+        let textual_weights = |source| VirtexError::TextualWeights {
+            path: self.path.clone(),
+            source,
         };
-        ignored += cnn_report.ignored;
+        let textual_report = load_torch_head(
+            &mut model.textual,
+            &self.tensors,
+            &format!("{}textual.", self.prefix),
+        )
+        .map_err(textual_weights)?;
+        let backward_keys = part(Section::BackwardStack).len() + part(Section::Shared).len();
+        let (backward_tensors, duplicates_checked, ignored) = match &mut model.backward_textual {
+            Some(head) => {
+                let applied = load_torch_decoder(
+                    &mut head.transformer,
+                    &self.tensors,
+                    &format!("{}backward_textual.transformer.", self.prefix),
+                )
+                .map_err(textual_weights)?;
+                (applied, self.check_duplicates(part(Section::Shared))?, 0)
+            }
+            None => (0, 0, backward_keys),
+        };
         Ok(ImportReport {
             prefix: self.prefix.clone(),
-            config,
+            config: model.config.clone(),
             has_backward,
             cnn_tensors: cnn_report.applied,
             textual_tensors: textual_report.applied,
             backward_tensors,
-            duplicates_checked: duplicates,
-            ignored,
+            duplicates_checked,
+            ignored: ignored + cnn_report.ignored,
         })
     }
 
     /// Every shared tensor duplicated under `backward_textual.` must equal its `textual.` twin.
-    fn check_duplicates(&self, backward_keys: &[&String]) -> Result<usize> {
+    fn check_duplicates(&self, shared_keys: &[&String]) -> Result<usize> {
         let mut checked = 0;
-        for key in backward_keys {
+        for key in shared_keys {
             let local = &key[self.prefix.len() + "backward_textual.".len()..];
-            if local.starts_with("transformer.") {
-                continue;
-            }
             let twin = format!("{}textual.{local}", self.prefix);
             let (Some(duplicate), Some(original)) =
                 (self.tensors.get(*key), self.tensors.get(&twin))
@@ -398,8 +389,10 @@ pub fn infer_official_config(
     OfficialFile::read(path.as_ref())?.infer(options)
 }
 
-impl<B: Backend> BidirectionalCaptioningModel<B> {
-    /// Builds the model an official bicaptioning checkpoint describes and loads it.
+impl<B: Backend> CaptioningModel<B> {
+    /// Builds the model an official checkpoint describes and loads it: a bicaptioning file
+    /// gives a model with a backward head unless [`ImportOptions::caption_backward`] says
+    /// otherwise.
     pub fn from_official_checkpoint(
         path: impl AsRef<Path>,
         options: &ImportOptions,
@@ -407,127 +400,105 @@ impl<B: Backend> BidirectionalCaptioningModel<B> {
     ) -> Result<(Self, ImportReport)> {
         let file = OfficialFile::read(path.as_ref())?;
         let (config, _) = file.infer(options)?;
-        let mut model = config.init_bicaptioning(device)?;
-        let report = file.load(
-            &mut model.visual.cnn,
-            &mut model.textual,
-            Some(&mut model.backward_textual.transformer),
-            config,
-        )?;
+        let mut model = config.init(device)?;
+        let report = file.load(&mut model)?;
         Ok((model, report))
     }
 
-    /// Loads an official bicaptioning checkpoint into this model, whose configuration must
-    /// match (an error names the first mismatched key and both shapes).
+    /// Loads an official checkpoint into this model, whose configuration must match (an error
+    /// names the first mismatched key and both shapes). A model with a backward head needs a
+    /// bicaptioning file; a forward-only model skips a file's backward stack.
     ///
     /// The CNN is loaded first and each part is validated before it is applied, so after an
     /// error the model may hold some of the file's tensors: rebuild it before retrying.
     pub fn load_official_weights(&mut self, path: impl AsRef<Path>) -> Result<ImportReport> {
-        let file = OfficialFile::read(path.as_ref())?;
-        let config = self.config.clone();
-        file.load(
-            &mut self.visual.cnn,
-            &mut self.textual,
-            Some(&mut self.backward_textual.transformer),
-            config,
-        )
+        OfficialFile::read(path.as_ref())?.load(self)
     }
 
     /// Saves in our format (see the module docs).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         self.visual.cnn.sync_running_statistics();
-        save_ours(self, &self.config, BICAPTIONING, path.as_ref())
+        save_ours(self, &self.config, path.as_ref())
     }
 
-    /// Loads a model saved by [`BidirectionalCaptioningModel::save`].
+    /// Loads a model saved by [`CaptioningModel::save`] (either kind).
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let path = path.as_ref();
-        let config = read_saved_config(path, BICAPTIONING)?;
-        let mut model = config.init_bicaptioning(device)?;
+        let config = read_saved_config(path)?;
+        let mut model = config.init(device)?;
         load_ours(&mut model, path)?;
         Ok(model)
     }
 
-    /// Loads the weights of a model saved by [`BidirectionalCaptioningModel::save`] into this one, keeping this
-    /// model's configuration: its dropout (not part of the architecture) in particular, so a
-    /// checkpoint can be fine-tuned with other settings. The file's architecture (backbone,
-    /// head, vocabulary, caption length, special tokens) must equal this model's; the first
-    /// differing key is named otherwise.
+    /// Loads the weights of a model saved by [`CaptioningModel::save`] into this one, keeping
+    /// this model's configuration: its dropout (not part of the architecture) in particular, so
+    /// a checkpoint can be fine-tuned with other settings. The file's kind (with or without a
+    /// backward head) and architecture (backbone, head, vocabulary, caption length, special
+    /// tokens) must equal this model's; the first differing key is named otherwise.
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let saved = read_saved_config(path, BICAPTIONING)?;
+        let saved = read_saved_config(path)?;
+        if saved.caption_backward != self.config.caption_backward {
+            return Err(VirtexError::WrongModelKind {
+                path: path.to_path_buf(),
+                expected: model_kind(&self.config),
+                found: model_kind(&saved).to_string(),
+            });
+        }
         check_same_architecture(&saved, &self.config, path)?;
         load_ours(self, path)
     }
 }
 
-impl<B: Backend> ForwardCaptioningModel<B> {
-    /// Builds the forward model an official checkpoint describes and loads it. A bicaptioning
-    /// checkpoint is accepted: its backward stack is skipped (counted in `ignored`).
-    pub fn from_official_checkpoint(
-        path: impl AsRef<Path>,
-        options: &ImportOptions,
-        device: &B::Device,
-    ) -> Result<(Self, ImportReport)> {
-        let file = OfficialFile::read(path.as_ref())?;
-        let (config, _) = file.infer(options)?;
-        let mut model = config.init_captioning(device)?;
-        let report = file.load(&mut model.visual.cnn, &mut model.textual, None, config)?;
-        Ok((model, report))
-    }
-
-    /// Loads an official checkpoint into this model, whose configuration must match.
-    pub fn load_official_weights(&mut self, path: impl AsRef<Path>) -> Result<ImportReport> {
-        let file = OfficialFile::read(path.as_ref())?;
-        let config = self.config.clone();
-        file.load(&mut self.visual.cnn, &mut self.textual, None, config)
-    }
-
-    /// Saves in our format (see the module docs).
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.visual.cnn.sync_running_statistics();
-        save_ours(self, &self.config, CAPTIONING, path.as_ref())
-    }
-
-    /// Loads a model saved by [`ForwardCaptioningModel::save`].
-    pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
-        let path = path.as_ref();
-        let config = read_saved_config(path, CAPTIONING)?;
-        let mut model = config.init_captioning(device)?;
-        load_ours(&mut model, path)?;
-        Ok(model)
-    }
-
-    /// Loads the weights of a model saved by [`ForwardCaptioningModel::save`] into this one, keeping this
-    /// model's configuration: its dropout (not part of the architecture) in particular, so a
-    /// checkpoint can be fine-tuned with other settings. The file's architecture (backbone,
-    /// head, vocabulary, caption length, special tokens) must equal this model's; the first
-    /// differing key is named otherwise.
-    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let saved = read_saved_config(path, CAPTIONING)?;
-        check_same_architecture(&saved, &self.config, path)?;
-        load_ours(self, path)
-    }
+/// The parts of a captioning model, in the order [`SECTIONS`] names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Section {
+    /// `visual.cnn.*`: the backbone's table.
+    Backbone,
+    /// `textual.*`: the head's table.
+    Head,
+    /// `backward_textual.transformer.*`: the head's table for a decoder stack.
+    BackwardStack,
+    /// The rest of `backward_textual.*`: copies of tensors `textual` owns.
+    Shared,
 }
+
+/// The mapping table of an official state dict (keys after the file's prefix): the first
+/// matching prefix wins, so the backward stack is found before the shared copies.
+const SECTIONS: [(&str, Section); 4] = [
+    ("visual.cnn.", Section::Backbone),
+    ("textual.", Section::Head),
+    ("backward_textual.transformer.", Section::BackwardStack),
+    ("backward_textual.", Section::Shared),
+];
 
 const BICAPTIONING: &str = "bicaptioning";
 const CAPTIONING: &str = "captioning";
 const KIND_KEY: &str = "virtex.model";
 const CONFIG_KEY: &str = "virtex.config";
 
+/// The which-model tag of our files: written for every model, and the only record of
+/// `caption_backward` in files written before that setting existed.
+fn model_kind(config: &CaptioningModelConfig) -> &'static str {
+    if config.caption_backward {
+        BICAPTIONING
+    } else {
+        CAPTIONING
+    }
+}
+
 fn save_ours<B: Backend, M: ModuleSnapshot<B>>(
     model: &M,
     config: &CaptioningModelConfig,
-    kind: &str,
     path: &Path,
 ) -> Result<()> {
+    let kind = model_kind(config);
     let write_error = |message: String| VirtexError::Write {
         path: path.to_path_buf(),
         message,
     };
     let json = serde_json::to_string(config).map_err(|err| write_error(err.to_string()))?;
-    virtex_backbone::write_atomically(path, |temporary| {
+    virtex_device::write_atomically(path, |temporary| {
         let mut store = SafetensorsStore::from_file(temporary)
             .overwrite(true)
             .metadata(KIND_KEY, kind)
@@ -539,8 +510,9 @@ fn save_ours<B: Backend, M: ModuleSnapshot<B>>(
     .map_err(|err| write_error(err.to_string()))
 }
 
-/// The configuration stored in a file written by `save`, checking its kind.
-fn read_saved_config(path: &Path, expected: &'static str) -> Result<CaptioningModelConfig> {
+/// The configuration stored in a file written by `save`, with `caption_backward` from the
+/// file's kind.
+fn read_saved_config(path: &Path) -> Result<CaptioningModelConfig> {
     let unreadable = |message: String| VirtexError::Unreadable {
         path: path.to_path_buf(),
         format: "virtex safetensors",
@@ -569,16 +541,22 @@ fn read_saved_config(path: &Path, expected: &'static str) -> Result<CaptioningMo
             .and_then(|v| v.as_str())
             .ok_or_else(|| unreadable(format!("no `{key}` in the metadata (not saved by virtex?)")))
     };
-    let kind = field(KIND_KEY)?;
-    if kind != expected {
-        return Err(VirtexError::WrongModelKind {
-            path: path.to_path_buf(),
-            expected,
-            found: kind.to_string(),
-        });
+    let caption_backward = match field(KIND_KEY)? {
+        BICAPTIONING => true,
+        CAPTIONING => false,
+        other => {
+            return Err(unreadable(format!(
+                "`{KIND_KEY}` is `{other}`, expected `{BICAPTIONING}` or `{CAPTIONING}`"
+            )))
+        }
+    };
+    let mut config: serde_json::Value = serde_json::from_str(field(CONFIG_KEY)?)
+        .map_err(|err| unreadable(format!("`{CONFIG_KEY}`: {err}")))?;
+    // Files written before the setting existed record it only as their kind.
+    if let Some(fields) = config.as_object_mut() {
+        fields.insert("caption_backward".into(), caption_backward.into());
     }
-    serde_json::from_str(field(CONFIG_KEY)?)
-        .map_err(|err| unreadable(format!("`{CONFIG_KEY}`: {err}")))
+    serde_json::from_value(config).map_err(|err| unreadable(format!("`{CONFIG_KEY}`: {err}")))
 }
 
 /// Errors on the first configuration key where `saved` and `configured` differ, ignoring the
@@ -727,7 +705,7 @@ mod tests {
         let keys: Vec<&String> = equal
             .tensors
             .keys()
-            .filter(|k| k.contains("backward"))
+            .filter(|k| k.contains("backward") && !k.contains("transformer"))
             .collect();
         assert_eq!(equal.check_duplicates(&keys).unwrap(), 1);
 
@@ -735,7 +713,7 @@ mod tests {
         let keys: Vec<&String> = differing
             .tensors
             .keys()
-            .filter(|k| k.contains("backward"))
+            .filter(|k| k.contains("backward") && !k.contains("transformer"))
             .collect();
         match differing.check_duplicates(&keys).unwrap_err() {
             VirtexError::DuplicateMismatch { key, twin, .. } => {

@@ -5,10 +5,11 @@ use virtex_backbone::ResNetConfig;
 use virtex_textual::TextualHeadConfig;
 
 use crate::error::{Result, VirtexError};
-use crate::model::{BidirectionalCaptioningModel, ForwardCaptioningModel};
+use crate::model::CaptioningModel;
 
-/// Configuration of a captioning model: one backbone, one textual head (and, for
-/// bicaptioning, a second decoder stack built from the same head configuration).
+/// Configuration of a [`CaptioningModel`]: one backbone, one textual head and, with
+/// `caption_backward` (bicaptioning, the default), a second decoder stack built from the same
+/// head configuration.
 #[derive(Config, Debug)]
 pub struct CaptioningModelConfig {
     /// The visual backbone.
@@ -21,6 +22,10 @@ pub struct CaptioningModelConfig {
     /// `[EOS]` id (`DATA.EOS_INDEX`).
     #[config(default = 2)]
     pub eos_index: usize,
+    /// Add the right-to-left head (upstream's `caption_backward`: `true` for `virtex` /
+    /// `bicaptioning`, `false` for forward-only `captioning`).
+    #[config(default = true)]
+    pub caption_backward: bool,
 }
 
 impl CaptioningModelConfig {
@@ -76,21 +81,10 @@ impl CaptioningModelConfig {
         Ok(())
     }
 
-    /// Builds `BidirectionalCaptioningModel` (upstream names `virtex`/`bicaptioning`).
-    pub fn init_bicaptioning<B: Backend>(
-        &self,
-        device: &B::Device,
-    ) -> Result<BidirectionalCaptioningModel<B>> {
+    /// Builds the model: bicaptioning (upstream's `BidirectionalCaptioningModel`, names
+    /// `virtex`/`bicaptioning`) with `caption_backward`, forward-only `captioning` without.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<CaptioningModel<B>> {
         self.validate()?;
-        BidirectionalCaptioningModel::new(self, device)
-    }
-
-    /// Builds `ForwardCaptioningModel` (upstream name `captioning`).
-    pub fn init_captioning<B: Backend>(
-        &self,
-        device: &B::Device,
-    ) -> Result<ForwardCaptioningModel<B>> {
-        self.validate()?;
-        ForwardCaptioningModel::new(self, device)
+        CaptioningModel::new(self, device)
     }
 }

@@ -4,21 +4,24 @@
 //! [Burn](https://burn.dev): the captioning models composed from the parts, official checkpoint
 //! import, and caption decoding.
 //!
-//! - [`BidirectionalCaptioningModel`] (VirTex, `bicaptioning`) and [`ForwardCaptioningModel`]
-//!   (`captioning`): a [`backbone::ResNet`] (`visual.cnn`), a
-//!   [`textual::TransformerDecoderTextualHead`] (`textual`) and, for bicaptioning, a second
-//!   decoder stack (`backward_textual.transformer`) sharing the head's projection, embedding and
-//!   tied output layer. Losses come from [`loss`].
+//! - [`CaptioningModel`]: a [`backbone::ResNet`] (`visual.cnn`), a
+//!   [`textual::TransformerDecoderTextualHead`] (`textual`) and, with
+//!   [`CaptioningModelConfig::caption_backward`] (VirTex, `bicaptioning`; off for forward-only
+//!   `captioning`), a second decoder stack (`backward_textual.transformer`) sharing the head's
+//!   projection, embedding and tied output layer. Losses come from [`loss`].
 //! - [`CaptioningModelConfig`]: from upstream's names
 //!   ([`CaptioningModelConfig::from_names`]) or presets ([`CaptioningModelConfig::virtex`]).
 //! - Checkpoints: the released `.pth` files
-//!   ([`BidirectionalCaptioningModel::from_official_checkpoint`]) and our own safetensors
-//!   format ([`BidirectionalCaptioningModel::save`] / [`BidirectionalCaptioningModel::load`]).
-//! - Mixed precision: [`BidirectionalCaptioningModel::with_precision`]`(`[`Precision::Bf16`]`)`
+//!   ([`CaptioningModel::from_official_checkpoint`]) and our own safetensors
+//!   format ([`CaptioningModel::save`] / [`CaptioningModel::load`]).
+//! - Mixed precision: [`CaptioningModel::with_precision`]`(`[`Precision::Bf16`]`)`
 //!   runs convolutions and matrix products in bf16, everything else (norms, softmax, losses,
 //!   parameters, gradients) in f32.
 //! - Decoding ([`DecodingConfig`]): beam search (upstream's SOS quirk or the corrected
 //!   decoder), nucleus sampling, greedy, all with key/value caching.
+//! - burn-train (cargo feature `burn-train`): `CaptionBatch`, and burn-train's `TrainStep` /
+//!   `InferenceStep` for [`CaptioningModel`] with [`CaptioningLosses`] as the step output read
+//!   by burn-train's `LossMetric`, for burn's `Learner` (`examples/burn_train_learner`).
 //!
 //! ```
 //! use burn::backend::Flex;
@@ -32,7 +35,7 @@
 //! let backbone = ResNetConfig::resnet18().with_stem_channels(4);
 //! let textual = TextualHeadConfig::from_name("transdec_postnorm::L1_H32_A2_F64", 32, 50).unwrap();
 //! let model = CaptioningModelConfig::new(backbone, textual)
-//!     .init_bicaptioning::<burn::backend::Autodiff<Flex>>(&device)
+//!     .init::<burn::backend::Autodiff<Flex>>(&device)
 //!     .unwrap();
 //!
 //! let images = Tensor::random([2, 3, 64, 64], Distribution::Default, &device);
@@ -51,6 +54,8 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "burn-train")]
+mod burn_train;
 mod checkpoint;
 mod config;
 mod decoding;
@@ -61,14 +66,14 @@ pub use virtex_backbone as backbone;
 pub use virtex_loss as loss;
 pub use virtex_textual as textual;
 
+#[cfg(feature = "burn-train")]
+pub use burn_train::CaptionBatch;
 pub use checkpoint::{infer_official_config, ImportOptions, ImportReport};
 pub use config::CaptioningModelConfig;
 pub use decoding::{decode, BeamSearchMode, Captions, DecodingConfig, DecodingStrategy};
 pub use error::{Result, VirtexError};
 pub use model::reverse_captions;
 pub use model::{
-    BackwardTextualHead, BicaptioningOutput, BidirectionalCaptioningModel, CaptioningOutput,
-    ForwardCaptioningModel, VisualBackbone,
+    BackwardTextualHead, CaptioningLosses, CaptioningModel, CaptioningOutput, VisualBackbone,
 };
 pub use virtex_backbone::Precision;
-pub use virtex_loss::BicaptioningLoss;

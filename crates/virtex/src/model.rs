@@ -1,8 +1,9 @@
-//! The captioning models (`virtex/models/captioning.py`).
+//! The captioning model (`virtex/models/captioning.py`): upstream's `CaptioningModel`, whose
+//! `caption_backward` flag adds the right-to-left head of `BidirectionalCaptioningModel`.
 
 use burn::prelude::*;
 use virtex_backbone::{Precision, ResNet};
-use virtex_loss::{bicaptioning_loss, captioning_loss, BicaptioningLoss, PADDING_INDEX};
+use virtex_loss::{captioning_loss, PADDING_INDEX};
 use virtex_textual::{TransformerDecoder, TransformerDecoderTextualHead};
 
 use crate::config::CaptioningModelConfig;
@@ -58,7 +59,7 @@ impl<B: Backend> VisualBackbone<B> {
     }
 }
 
-/// The backward (right-to-left) head of the bicaptioning model: only its own decoder stack.
+/// The backward (right-to-left) head of a bicaptioning model: only its own decoder stack.
 ///
 /// Upstream's `backward_textual` is a deep copy of the forward head whose visual projection,
 /// embedding and output layer are then replaced by the forward head's modules; those are owned
@@ -80,109 +81,109 @@ impl<B: Backend> BackwardTextualHead<B> {
     }
 }
 
-/// Evaluation outputs of the bicaptioning model (teacher forcing, as upstream's validation).
+/// The training objective and its logged components (upstream's `loss` and
+/// `loss_components`).
 #[derive(Debug, Clone)]
-pub struct BicaptioningOutput<B: Backend> {
-    /// The loss and its two components.
-    pub losses: BicaptioningLoss<B>,
+pub struct CaptioningLosses<B: Backend> {
+    /// What is optimised, `[1]`: `captioning_forward (+ captioning_backward)`.
+    pub loss: Tensor<B, 1>,
+    /// Token-mean cross-entropy of the left-to-right head, `[1]`.
+    pub captioning_forward: Tensor<B, 1>,
+    /// Token-mean cross-entropy of the right-to-left head, `[1]`; `None` without one.
+    pub captioning_backward: Option<Tensor<B, 1>>,
+}
+
+/// Teacher-forced evaluation outputs (upstream's validation outputs).
+#[derive(Debug, Clone)]
+pub struct CaptioningOutput<B: Backend> {
+    /// The loss and its components.
+    pub losses: CaptioningLosses<B>,
     /// Forward head logits, `[B, T, V]`.
     pub forward_logits: Tensor<B, 3>,
-    /// Backward head logits, `[B, T, V]`.
-    pub backward_logits: Tensor<B, 3>,
+    /// Backward head logits, `[B, T, V]`; `None` without a backward head.
+    pub backward_logits: Option<Tensor<B, 3>>,
     /// `argmax` of the forward logits at every position, `[B, T]`.
     pub predictions: Tensor<B, 2, Int>,
 }
 
-/// Evaluation outputs of the forward captioning model.
-#[derive(Debug, Clone)]
-pub struct CaptioningOutput<B: Backend> {
-    /// `captioning_forward`, `[1]`.
-    pub loss: Tensor<B, 1>,
-    /// Logits, `[B, T, V]`.
-    pub logits: Tensor<B, 3>,
-    /// `argmax` of the logits at every position, `[B, T]`.
-    pub predictions: Tensor<B, 2, Int>,
-}
-
-/// VirTex (`BidirectionalCaptioningModel`, names `virtex`/`bicaptioning`): one backbone, one
-/// shared visual projection + embedding + tied output layer, and two decoder stacks captioning
-/// left-to-right (`textual.transformer`) and right-to-left (`backward_textual.transformer`).
-/// The loss is the plain sum of both directions' token-mean cross-entropies.
+/// VirTex's captioning model: one backbone (`visual.cnn`), one textual head (`textual`: visual
+/// projection, embedding, left-to-right decoder stack, tied output layer) and, when
+/// [`CaptioningModelConfig::caption_backward`] is set (upstream's `BidirectionalCaptioningModel`,
+/// names `virtex`/`bicaptioning`), a right-to-left decoder stack (`backward_textual.transformer`)
+/// that shares the head's projection, embedding and output layer. Without it this is
+/// upstream's forward-only `captioning` model.
 ///
-/// The backward stack starts as an exact copy of the forward one (upstream's `deepcopy`) with
-/// its own parameters. Only the forward head decodes.
+/// The loss is the plain sum of both directions' token-mean cross-entropies. The backward stack
+/// starts as an exact copy of the forward one (upstream's `deepcopy`) with its own parameters.
+/// Only the forward head decodes.
 ///
 /// Training/evaluation mode follows burn: on an autodiff backend BatchNorm uses batch statistics
 /// and dropout is active; call `model.valid()` for evaluation and decoding.
 #[derive(Module, Debug)]
-pub struct BidirectionalCaptioningModel<B: Backend> {
+pub struct CaptioningModel<B: Backend> {
     /// The CNN (`visual.cnn.*`).
     pub visual: VisualBackbone<B>,
     /// The forward head, owner of the shared projection, embedding and output layer.
     pub textual: TransformerDecoderTextualHead<B>,
-    /// The backward decoder stack.
-    pub backward_textual: BackwardTextualHead<B>,
+    /// The backward decoder stack, present iff `config.caption_backward`.
+    pub backward_textual: Option<BackwardTextualHead<B>>,
     /// The configuration the model was built from (not a parameter).
     pub config: CaptioningModelConfig,
 }
 
-/// Forward-only captioning (`ForwardCaptioningModel`, name `captioning`).
-#[derive(Module, Debug)]
-pub struct ForwardCaptioningModel<B: Backend> {
-    /// The CNN (`visual.cnn.*`).
-    pub visual: VisualBackbone<B>,
-    /// The textual head.
-    pub textual: TransformerDecoderTextualHead<B>,
-    /// The configuration the model was built from (not a parameter).
-    pub config: CaptioningModelConfig,
-}
-
-impl<B: Backend> BidirectionalCaptioningModel<B> {
+impl<B: Backend> CaptioningModel<B> {
     pub(crate) fn new(config: &CaptioningModelConfig, device: &B::Device) -> Result<Self> {
         let cnn = config.backbone.try_init(device)?;
         let textual = config.textual.try_init(device)?;
-        let backward = textual.transformer.duplicate();
+        let backward_textual = config.caption_backward.then(|| BackwardTextualHead {
+            transformer: textual.transformer.duplicate(),
+        });
         Ok(Self {
             visual: VisualBackbone { cnn },
             textual,
-            backward_textual: BackwardTextualHead {
-                transformer: backward,
-            },
+            backward_textual,
             config: config.clone(),
         })
+    }
+
+    /// Whether the model has a backward head (bicaptioning).
+    pub fn has_backward(&self) -> bool {
+        self.backward_textual.is_some()
     }
 
     /// The model with its matrix products and convolutions in `precision`, for training and
     /// evaluation alike (`valid()` keeps it).
     ///
-    /// [`Precision::Bf16`] runs the backbone's convolutions and every matrix product of both
+    /// [`Precision::Bf16`] runs the backbone's convolutions and every matrix product of the
     /// heads (visual projection, attention projections, `q kᵀ`, `weights · v`, feed-forward,
     /// tied output layer) in bf16, casting each result straight back to f32; BatchNorm,
     /// LayerNorm, softmax, GELU, residual adds, embeddings, the losses, the parameters and
     /// their gradients stay f32, so an optimizer keeps f32 master weights and state.
-    /// [`Precision::F32`] (the default) computes exactly what the model computed before this
-    /// setting existed. The precision is not saved with the weights: set it after building or
-    /// loading a model.
+    /// [`Precision::F32`] (the default) inserts no cast. The precision is not saved with the
+    /// weights: set it after building or loading a model.
     pub fn with_precision(self, precision: Precision) -> Self {
         Self {
             visual: self.visual.with_precision(precision),
             textual: self.textual.with_precision(precision),
-            backward_textual: self.backward_textual.with_precision(precision),
+            backward_textual: self
+                .backward_textual
+                .map(|head| head.with_precision(precision)),
             config: self.config,
         }
     }
 
-    /// The precision set by [`BidirectionalCaptioningModel::with_precision`].
+    /// The precision set by [`CaptioningModel::with_precision`].
     pub fn precision(&self) -> Precision {
         self.textual.precision
     }
 
-    /// The training objective: `captioning_forward + captioning_backward`.
+    /// The training objective: `captioning_forward (+ captioning_backward)`.
     ///
     /// # Shapes
     /// - `images`: `[B, 3, H, W]`
     /// - `caption_tokens`: `[B, T]`, `[SOS, t1..tn, EOS]` right-padded with 0
-    /// - `noitpac_tokens`: `[B, T]`, `[EOS, tn..t1, SOS]` right-padded with 0
+    /// - `noitpac_tokens`: `[B, T]`, `[EOS, tn..t1, SOS]` right-padded with 0 (read only by a
+    ///   backward head)
     /// - `caption_lengths`: `[B]` (shared by both directions)
     pub fn forward_train(
         &self,
@@ -190,40 +191,40 @@ impl<B: Backend> BidirectionalCaptioningModel<B> {
         caption_tokens: Tensor<B, 2, Int>,
         noitpac_tokens: Tensor<B, 2, Int>,
         caption_lengths: Tensor<B, 1, Int>,
-    ) -> BicaptioningLoss<B> {
+    ) -> CaptioningLosses<B> {
         let features = self.visual.forward(images);
         self.forward_train_features(features, caption_tokens, noitpac_tokens, caption_lengths)
     }
 
-    /// [`BidirectionalCaptioningModel::forward_train`] on precomputed `[B, C, h, w]` features.
+    /// [`CaptioningModel::forward_train`] on precomputed `[B, C, h, w]` features.
     pub fn forward_train_features(
         &self,
         visual_features: Tensor<B, 4>,
         caption_tokens: Tensor<B, 2, Int>,
         noitpac_tokens: Tensor<B, 2, Int>,
         caption_lengths: Tensor<B, 1, Int>,
-    ) -> BicaptioningLoss<B> {
+    ) -> CaptioningLosses<B> {
         let (forward, backward) = self.logits(
             visual_features,
             caption_tokens.clone(),
             noitpac_tokens.clone(),
             caption_lengths,
         );
-        bicaptioning_loss(forward, caption_tokens, backward, noitpac_tokens)
+        losses(forward, caption_tokens, backward, noitpac_tokens)
     }
 
-    /// Teacher-forced evaluation: both losses, both directions' logits and the forward
-    /// argmax predictions (upstream's validation outputs).
+    /// Teacher-forced evaluation: the losses, the logits of each head and the forward argmax
+    /// predictions (upstream's validation outputs).
     ///
     /// # Shapes
-    /// as [`BidirectionalCaptioningModel::forward_train`]
+    /// as [`CaptioningModel::forward_train`]
     pub fn forward_eval(
         &self,
         images: Tensor<B, 4>,
         caption_tokens: Tensor<B, 2, Int>,
         noitpac_tokens: Tensor<B, 2, Int>,
         caption_lengths: Tensor<B, 1, Int>,
-    ) -> BicaptioningOutput<B> {
+    ) -> CaptioningOutput<B> {
         let features = self.visual.forward(images);
         let (forward_logits, backward_logits) = self.logits(
             features,
@@ -231,14 +232,14 @@ impl<B: Backend> BidirectionalCaptioningModel<B> {
             noitpac_tokens.clone(),
             caption_lengths,
         );
-        let losses = bicaptioning_loss(
+        let losses = losses(
             forward_logits.clone(),
             caption_tokens,
             backward_logits.clone(),
             noitpac_tokens,
         );
         let predictions = forward_logits.clone().argmax(2).squeeze_dim(2);
-        BicaptioningOutput {
+        CaptioningOutput {
             losses,
             forward_logits,
             backward_logits,
@@ -246,31 +247,36 @@ impl<B: Backend> BidirectionalCaptioningModel<B> {
         }
     }
 
-    /// Logits of both directions; the visual grid is projected once and shared.
+    /// Logits of each head; the visual grid is projected once and shared.
     ///
     /// # Shapes
     /// - `visual_features`: `[B, C, h, w]`
-    /// - returns: two `[B, T, V]`
+    /// - returns: `[B, T, V]` forward logits, and `[B, T, V]` backward logits with a backward
+    ///   head
     pub fn logits(
         &self,
         visual_features: Tensor<B, 4>,
         caption_tokens: Tensor<B, 2, Int>,
         noitpac_tokens: Tensor<B, 2, Int>,
         caption_lengths: Tensor<B, 1, Int>,
-    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
         let memory = self.textual.project_visual(visual_features);
+        // The forward stack runs first, as upstream's: in train mode its dropout masks are
+        // drawn from the RNG before the backward stack's.
         let forward = self.textual.forward_with_decoder(
             &self.textual.transformer,
             memory.clone(),
             caption_tokens,
             caption_lengths.clone(),
         );
-        let backward = self.textual.forward_with_decoder(
-            &self.backward_textual.transformer,
-            memory,
-            noitpac_tokens,
-            caption_lengths,
-        );
+        let backward = self.backward_textual.as_ref().map(|head| {
+            self.textual.forward_with_decoder(
+                &head.transformer,
+                memory,
+                noitpac_tokens,
+                caption_lengths,
+            )
+        });
         (forward, backward)
     }
 
@@ -296,100 +302,37 @@ impl<B: Backend> BidirectionalCaptioningModel<B> {
         decode(&self.textual, visual_features, config)
     }
 
-    /// Drops the backward stack (only the forward head decodes).
-    pub fn into_forward(self) -> ForwardCaptioningModel<B> {
-        ForwardCaptioningModel {
+    /// The forward-only model: drops the backward stack (only the forward head decodes).
+    pub fn without_backward(self) -> Self {
+        let mut config = self.config;
+        config.caption_backward = false;
+        Self {
             visual: self.visual,
             textual: self.textual,
-            config: self.config,
+            backward_textual: None,
+            config,
         }
     }
 }
 
-impl<B: Backend> ForwardCaptioningModel<B> {
-    pub(crate) fn new(config: &CaptioningModelConfig, device: &B::Device) -> Result<Self> {
-        Ok(Self {
-            visual: VisualBackbone {
-                cnn: config.backbone.try_init(device)?,
-            },
-            textual: config.textual.try_init(device)?,
-            config: config.clone(),
-        })
-    }
-
-    /// The model with its matrix products and convolutions in `precision` (see
-    /// [`BidirectionalCaptioningModel::with_precision`]).
-    pub fn with_precision(self, precision: Precision) -> Self {
-        Self {
-            visual: self.visual.with_precision(precision),
-            textual: self.textual.with_precision(precision),
-            config: self.config,
-        }
-    }
-
-    /// The precision set by [`ForwardCaptioningModel::with_precision`].
-    pub fn precision(&self) -> Precision {
-        self.textual.precision
-    }
-
-    /// The training objective `captioning_forward` (token-mean cross-entropy, padding ignored).
-    ///
-    /// # Shapes
-    /// - `images`: `[B, 3, H, W]`
-    /// - `caption_tokens`: `[B, T]`
-    /// - `caption_lengths`: `[B]`
-    /// - returns: `[1]`
-    pub fn forward_train(
-        &self,
-        images: Tensor<B, 4>,
-        caption_tokens: Tensor<B, 2, Int>,
-        caption_lengths: Tensor<B, 1, Int>,
-    ) -> Tensor<B, 1> {
-        let logits = self.textual.forward(
-            self.visual.forward(images),
-            caption_tokens.clone(),
-            caption_lengths,
-        );
-        captioning_loss(logits, caption_tokens, PADDING_INDEX)
-    }
-
-    /// Teacher-forced evaluation: loss, logits and argmax predictions.
-    pub fn forward_eval(
-        &self,
-        images: Tensor<B, 4>,
-        caption_tokens: Tensor<B, 2, Int>,
-        caption_lengths: Tensor<B, 1, Int>,
-    ) -> CaptioningOutput<B> {
-        let logits = self.textual.forward(
-            self.visual.forward(images),
-            caption_tokens.clone(),
-            caption_lengths,
-        );
-        let loss = captioning_loss(logits.clone(), caption_tokens, PADDING_INDEX);
-        let predictions = logits.clone().argmax(2).squeeze_dim(2);
-        CaptioningOutput {
-            loss,
-            logits,
-            predictions,
-        }
-    }
-
-    /// The `[B, C, h, w]` grid of the backbone.
-    pub fn visual_features(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.visual.forward(images)
-    }
-
-    /// Captions images (see [`DecodingConfig`]).
-    pub fn decode(&self, images: Tensor<B, 4>, config: &DecodingConfig) -> Result<Captions> {
-        self.decode_features(self.visual.forward(images), config)
-    }
-
-    /// Captions precomputed `[B, C, h, w]` features.
-    pub fn decode_features(
-        &self,
-        visual_features: Tensor<B, 4>,
-        config: &DecodingConfig,
-    ) -> Result<Captions> {
-        decode(&self.textual, visual_features, config)
+/// Upstream's `loss` and `loss_components`: the forward loss, plus the backward loss when there
+/// are backward logits.
+fn losses<B: Backend>(
+    forward_logits: Tensor<B, 3>,
+    caption_tokens: Tensor<B, 2, Int>,
+    backward_logits: Option<Tensor<B, 3>>,
+    noitpac_tokens: Tensor<B, 2, Int>,
+) -> CaptioningLosses<B> {
+    let captioning_forward = captioning_loss(forward_logits, caption_tokens, PADDING_INDEX);
+    let captioning_backward =
+        backward_logits.map(|logits| captioning_loss(logits, noitpac_tokens, PADDING_INDEX));
+    let loss = match &captioning_backward {
+        Some(backward) => captioning_forward.clone() + backward.clone(),
+        None => captioning_forward.clone(),
+    };
+    CaptioningLosses {
+        loss,
+        captioning_forward,
+        captioning_backward,
     }
 }

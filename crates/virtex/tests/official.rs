@@ -8,8 +8,8 @@ use common::*;
 use virtex::backbone::BlockKind;
 use virtex::textual::{NormType, TextualError};
 use virtex::{
-    infer_official_config, BeamSearchMode, BidirectionalCaptioningModel, CaptioningModelConfig,
-    DecodingConfig, ForwardCaptioningModel, ImportOptions, VirtexError,
+    infer_official_config, BeamSearchMode, CaptioningModel, CaptioningModelConfig,
+    DecodingConfig, ImportOptions, VirtexError,
 };
 
 const REFERENCE: &str = "bicaptioning_tiny_reference.safetensors";
@@ -26,8 +26,16 @@ fn options() -> ImportOptions {
     }
 }
 
-fn bicaptioning<Bk: Backend>() -> BidirectionalCaptioningModel<Bk> {
-    let (model, report) = BidirectionalCaptioningModel::from_official_checkpoint(
+/// [`options`] for a model of the given kind, whatever the file holds.
+fn options_with_backward(caption_backward: bool) -> ImportOptions {
+    ImportOptions {
+        caption_backward: Some(caption_backward),
+        ..options()
+    }
+}
+
+fn bicaptioning<Bk: Backend>() -> CaptioningModel<Bk> {
+    let (model, report) = CaptioningModel::from_official_checkpoint(
         fixture(BICAPTIONING),
         &options(),
         &Default::default(),
@@ -94,7 +102,7 @@ fn reversed_captions_match_the_reference_batch() {
 
 #[test]
 fn import_reports_what_it_loaded() {
-    let (_, report) = BidirectionalCaptioningModel::<B>::from_official_checkpoint(
+    let (_, report) = CaptioningModel::<B>::from_official_checkpoint(
         fixture(BICAPTIONING),
         &options(),
         &Default::default(),
@@ -124,7 +132,7 @@ fn train_loss_components_and_gradients_match_torch() {
     for (name, value) in [
         ("loss", output.loss.clone()),
         ("captioning_forward", output.captioning_forward.clone()),
-        ("captioning_backward", output.captioning_backward.clone()),
+        ("captioning_backward", output.captioning_backward.clone().unwrap()),
     ] {
         let error = relative_error(&value.into_data(), &reference[&format!("train.{name}")]);
         println!("train.{name}: rel {error:e}");
@@ -169,7 +177,7 @@ fn eval_features_and_logits_match_torch() {
         int(&reference["input.noitpac_tokens"]),
         int(&reference["input.caption_lengths"]),
     );
-    for (name, logits) in [("forward_logits", forward), ("backward_logits", backward)] {
+    for (name, logits) in [("forward_logits", forward), ("backward_logits", backward.unwrap())] {
         let diff = max_abs_diff(&logits.into_data(), &reference[&format!("eval.{name}")]);
         println!("eval.{name}: max |Δ| {diff:e}");
         assert!(diff <= 1e-4, "{name}: {diff:e}");
@@ -229,13 +237,14 @@ fn decoding_matches_torch() {
 fn forward_only_checkpoints_and_models() {
     let reference = reference(REFERENCE);
     let device = Default::default();
-    let (model, report) = ForwardCaptioningModel::<B>::from_official_checkpoint(
+    let (model, report) = CaptioningModel::<B>::from_official_checkpoint(
         fixture(CAPTIONING),
         &options(),
         &device,
     )
     .unwrap();
     assert!(!report.has_backward);
+    assert!(!model.has_backward() && !model.config.caption_backward);
     let logits = model.textual.forward(
         float(&reference["eval.features"]),
         int(&reference["input.caption_tokens"]),
@@ -244,20 +253,21 @@ fn forward_only_checkpoints_and_models() {
     assert!(max_abs_diff(&logits.into_data(), &reference["eval.forward_logits"]) <= 1e-4);
 
     // A bicaptioning checkpoint captions with its forward head; the backward stack is skipped.
-    let (_, report) = ForwardCaptioningModel::<B>::from_official_checkpoint(
+    let (forward_only, report) = CaptioningModel::<B>::from_official_checkpoint(
         fixture(BICAPTIONING),
-        &options(),
+        &options_with_backward(false),
         &device,
     )
     .unwrap();
     assert!(report.has_backward);
+    assert!(!forward_only.has_backward());
     // The backward layer (18), the 8 duplicates, and 17 BatchNorm `num_batches_tracked`.
     assert_eq!(report.ignored, 18 + 8 + 17);
 
     // A forward-only checkpoint cannot fill a backward stack.
-    let err = BidirectionalCaptioningModel::<B>::from_official_checkpoint(
+    let err = CaptioningModel::<B>::from_official_checkpoint(
         fixture(CAPTIONING),
-        &options(),
+        &options_with_backward(true),
         &device,
     )
     .unwrap_err();
@@ -275,7 +285,7 @@ fn a_mismatched_model_names_the_first_key_and_both_shapes() {
     // A wider head.
     let mut wide = config.clone();
     wide.textual.hidden_size = 32;
-    let mut model = wide.init_bicaptioning::<B>(&device).unwrap();
+    let mut model = wide.init::<B>(&device).unwrap();
     let err = model
         .load_official_weights(fixture(BICAPTIONING))
         .unwrap_err();
@@ -298,7 +308,7 @@ fn a_mismatched_model_names_the_first_key_and_both_shapes() {
     // A deeper head: the missing layer is named.
     let mut deep = config.clone();
     deep.textual.num_layers = 2;
-    let mut model = deep.init_bicaptioning::<B>(&device).unwrap();
+    let mut model = deep.init::<B>(&device).unwrap();
     let err = model
         .load_official_weights(fixture(BICAPTIONING))
         .unwrap_err();
@@ -312,7 +322,7 @@ fn a_mismatched_model_names_the_first_key_and_both_shapes() {
     let mut wide_cnn = config.clone();
     wide_cnn.backbone.stem_channels = 8;
     wide_cnn.textual.visual_feature_size = wide_cnn.backbone.output_channels();
-    let mut model = wide_cnn.init_bicaptioning::<B>(&device).unwrap();
+    let mut model = wide_cnn.init::<B>(&device).unwrap();
     let err = model
         .load_official_weights(fixture(BICAPTIONING))
         .unwrap_err();
@@ -332,7 +342,7 @@ fn our_format_round_trips() {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("bicaptioning.safetensors");
     model.save(&path).unwrap();
-    let loaded = BidirectionalCaptioningModel::<B>::load(&path, &device).unwrap();
+    let loaded = CaptioningModel::<B>::load(&path, &device).unwrap();
     assert_eq!(loaded.config.textual.hidden_size, 16);
 
     let features = float::<B, 4>(&reference["eval.features"]);
@@ -352,7 +362,7 @@ fn our_format_round_trips() {
         0.0
     );
     assert_eq!(
-        max_abs_diff(&before_b.into_data(), &after_b.into_data()),
+        max_abs_diff(&before_b.unwrap().into_data(), &after_b.unwrap().into_data()),
         0.0
     );
     let images = float::<B, 4>(&reference["input.images"]);
@@ -370,14 +380,14 @@ fn our_format_round_trips() {
     );
 
     // The kind is checked.
-    let err = ForwardCaptioningModel::<B>::load(&path, &device).unwrap_err();
-    assert!(matches!(err, VirtexError::WrongModelKind { .. }), "{err}");
+    assert!(loaded.has_backward());
 
     // The forward-only model round-trips too.
-    let forward = model.into_forward();
+    let forward = model.without_backward();
     let path = directory.path().join("captioning.safetensors");
     forward.save(&path).unwrap();
-    let loaded = ForwardCaptioningModel::<B>::load(&path, &device).unwrap();
+    let loaded = CaptioningModel::<B>::load(&path, &device).unwrap();
+    assert!(!loaded.has_backward());
     let captions = loaded
         .decode_features(
             float(&reference["eval.features"]),
@@ -399,7 +409,7 @@ fn load_weights_keeps_the_configured_dropout_and_checks_the_architecture() {
 
     let mut config = model.config.clone();
     config.textual.dropout = 0.3;
-    let mut target = config.init_bicaptioning::<B>(&device).unwrap();
+    let mut target = config.init::<B>(&device).unwrap();
     target.load_weights(&path).unwrap();
     assert_eq!(target.config.textual.dropout, 0.3);
     let images = float::<B, 4>(&reference(REFERENCE)["input.images"]);
@@ -413,13 +423,18 @@ fn load_weights_keeps_the_configured_dropout_and_checks_the_architecture() {
 
     let mut other = model.config.clone();
     other.textual.max_caption_length += 1;
-    let mut target = other.init_bicaptioning::<B>(&device).unwrap();
+    let mut target = other.init::<B>(&device).unwrap();
     let err = target.load_weights(&path).unwrap_err();
     assert!(
         matches!(&err, VirtexError::ArchitectureMismatch { key, .. } if key == "textual.max_caption_length"),
         "{err}"
     );
-    let mut forward = model.config.init_captioning::<B>(&device).unwrap();
+    let mut forward = model
+        .config
+        .clone()
+        .with_caption_backward(false)
+        .init::<B>(&device)
+        .unwrap();
     let err = forward.load_weights(&path).unwrap_err();
     assert!(matches!(err, VirtexError::WrongModelKind { .. }), "{err}");
 }
@@ -429,7 +444,7 @@ fn files_that_are_not_captioning_checkpoints_are_named() {
     let device = Default::default();
     let backbone_only =
         fixture("../../../virtex-backbone/tests/fixtures/resnet_bottleneck_tiny.pth");
-    let err = BidirectionalCaptioningModel::<B>::from_official_checkpoint(
+    let err = CaptioningModel::<B>::from_official_checkpoint(
         &backbone_only,
         &options(),
         &device,
@@ -444,7 +459,7 @@ fn files_that_are_not_captioning_checkpoints_are_named() {
         "{err}"
     );
 
-    let err = BidirectionalCaptioningModel::<B>::from_official_checkpoint(
+    let err = CaptioningModel::<B>::from_official_checkpoint(
         fixture("absent.pth"),
         &options(),
         &device,

@@ -13,7 +13,7 @@ use common::*;
 use virtex::backbone::ResNetConfig;
 use virtex::textual::TextualHeadConfig;
 use virtex::{
-    BeamSearchMode, BidirectionalCaptioningModel, CaptioningModelConfig, DecodingConfig, Precision,
+    BeamSearchMode, CaptioningModel, CaptioningModelConfig, DecodingConfig, Precision,
 };
 
 /// bf16 keeps 8 significant bits; a cross-entropy over a few hundred logits computed from bf16
@@ -21,14 +21,14 @@ use virtex::{
 const LOSS_RTOL: f64 = 1e-2;
 
 /// Dropout 0 so that both precisions see the same network function.
-fn tiny_model() -> BidirectionalCaptioningModel<AB> {
+fn tiny_model() -> CaptioningModel<AB> {
     let backbone = ResNetConfig::resnet18().with_stem_channels(8);
     let textual = TextualHeadConfig::from_name("transdec_postnorm::L2_H32_A2_F64", 64, 50)
         .unwrap()
         .with_max_caption_length(10)
         .with_dropout(0.0);
     CaptioningModelConfig::new(backbone, textual)
-        .init_bicaptioning::<AB>(&Default::default())
+        .init::<AB>(&Default::default())
         .unwrap()
 }
 
@@ -104,7 +104,7 @@ impl<Bk: AutodiffBackend> ModuleVisitor<Bk> for Gradients<'_, Bk> {
 }
 
 fn gradients(
-    model: &BidirectionalCaptioningModel<AB>,
+    model: &CaptioningModel<AB>,
     grads: &<AB as AutodiffBackend>::Gradients,
 ) -> Vec<FloatTensor> {
     let mut visitor = Gradients::<AB> {
@@ -124,7 +124,7 @@ fn bf16_losses_match_f32_within_one_percent() {
     let x = inputs();
 
     // Train mode (BatchNorm batch statistics) and eval mode (running statistics).
-    let train = |model: &BidirectionalCaptioningModel<AB>| {
+    let train = |model: &CaptioningModel<AB>| {
         let losses = model.forward_train(
             x.images.clone(),
             x.caption.clone(),
@@ -134,14 +134,14 @@ fn bf16_losses_match_f32_within_one_percent() {
         [
             losses.loss,
             losses.captioning_forward,
-            losses.captioning_backward,
+            losses.captioning_backward.unwrap(),
         ]
         .map(|loss| {
             assert_eq!(loss.dtype(), DType::F32, "losses are computed in f32");
             scalar(loss)
         })
     };
-    let eval = |model: &BidirectionalCaptioningModel<AB>| {
+    let eval = |model: &CaptioningModel<AB>| {
         let output = model.valid().forward_eval(
             x.images.clone().inner(),
             x.caption.clone().inner(),
@@ -152,7 +152,7 @@ fn bf16_losses_match_f32_within_one_percent() {
         [
             output.losses.loss,
             output.losses.captioning_forward,
-            output.losses.captioning_backward,
+            output.losses.captioning_backward.unwrap(),
         ]
         .map(scalar)
     };
@@ -182,7 +182,7 @@ fn bf16_logits_differ_from_f32_by_bf16_rounding_only() {
     let f32_model = tiny_model();
     let bf16_model = f32_model.clone().with_precision(Precision::Bf16);
     let x = inputs();
-    let logits = |model: &BidirectionalCaptioningModel<AB>| {
+    let logits = |model: &CaptioningModel<AB>| {
         let model = model.valid();
         let (forward, backward) = model.logits(
             model.visual_features(x.images.clone().inner()),
@@ -190,7 +190,7 @@ fn bf16_logits_differ_from_f32_by_bf16_rounding_only() {
             x.noitpac.clone().inner(),
             x.lengths.clone().inner(),
         );
-        Tensor::cat(vec![forward, backward], 0)
+        Tensor::cat(vec![forward, backward.unwrap()], 0)
     };
     let (reference, mixed) = (logits(&f32_model), logits(&bf16_model));
     assert_eq!(mixed.dtype(), DType::F32);
@@ -206,7 +206,7 @@ fn bf16_gradients_are_f32_and_track_the_f32_gradients() {
     let f32_model = tiny_model();
     let bf16_model = f32_model.clone().with_precision(Precision::Bf16);
     let x = inputs();
-    let backward = |model: &BidirectionalCaptioningModel<AB>| {
+    let backward = |model: &CaptioningModel<AB>| {
         let grads = model
             .forward_train(
                 x.images.clone(),
@@ -249,7 +249,7 @@ fn precision_reaches_every_module_and_survives_valid() {
     let model = tiny_model();
     assert_eq!(model.precision(), Precision::F32);
     let model = model.with_precision(Precision::Bf16);
-    let check = |model: &BidirectionalCaptioningModel<B>| {
+    let check = |model: &CaptioningModel<B>| {
         let cnn = &model.visual.cnn;
         assert_eq!(cnn.precision, Precision::Bf16);
         for block in [&cnn.layer1, &cnn.layer2, &cnn.layer3, &cnn.layer4]
@@ -261,7 +261,7 @@ fn precision_reaches_every_module_and_survives_valid() {
         assert_eq!(model.textual.precision, Precision::Bf16);
         for stack in [
             &model.textual.transformer,
-            &model.backward_textual.transformer,
+            &model.backward_textual.as_ref().unwrap().transformer,
         ] {
             for layer in &stack.layers {
                 assert_eq!(layer.precision, Precision::Bf16);
@@ -284,14 +284,14 @@ fn precision_reaches_every_module_and_survives_valid() {
 fn f32_precision_is_the_default_model_bit_for_bit() {
     let model = tiny_model();
     let x = inputs();
-    let logits = |model: &BidirectionalCaptioningModel<AB>| {
+    let logits = |model: &CaptioningModel<AB>| {
         let (forward, backward) = model.logits(
             model.visual_features(x.images.clone()),
             x.caption.clone(),
             x.noitpac.clone(),
             x.lengths.clone(),
         );
-        (forward.into_data(), backward.into_data())
+        (forward.into_data(), backward.unwrap().into_data())
     };
     let default = logits(&model);
     let round_trip = model

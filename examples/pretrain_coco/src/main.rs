@@ -1,7 +1,9 @@
 //! `cargo run --release --example pretrain_coco [-- --preset … --device cuda …]`
 //!
-//! With no arguments: the `small_cpu` preset on the embedded sample data, on the CPU.
-//! Several GPUs: `--devices cuda:0,cuda:1` (data parallel, see `pretrain_coco::data_parallel`).
+//! VirTex pretraining (upstream's `scripts/pretrain_virtex.py`): the command line of
+//! [`virtex_train::cli::Args`] handed to the `virtex-train` library. With no arguments: the
+//! `small_cpu` preset on the embedded sample data, on the CPU. Several GPUs: `--devices
+//! cuda:0,cuda:1` (data parallel). See this example's README.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,14 +11,16 @@ use std::time::SystemTime;
 
 use burn::backend::Autodiff;
 use clap::Parser;
-use pretrain_coco::args::Args;
-use pretrain_coco::config::PretrainConfig;
-use pretrain_coco::training::{install_interrupt_flag, train, ResumeOverrides, RunOptions};
-use pretrain_coco::TrainError;
-use virtex_device::with_backend_devices;
+use virtex::CaptioningModel;
+use virtex_device::{with_backend, with_backend_devices, DeviceSpec};
+use virtex_train::cli::Args;
+use virtex_train::{
+    evaluate, install_interrupt_flag, load_model, train, ModelSource, PretextModel, RunOptions,
+    TrainError,
+};
 
 fn main() -> ExitCode {
-    match try_main() {
+    match try_main(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
@@ -25,72 +29,79 @@ fn main() -> ExitCode {
     }
 }
 
-fn try_main() -> Result<(), TrainError> {
-    let args = Args::parse();
+fn try_main(args: Args) -> Result<(), TrainError> {
     let devices = args.training_devices()?;
-
-    // The data and precision flags apply to a new run's config and to a resumed run's alike.
-    let command_line = ResumeOverrides {
-        data_root: args.data_root.clone(),
-        tokenizer: args.tokenizer.clone(),
-        precision: args.precision,
+    let config = args.config()?;
+    // Evaluation and export read a model and write nothing into a run directory.
+    let source = match (&args.resume, &args.init_from) {
+        (Some(run_dir), _) => Some(ModelSource::Run(run_dir.clone())),
+        (None, Some(file)) => Some(ModelSource::File(file.clone())),
+        (None, None) => None,
     };
-    let mut config = PretrainConfig::preset(&args.preset)?;
-    if let Some(path) = &args.config {
-        config = config.merge_json_file(path)?;
+    if args.eval_only || args.export_backbone.is_some() {
+        let source = source.ok_or_else(|| {
+            TrainError::Config(
+                "--eval-only and --export-backbone need a model: --init-from FILE or \
+                 --resume RUN_DIR"
+                    .into(),
+            )
+        })?;
+        return read_model(&args, &devices[0], &source, config);
     }
-    config = config.apply_overrides(&args.overrides)?;
-    command_line.apply(&mut config);
 
     let (run_dir, resume) = match (&args.resume, &args.run_dir) {
         (Some(dir), _) => (dir.clone(), true),
         (None, Some(dir)) => (dir.clone(), false),
         (None, None) => (default_run_dir(), false),
     };
-    let trains = !args.eval_only && args.export_backbone.is_none();
-    if trains {
-        eprintln!("run directory: {}", run_dir.display());
-    }
-
+    eprintln!("run directory: {}", run_dir.display());
     let options = RunOptions {
-        config,
-        run_dir,
         resume,
         init_from: args.init_from.clone(),
-        eval_only: args.eval_only,
         stop_after: args.stop_after,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        export_backbone: args.export_backbone.clone(),
-        resume_overrides: command_line,
+        resume_overrides: args.resume_overrides(),
+        ..RunOptions::new(config, run_dir)
     };
     let interrupted = install_interrupt_flag();
     let summary = with_backend_devices!(&devices, |B, burn_devices| {
         train::<Autodiff<B>>(options, burn_devices, interrupted)?
     });
-    if let Some(path) = &args.export_backbone {
-        eprintln!("backbone written to {}", path.display());
-        return Ok(());
-    }
-
-    if args.eval_only {
-        if let Some(val) = summary.last_val {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "val_loss": val.val_loss,
-                    "captioning_forward": val.captioning_forward,
-                    "captioning_backward": val.captioning_backward,
-                })
-            );
-        }
-        return Ok(());
-    }
     let first = summary.losses.first().copied().unwrap_or(f64::NAN);
     let last = summary.losses.last().copied().unwrap_or(f64::NAN);
     eprintln!(
         "done: iteration {}, loss {first:.4} → {last:.4}, {:.1} img/s, {} skipped steps",
         summary.iteration, summary.images_per_second, summary.skipped_steps
     );
+    Ok(())
+}
+
+/// `--eval-only` (the validation loss as one JSON line) or `--export-backbone FILE`.
+fn read_model(
+    args: &Args,
+    device: &DeviceSpec,
+    source: &ModelSource,
+    config: virtex_train::PretrainConfig,
+) -> Result<(), TrainError> {
+    with_backend!(device, |B, device| {
+        let (model, config, _) = load_model::<B, CaptioningModel<B>>(
+            source,
+            config,
+            &args.resume_overrides(),
+            &device,
+        )?;
+        if let Some(path) = &args.export_backbone {
+            model.export_backbone(path)?;
+            eprintln!("backbone written to {}", path.display());
+        } else {
+            let val = evaluate(&model, &config, &device)?;
+            let mut line = serde_json::json!({ "val_loss": val.loss });
+            for (name, value) in &val.components {
+                line[name] = (*value).into();
+            }
+            println!("{line}");
+        }
+    });
     Ok(())
 }
 

@@ -384,7 +384,8 @@ impl SentencePieceBpeTokenizer {
         )
     }
 
-    /// Writes the vocabulary as JSON (our format; [`from_file`](Self::from_file) reads it back).
+    /// Writes the vocabulary as JSON (our format; [`from_file`](Self::from_file) reads it back),
+    /// atomically ([`virtex_device::write_atomically`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let builtin = self.normalizer_name == "nmt_nfkc"
@@ -412,11 +413,12 @@ impl SentencePieceBpeTokenizer {
             pieces: self.pieces.clone(),
         };
         let text = serde_json::to_string_pretty(&file).map_err(|e| DataError::json(path, &e))?;
-        std::fs::write(path, text + "\n").map_err(|e| DataError::io(path, e))
+        virtex_device::write_atomically(path, |temporary| std::fs::write(temporary, text + "\n"))
+            .map_err(|e| DataError::io(path, e))
     }
 
     /// Writes the vocabulary as a SentencePiece `.model` protobuf that the `sentencepiece`
-    /// library loads (and that [`from_file`](Self::from_file) reads back).
+    /// library loads (and that [`from_file`](Self::from_file) reads back), atomically.
     pub fn save_sentencepiece_model(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let model = proto::ModelProto {
@@ -444,7 +446,9 @@ impl SentencePieceBpeTokenizer {
             remove_extra_whitespaces: self.normalizer.remove_extra_whitespaces,
             escape_whitespaces: self.normalizer.escape_whitespaces,
         };
-        std::fs::write(path, proto::write_model(&model)).map_err(|e| DataError::io(path, e))
+        let bytes = proto::write_model(&model);
+        virtex_device::write_atomically(path, |temporary| std::fs::write(temporary, bytes))
+            .map_err(|e| DataError::io(path, e))
     }
 
     fn charsmap_bytes(&self) -> Vec<u8> {

@@ -1,0 +1,97 @@
+//! # virtex-cli
+//!
+//! The commands of the `virtex` tool as a library; the binary (`src/main.rs`) only parses the
+//! command line ([`Cli`]) and runs the [`Command`]. Programs and tests call the same code:
+//!
+//! - [`FeaturesArgs`]: backbone features (layer4 grid, pooled or L2-normalised) of image files,
+//!   written as safetensors; [`load_backbone`] and [`extract_features`] are its parts.
+//! - [`CaptionArgs`]: captions of image files from a VirTex checkpoint, in the COCO results
+//!   format (beam search, nucleus sampling or greedy decoding).
+//! - [`TrainTokenizerArgs`], [`TokenizeArgs`]: a SentencePiece-compatible BPE vocabulary from
+//!   COCO captions; encoding and decoding with it.
+//! - [`EvalVoc07Args`], [`EvalCaptionsArgs`]: PASCAL VOC07 linear-SVM mAP of a backbone, and
+//!   CIDEr-D / BLEU of predicted captions.
+//!
+//! Every command reads images with `virtex-data`'s one loader ([`virtex_data::load_image_batch`]
+//! or [`virtex_data::load_image`]: any colour type, EXIF orientation applied, truncated or corrupt
+//! files refused with an error naming them) and its evaluation transform
+//! ([`virtex_data::ImageTransforms::downstream_val`]: shorter side resized with antialiased
+//! bilinear, centre crop, ImageNet normalisation), and writes every output file atomically
+//! ([`virtex_device::write_atomically`]).
+//!
+//! ```no_run
+//! use clap::Parser;
+//! use virtex_cli::Cli;
+//!
+//! let cli = Cli::parse_from([
+//!     "virtex", "features", "--weights", "resnet50.pth", "--images", "photos/",
+//!     "--l2-normalize", "--out", "features.safetensors",
+//! ]);
+//! cli.command.run()?;
+//! # Ok::<(), virtex_cli::CliError>(())
+//! ```
+#![warn(missing_docs)]
+
+mod caption;
+mod error;
+mod eval_commands;
+mod features;
+mod tokenizer_commands;
+
+use clap::{Parser, Subcommand};
+
+pub use caption::{CaptionArgs, DecoderCompat};
+pub use error::CliError;
+pub use eval_commands::{EvalCaptionsArgs, EvalVoc07Args};
+pub use features::{
+    extract_features, load_backbone, progress_bar, write_features, FeatureKind, FeatureMatrix,
+    FeaturesArgs,
+};
+pub use tokenizer_commands::{TokenizeArgs, TrainTokenizerArgs};
+
+/// The `virtex` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "virtex",
+    version,
+    about = "VirTex in Rust: backbone features, image captioning, tokenizers and evaluation \
+             (VOC07 linear SVMs, CIDEr-D, BLEU)",
+    long_about = None
+)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of `virtex`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Extract backbone features (layer4 grid, pooled, or L2-normalised) for images.
+    Features(FeaturesArgs),
+    /// Caption images with a VirTex checkpoint (COCO results format).
+    Caption(CaptionArgs),
+    /// Train a SentencePiece-compatible BPE vocabulary from COCO captions.
+    TrainTokenizer(TrainTokenizerArgs),
+    /// Encode a caption to ids (JSON), or decode ids with --decode.
+    Tokenize(TokenizeArgs),
+    /// PASCAL VOC2007 linear-SVM evaluation of a backbone (mAP).
+    EvalVoc07(EvalVoc07Args),
+    /// CIDEr-D and BLEU of predicted captions against COCO annotations.
+    EvalCaptions(EvalCaptionsArgs),
+}
+
+impl Command {
+    /// Runs the command; progress and summaries go to stderr, results of `tokenize` and the
+    /// evaluation tables to stdout.
+    pub fn run(self) -> Result<(), CliError> {
+        match self {
+            Command::Features(args) => args.run(),
+            Command::Caption(args) => args.run(),
+            Command::TrainTokenizer(args) => args.run().map_err(CliError::from),
+            Command::Tokenize(args) => args.run().map_err(CliError::from),
+            Command::EvalVoc07(args) => args.run(),
+            Command::EvalCaptions(args) => args.run(),
+        }
+    }
+}

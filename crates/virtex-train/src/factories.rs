@@ -1,0 +1,262 @@
+//! Factories: the model, optimizer, schedule and datasets a [`PretrainConfig`] names (upstream
+//! `virtex/factories.py`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::prelude::*;
+use virtex::{CaptioningModel, CaptioningModelConfig};
+use virtex_data::{
+    CaptionChoice, CaptioningDataset, CocoCaptions, CocoOptions, DataLoader, FlipCaption,
+    ImageTransforms, LoaderConfig, SentencePieceBpeTokenizer, Split,
+};
+use virtex_optim::{
+    GroupRule, GroupedOptimizerConfig, LookaheadConfig, LrDecay, LrScheduleConfig,
+    ParamGroupsConfig, TorchSgdConfig,
+};
+
+use crate::config::PretrainConfig;
+use crate::error::TrainError;
+
+/// Upstream's `PretrainingModelFactory`: the model `model.name` names, freshly initialised.
+/// `bicaptioning` / `virtex` and `captioning` are one [`CaptioningModel`], with and without its
+/// backward head.
+pub fn captioning_model<B: Backend>(
+    config: &PretrainConfig,
+    device: &B::Device,
+) -> Result<CaptioningModel<B>, TrainError> {
+    Ok(model_config(config, config.data.vocab_size)?.init(device)?)
+}
+
+/// The model's configuration from the pretraining config and the tokenizer.
+pub fn model_config(
+    config: &PretrainConfig,
+    vocab_size: usize,
+) -> Result<CaptioningModelConfig, TrainError> {
+    let caption_backward = match config.model.name.as_str() {
+        "bicaptioning" | "virtex" => true,
+        "captioning" => false,
+        other => {
+            return Err(TrainError::Config(format!(
+                "model.name `{other}`: expected bicaptioning, virtex or captioning"
+            )))
+        }
+    };
+    CaptioningModelConfig::from_names(
+        &config.model.visual,
+        &config.model.textual,
+        vocab_size,
+        config.data.max_caption_length,
+        config.model.dropout,
+    )
+    .map(|model| model.with_caption_backward(caption_backward))
+    .map_err(|err| TrainError::Config(format!("model: {err}")))
+}
+
+/// The optimizer configuration of a pretraining config (upstream `OptimizerFactory` and
+/// `LRSchedulerFactory`): LR group "visual" (`cnn_lr`) for every parameter whose path contains
+/// "cnn", the common `lr` for the rest, no weight decay where `optim.no_decay` matches, SGD
+/// momentum/Nesterov, Lookahead, warmup + decay schedule and the global gradient-norm clip.
+pub fn optimizer_config(config: &PretrainConfig) -> Result<GroupedOptimizerConfig, TrainError> {
+    let optim = &config.optim;
+    let decay = LrDecay::from_name(&optim.lr_decay_name)
+        .map_err(|err| TrainError::Config(format!("optim.lr_decay_name: {err}")))?;
+    let no_decay = if optim.no_decay.is_empty() {
+        None
+    } else {
+        Some(optim.no_decay.clone())
+    };
+    Ok(GroupedOptimizerConfig::new()
+        .with_groups(
+            ParamGroupsConfig::new()
+                .with_rules(vec![GroupRule::new(
+                    "visual".to_string(),
+                    "cnn".to_string(),
+                    optim.cnn_lr,
+                )])
+                .with_lr(optim.lr)
+                .with_weight_decay(optim.weight_decay)
+                .with_no_decay(no_decay),
+        )
+        .with_sgd(
+            TorchSgdConfig::new()
+                .with_momentum(optim.sgd_momentum)
+                .with_nesterov(optim.sgd_nesterov),
+        )
+        .with_lookahead(optim.lookahead.enabled.then(|| {
+            LookaheadConfig::new()
+                .with_alpha(optim.lookahead.alpha)
+                .with_steps(optim.lookahead.steps as usize)
+        }))
+        .with_schedule(
+            LrScheduleConfig::new()
+                .with_total_steps(optim.num_iterations as usize)
+                .with_warmup_steps(optim.warmup_steps as usize)
+                .with_milestones(optim.lr_steps.iter().map(|&s| s as usize).collect())
+                .with_gamma(optim.lr_gamma)
+                .with_decay(decay),
+        )
+        .with_clip_grad_norm((optim.clip_grad_norm > 0.0).then_some(optim.clip_grad_norm)))
+}
+
+/// The data root and tokenizer file this config points to (sample data by default).
+///
+/// Without `data.tokenizer`, a data root's tokenizer is the first that exists of
+/// [`default_tokenizer_candidates`]; an error lists them when none does.
+pub fn data_paths(config: &PretrainConfig) -> Result<(PathBuf, PathBuf), TrainError> {
+    let Some(root) = config.data.root.clone() else {
+        let tokenizer = config
+            .data
+            .tokenizer
+            .clone()
+            .unwrap_or_else(virtex_data::sample_vocab_path);
+        return Ok((virtex_data::sample_data_root(), tokenizer));
+    };
+    if !root.is_dir() {
+        return Err(TrainError::Config(format!(
+            "the data root `{}` is not a directory (expected COCO's `annotations/`, \
+             `train2017/` and `val2017/`)",
+            root.display()
+        )));
+    }
+    if let Some(tokenizer) = &config.data.tokenizer {
+        return Ok((root, tokenizer.clone()));
+    }
+    let candidates = default_tokenizer_candidates(&root);
+    match candidates.iter().find(|path| path.is_file()) {
+        Some(tokenizer) => Ok((root.clone(), tokenizer.clone())),
+        None => {
+            let tried: Vec<String> = candidates
+                .iter()
+                .map(|path| format!("`{}`", path.display()))
+                .collect();
+            Err(TrainError::Config(format!(
+                "no tokenizer found for the data root (tried {}); pass --tokenizer \
+                 (upstream's is datasets/vocab/coco_10k.model)",
+                tried.join(", ")
+            )))
+        }
+    }
+}
+
+/// Where a data root's tokenizer is looked for: `vocab.json` (ours) or upstream's
+/// `coco_10k.model`, in `vocab/` inside the root or next to it (upstream's `datasets/coco` and
+/// `datasets/vocab`).
+pub fn default_tokenizer_candidates(root: &Path) -> Vec<PathBuf> {
+    let mut candidates = vec![
+        root.join("vocab.json"),
+        root.join("vocab").join("coco_10k.model"),
+    ];
+    if let Some(parent) = root.parent() {
+        candidates.push(parent.join("vocab").join("coco_10k.model"));
+    }
+    candidates
+}
+
+/// The training and validation loaders of a run.
+pub struct TrainingData {
+    /// Training split: shuffled (per `data.shuffle`), augmented, incomplete batches dropped.
+    pub train: DataLoader,
+    /// Validation split: in order, centre crops, every image.
+    pub val: DataLoader,
+}
+
+/// Both loaders of a run ([`TrainingData`]); `data.vocab_size` is checked against the
+/// tokenizer.
+pub fn training_data(config: &PretrainConfig) -> Result<TrainingData, TrainError> {
+    let loaders = Loaders::new(config)?;
+    Ok(TrainingData {
+        train: loaders.train()?,
+        val: loaders.val()?,
+    })
+}
+
+/// The validation loader alone: evaluation needs no training split (whose batch size may
+/// exceed a small split's size).
+pub fn validation_data(config: &PretrainConfig) -> Result<DataLoader, TrainError> {
+    Loaders::new(config)?.val()
+}
+
+/// What both splits' loaders share.
+struct Loaders<'a> {
+    config: &'a PretrainConfig,
+    root: PathBuf,
+    tokenizer: Arc<SentencePieceBpeTokenizer>,
+    options: CocoOptions,
+}
+
+impl<'a> Loaders<'a> {
+    fn new(config: &'a PretrainConfig) -> Result<Self, TrainError> {
+        let (root, tokenizer_path) = data_paths(config)?;
+        let tokenizer = Arc::new(SentencePieceBpeTokenizer::from_file(&tokenizer_path)?);
+        if tokenizer.vocab_size() != config.data.vocab_size {
+            return Err(TrainError::Config(format!(
+                "data.vocab_size is {} but the tokenizer `{}` has {} pieces; set \
+                 data.vocab_size to match (the model's vocabulary is the tokenizer's)",
+                config.data.vocab_size,
+                tokenizer_path.display(),
+                tokenizer.vocab_size()
+            )));
+        }
+        let options = CocoOptions {
+            skip_bad_images: config.data.skip_bad_images,
+            ..CocoOptions::default()
+        };
+        Ok(Self {
+            config,
+            root,
+            tokenizer,
+            options,
+        })
+    }
+
+    fn train(&self) -> Result<DataLoader, TrainError> {
+        let data = &self.config.data;
+        let flip = if data.upstream_flip_substring_swap {
+            FlipCaption::Substring
+        } else {
+            FlipCaption::WholeWord
+        };
+        let transforms = if data.image_transform_train.is_empty() {
+            ImageTransforms::no_augmentation(data.image_crop_size)
+        } else {
+            ImageTransforms::from_names(&data.image_transform_train, data.image_crop_size, flip)
+        }?;
+        self.loader(Split::Train, transforms, data.shuffle, true)
+    }
+
+    fn val(&self) -> Result<DataLoader, TrainError> {
+        let transforms = ImageTransforms::pretrain_val(self.config.data.image_crop_size)?;
+        self.loader(Split::Val, transforms, false, false)
+    }
+
+    fn loader(
+        &self,
+        split: Split,
+        transforms: ImageTransforms,
+        shuffle: bool,
+        drop_last: bool,
+    ) -> Result<DataLoader, TrainError> {
+        let config = self.config;
+        let choice = match config.data.caption_choice.as_str() {
+            "first" => CaptionChoice::First,
+            _ => CaptionChoice::Random,
+        };
+        let coco = CocoCaptions::load(&self.root, split, &self.options)?;
+        let dataset = CaptioningDataset::new(coco, self.tokenizer.clone(), transforms)?
+            .with_caption_choice(choice)
+            .with_max_caption_length(config.data.max_caption_length)?;
+        Ok(DataLoader::new(
+            dataset,
+            LoaderConfig {
+                batch_size: config.optim.batch_size / config.optim.accumulation_steps,
+                num_workers: config.data.num_workers,
+                prefetch_batches: 2 * config.data.num_workers.max(1),
+                seed: config.random_seed,
+                shuffle,
+                drop_last,
+                skip_bad_images: config.data.skip_bad_images,
+            },
+        )?)
+    }
+}

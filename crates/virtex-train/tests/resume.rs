@@ -1,0 +1,280 @@
+//! Resume is exact, a checkpoint survives `kill -9` at any moment, and the other run modes
+//! (forward-only models, `--init-from`, `--eval-only`, `--export-backbone`, divergence stop).
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::backend::{Autodiff, Flex};
+use pretrain_coco::checkpoint::{latest_checkpoint, list_checkpoints};
+use pretrain_coco::config::PretrainConfig;
+use pretrain_coco::metrics::MetricsLog;
+use pretrain_coco::training::{run, run_config, ResumeOverrides, RunOptions, RunSummary};
+use pretrain_coco::TrainError;
+use virtex::{BidirectionalCaptioningModel, Precision};
+
+type B = Autodiff<Flex>;
+type Model = BidirectionalCaptioningModel<B>;
+
+/// The `small_cpu` preset shrunk further so a whole run takes seconds: 32-pixel crops, batch 4,
+/// dropout and augmentation left on (both must replay exactly on resume).
+fn tiny_config(iterations: u64, checkpoint_every: u64) -> PretrainConfig {
+    let mut config = PretrainConfig::preset("small_cpu").unwrap();
+    config.data.image_crop_size = 32;
+    config.data.num_workers = 1;
+    config.optim.batch_size = 4;
+    config.optim.num_iterations = iterations;
+    config.optim.warmup_steps = 2;
+    config.train.log_every = 1;
+    config.train.checkpoint_every = checkpoint_every;
+    config.train.val_every = 1000;
+    config.train.val_batches = Some(1);
+    config.train.keep_last = 2;
+    config
+}
+
+fn options(
+    config: PretrainConfig,
+    run_dir: &Path,
+    resume: bool,
+    stop_after: Option<u64>,
+) -> RunOptions {
+    RunOptions {
+        resume,
+        stop_after,
+        ..RunOptions::new(config, run_dir)
+    }
+}
+
+/// burn's CPU backend has one process-wide RNG (initialisation and dropout draw from it): tests
+/// running in parallel threads would interleave their draws, so each test holds this for its
+/// whole body.
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    BACKEND_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn train(options: RunOptions) -> RunSummary {
+    train_any(options).unwrap()
+}
+
+#[test]
+fn n_plus_resume_plus_n_equals_2n() {
+    let _exclusive = exclusive();
+    let straight_dir = tempfile::tempdir().unwrap();
+    let split_dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(6, 3);
+
+    let straight = train(options(config.clone(), straight_dir.path(), false, None));
+    let first = train(options(config.clone(), split_dir.path(), false, Some(3)));
+    assert_eq!(first.iteration, 3);
+    let second = train(options(config, split_dir.path(), true, None));
+    assert_eq!(second.iteration, 6);
+
+    let resumed: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
+    assert_eq!(resumed, straight.losses, "loss trajectories differ");
+
+    // Final parameters (and BatchNorm statistics, optimizer state) are identical.
+    let read =
+        |dir: &Path| std::fs::read(dir.join("checkpoint_00000006/model.safetensors")).unwrap();
+    let (a, b) = (read(straight_dir.path()), read(split_dir.path()));
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    let mut names = a.names();
+    names.sort();
+    assert!(names.len() > 100);
+    for name in names {
+        assert!(
+            a.tensor(name).unwrap().data() == b.tensor(name).unwrap().data(),
+            "{name} differs after resume"
+        );
+    }
+    // The optimizer files hold random parameter ids and cannot be compared byte for byte; the
+    // equal parameters above already prove the restored state: iterations 4–6 ran on the
+    // restored momentum buffers, and iteration 5 is a Lookahead sync (k = 5) that reads the
+    // restored slow weights and counter.
+    // metrics.jsonl of the resumed run has one line per iteration, no duplicates.
+    let lines = std::fs::read_to_string(split_dir.path().join("metrics.jsonl")).unwrap();
+    let train_lines = lines.lines().filter(|l| l.contains("\"train\"")).count();
+    assert_eq!(train_lines, 6);
+}
+
+#[test]
+fn eval_only_init_from_and_backbone_export() {
+    let _exclusive = exclusive();
+    let run_dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(3, 3);
+    let summary = train(options(config.clone(), run_dir.path(), false, None));
+    assert_eq!(summary.iteration, 3);
+    assert!(summary.last_val.is_some());
+
+    // The finished run exports the CNN with torchvision names, loadable by virtex-backbone.
+    let mut backbone = virtex_backbone::ResNetConfig::resnet18().init::<Flex>(&Default::default());
+    let report = backbone
+        .load_weights(run_dir.path().join("backbone.safetensors"))
+        .unwrap();
+    assert_eq!(report.applied, backbone.num_tensors());
+
+    // --init-from our checkpoint + --eval-only gives the same validation loss as the run's end.
+    let eval_dir = tempfile::tempdir().unwrap();
+    let mut eval = options(config, eval_dir.path(), false, None);
+    eval.eval_only = true;
+    eval.init_from = Some(run_dir.path().join("checkpoint_00000003/model.safetensors"));
+    let evaluated = train(eval);
+    assert_eq!(evaluated.last_val, summary.last_val);
+}
+
+/// A forward-only (`captioning`) run resumes as that model: `train` takes the model type from
+/// the checkpoint's config, not from the (default, bicaptioning) config of the command line.
+#[test]
+fn a_forward_only_run_resumes_exactly_as_its_own_model() {
+    let _exclusive = exclusive();
+    let mut config = tiny_config(4, 2);
+    config.model.name = "captioning".into();
+    let straight_dir = tempfile::tempdir().unwrap();
+    let split_dir = tempfile::tempdir().unwrap();
+    let straight = train_any(options(config.clone(), straight_dir.path(), false, None)).unwrap();
+    let first = train_any(options(config, split_dir.path(), false, Some(2))).unwrap();
+
+    // What `main` passes on `--resume`: the default preset, plus the data flags.
+    let sample = virtex_data::sample_data_root();
+    let mut resume = options(
+        PretrainConfig::preset("small_cpu").unwrap(),
+        split_dir.path(),
+        true,
+        None,
+    );
+    resume.resume_overrides = ResumeOverrides {
+        data_root: Some(sample.clone()),
+        tokenizer: Some(virtex_data::sample_vocab_path()),
+        precision: Some(Precision::F32),
+    };
+    let resolved = run_config(&resume).unwrap();
+    assert_eq!(resolved.model.name, "captioning");
+    assert_eq!(resolved.optim.num_iterations, 4);
+    assert_eq!(resolved.data.root, Some(sample));
+    let second = train_any(resume).unwrap();
+
+    assert_eq!(second.iteration, 4);
+    let resumed: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
+    assert_eq!(resumed, straight.losses);
+    // The forward model has no backward head: the second component is logged as 0.
+    let (records, _) = MetricsLog::read(split_dir.path()).unwrap();
+    assert!(records.iter().all(|r| r.captioning_backward == 0.0));
+}
+
+/// `--export-backbone` from the newest checkpoint of a stopped run; `--eval-only` and
+/// `--export-backbone` without a model are refused; `--init-from` checks the architecture.
+#[test]
+fn export_eval_and_init_from_check_their_inputs() {
+    let _exclusive = exclusive();
+    let run_dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(6, 2);
+    let stopped = train(options(config.clone(), run_dir.path(), false, Some(2)));
+    assert_eq!(stopped.iteration, 2);
+    assert!(!run_dir.path().join("backbone.safetensors").exists());
+
+    let exported = run_dir.path().join("exported.safetensors");
+    let mut export = options(config.clone(), run_dir.path(), true, None);
+    export.export_backbone = Some(exported.clone());
+    assert_eq!(train_any(export).unwrap().iteration, 2);
+    let mut backbone = virtex_backbone::ResNetConfig::resnet18().init::<Flex>(&Default::default());
+    let report = backbone.load_weights(&exported).unwrap();
+    assert_eq!(report.applied, backbone.num_tensors());
+    // Exporting trained nothing: the run still ends at its checkpoint.
+    assert_eq!(latest_checkpoint(run_dir.path()).unwrap().unwrap().0, 2);
+
+    // A new run over the stopped run's checkpoints is refused.
+    let err = train_any(options(config.clone(), run_dir.path(), false, None)).unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    // Without checkpoints (an earlier run killed before its first), a new run starts a new log.
+    let early = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        run_dir.path().join("metrics.jsonl"),
+        early.path().join("metrics.jsonl"),
+    )
+    .unwrap();
+    let fresh = train_any(options(config.clone(), early.path(), false, Some(1))).unwrap();
+    assert_eq!(fresh.iteration, 1);
+    let (records, _) = MetricsLog::read(early.path()).unwrap();
+    assert_eq!(records.iter().map(|r| r.iteration).collect::<Vec<_>>(), [1]);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut eval = options(config.clone(), elsewhere.path(), false, None);
+    eval.eval_only = true;
+    let err = train_any(eval).unwrap_err();
+    assert!(err.to_string().contains("--init-from"), "{err}");
+
+    // Another head than the checkpoint's (same shapes, other head count): the key is named.
+    let mut other_heads = config;
+    other_heads.model.textual = "transdec_postnorm::L1_H64_A2_F256".into();
+    let mut init = options(other_heads, elsewhere.path(), false, None);
+    init.init_from = Some(run_dir.path().join("checkpoint_00000002/model.safetensors"));
+    let err = train_any(init).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::Model(virtex::VirtexError::ArchitectureMismatch { key, .. }) if key == "textual.attention_heads")
+            && err
+                .to_string()
+                .contains("`textual.attention_heads` is 1 in the file, 2"),
+        "{err}"
+    );
+}
+
+/// Non-finite steps are skipped and counted; `train.max_consecutive_skips` of them in a row
+/// stop the run with a checkpoint, and the log (with its NaNs) still reads and plots.
+#[test]
+fn a_diverging_run_stops_with_a_checkpoint() {
+    let _exclusive = exclusive();
+    let run_dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(20, 100);
+    config.optim.warmup_steps = 0;
+    // Finite (the optimizer refuses others) but large enough to overflow f32 activations.
+    config.optim.cnn_lr = 1e38;
+    config.optim.lr = 1e38;
+    config.train.max_consecutive_skips = 2;
+    // The stopping iteration is logged even off the logging period.
+    config.train.log_every = 100;
+    let err = train_any(options(config, run_dir.path(), false, None)).unwrap_err();
+    let TrainError::Diverged {
+        count, checkpoint, ..
+    } = &err
+    else {
+        panic!("expected a divergence stop, got {err}");
+    };
+    assert_eq!(*count, 2);
+    assert!(checkpoint.join("state.json").is_file(), "{err}");
+    let (records, _) = MetricsLog::read(run_dir.path()).unwrap();
+    assert!(records.iter().any(|r| !r.loss.is_finite()));
+    assert_eq!(records.last().unwrap().skipped_steps, 2);
+    assert!(run_dir.path().join("loss.png").is_file());
+}
+
+/// `data.vocab_size` must be the tokenizer's (upstream `VOCAB_SIZE`).
+#[test]
+fn a_vocabulary_size_that_is_not_the_tokenizers_is_refused() {
+    let _exclusive = exclusive();
+    let run_dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(2, 2);
+    config.data.vocab_size = 10_000;
+    let err = train_any(options(config, run_dir.path(), false, None)).unwrap_err();
+    assert!(
+        err.to_string().contains("data.vocab_size is 10000"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("400"), "{err}");
+}
+
+fn train_any(options: RunOptions) -> Result<RunSummary, TrainError> {
+    pretrain_coco::training::train::<B>(
+        options,
+        vec![Default::default()],
+        Arc::new(AtomicBool::new(false)),
+    )
+}
