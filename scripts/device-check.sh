@@ -69,7 +69,7 @@ build() {
   local trainer tests bench
   trainer=$(cargo build --release -p pretrain-coco --features cuda --example pretrain_coco \
     --message-format=json | executables | tail -n 1)
-  tests=$(cargo test --release -p pretrain-coco --features cuda --test cuda --no-run \
+  tests=$(cargo test --release -p virtex-train --features cuda --test cuda --no-run \
     --message-format=json | executables | tail -n 1)
   bench=$(cargo bench -p virtex-benches --features cuda --bench kernels --no-run \
     --message-format=json | executables | tail -n 1)

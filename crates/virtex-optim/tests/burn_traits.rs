@@ -37,7 +37,10 @@ fn assert_same_report(actual: &StepReport, expected: &StepReport, step: usize) {
         expected.lr_multiplier.to_bits(),
         "step {step}: multiplier"
     );
-    assert_eq!(actual.learning_rates, expected.learning_rates, "step {step}");
+    assert_eq!(
+        actual.learning_rates, expected.learning_rates,
+        "step {step}"
+    );
     assert_eq!(
         actual.grad_norm.to_bits(),
         expected.grad_norm.to_bits(),
@@ -103,7 +106,11 @@ fn burn_optimizer_with_our_scheduler_matches_the_inherent_step_bit_for_bit() {
         let burn_report = burn_optim.last_report().expect("a step was taken");
         assert_same_report(burn_report, &report, step);
         let values_burn = values(&burn_model);
-        assert_same_values(&values_burn, &values(&inherent_model), &format!("step {step}"));
+        assert_same_values(
+            &values_burn,
+            &values(&inherent_model),
+            &format!("step {step}"),
+        );
         // Both are also PyTorch's trajectory (the fixture), so the equality is not that of two
         // equally wrong runs.
         let error = max_abs_diff(&values_burn, &fixture, &format!("param.{step}"));
@@ -119,8 +126,14 @@ fn burn_optimizer_with_our_scheduler_matches_the_inherent_step_bit_for_bit() {
     assert_eq!(group_lrs[0].iter().map(|g| g.lr).sum::<f64>(), 0.0);
     let last = &group_lrs[1];
     assert_eq!(last.len(), 2);
-    assert_eq!((last[0].name.as_str(), last[1].name.as_str()), ("visual", "common"));
-    assert!(last[0].lr > 0.0 && last[0].lr == 4.0 * last[1].lr, "{last:?}");
+    assert_eq!(
+        (last[0].name.as_str(), last[1].name.as_str()),
+        ("visual", "common")
+    );
+    assert!(
+        last[0].lr > 0.0 && last[0].lr == 4.0 * last[1].lr,
+        "{last:?}"
+    );
     assert!(clipped >= 1, "no step was clipped");
     assert_eq!(skipped, 2);
     assert!(synced >= 2, "{synced} Lookahead synchronisations");
@@ -196,7 +209,11 @@ fn scaled_grads(
             .into_iter()
             .map(|g| g * fraction)
             .collect();
-        register(&mut grads, entry.id, TensorData::new(scaled, data.shape.clone()));
+        register(
+            &mut grads,
+            entry.id,
+            TensorData::new(scaled, data.shape.clone()),
+        );
     }
     grads
 }
@@ -322,7 +339,11 @@ fn burn_records_resume_a_run_exactly() {
     for step in save_after + 1..=14 {
         let grads = grads_at(&model, &fixture, step);
         model = Optimizer::step(&mut optim, scheduler.step(), model, grads);
-        assert_same_values(&values(&model), &reference[step - 1], &format!("step {step}"));
+        assert_same_values(
+            &values(&model),
+            &reference[step - 1],
+            &format!("step {step}"),
+        );
     }
 }
 

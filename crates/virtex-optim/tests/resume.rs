@@ -106,8 +106,7 @@ fn record_must_fit_the_module() {
     assert!(err.to_string().contains("textual.output.bias"), "{err}");
 
     let record = optim.to_record();
-    let no_decay =
-        config().with_groups(virtex_optim::ParamGroupsConfig::new().with_no_decay(None));
+    let no_decay = config().with_groups(virtex_optim::ParamGroupsConfig::new().with_no_decay(None));
     let err = no_decay
         .init(&model)
         .unwrap()

@@ -41,6 +41,6 @@ pub use factories::{
 pub use pretext::{Objective, PretextModel};
 pub use step::{data_parallel_step, train_step, LossValues, Optim, StepResult};
 pub use trainer::{
-    evaluate, install_interrupt_flag, load_model, run_config, train, validate, Flow,
-    ModelSource, ResumeOverrides, RunOptions, RunSummary, Trainer,
+    evaluate, install_interrupt_flag, load_model, run_config, train, validate, Flow, ModelSource,
+    ResumeOverrides, RunOptions, RunSummary, Trainer,
 };

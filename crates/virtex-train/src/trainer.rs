@@ -33,7 +33,9 @@ use crate::error::TrainError;
 use crate::factories::{optimizer_config, training_data, validation_data, TrainingData};
 use crate::metrics::{plot_losses, MetricsLog, TrainRecord, ValRecord};
 use crate::pretext::PretextModel;
-use crate::step::{component_names, read_losses, stacked, train_step, LossValues, Optim, StepResult};
+use crate::step::{
+    component_names, read_losses, stacked, train_step, LossValues, Optim, StepResult,
+};
 
 /// Everything a run needs besides the backend.
 #[derive(Debug, Clone)]
@@ -507,7 +509,9 @@ where
 
     /// The model (rank 0's replica).
     pub fn model(&self) -> &M {
-        self.model.as_ref().expect("the model is back after every step")
+        self.model
+            .as_ref()
+            .expect("the model is back after every step")
     }
 
     /// Whether this invocation has run all its iterations.
@@ -538,14 +542,19 @@ where
                     .map_err(TrainError::Data)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let model = self.model.take().expect("the model is back after every step");
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after every step");
         let device = &self.device;
         let (model, step) = match &mut self.replicas {
             Some(group) => group.step(model, &mut self.optimizer, &host_batches, device, seed)?,
             None => train_step(
                 model,
                 &mut self.optimizer,
-                host_batches.iter().map(|batch| batch.to_device::<B>(device)),
+                host_batches
+                    .iter()
+                    .map(|batch| batch.to_device::<B>(device)),
             )?,
         };
         self.model = Some(model);
@@ -589,14 +598,14 @@ where
             });
         }
         let train = &self.config.train;
-        if iteration.is_multiple_of(train.val_every) || iteration == self.config.optim.num_iterations
+        if iteration.is_multiple_of(train.val_every)
+            || iteration == self.config.optim.num_iterations
         {
             self.validate()?;
         }
         let interrupt = self.interrupted.load(Ordering::SeqCst);
         let train = &self.config.train;
-        if iteration.is_multiple_of(train.checkpoint_every) || iteration == self.last || interrupt
-        {
+        if iteration.is_multiple_of(train.checkpoint_every) || iteration == self.last || interrupt {
             let path = self.checkpoint()?;
             if interrupt {
                 self.progress.say(format!(
@@ -694,8 +703,7 @@ where
             self.config.train.val_batches,
             &self.device,
         )?;
-        self.metrics
-            .append(&ValRecord::new(self.iteration, &val))?;
+        self.metrics.append(&ValRecord::new(self.iteration, &val))?;
         let components = val
             .components
             .iter()

@@ -13,19 +13,16 @@ use std::sync::Arc;
 use burn::backend::{Autodiff, Flex};
 use burn::collective::reset_collective;
 use clap::Parser;
-use pretrain_coco::args::{Args, DeviceList};
-use pretrain_coco::config::PretrainConfig;
-use pretrain_coco::data_parallel::{replicate, ReplicaGroup};
-use pretrain_coco::model::PretrainModel;
-use pretrain_coco::training::{
-    model_config, optimizer_config, run, run_data_parallel, Optim, RunOptions, RunSummary,
-};
-use virtex::BidirectionalCaptioningModel;
+use virtex::CaptioningModel;
 use virtex_data::{CollatedBatch, ImageId};
 use virtex_device::DeviceSpec;
+use virtex_train::cli::{Args, DeviceList};
+use virtex_train::data_parallel::{replicate, ReplicaGroup};
+use virtex_train::PretrainConfig;
+use virtex_train::{model_config, optimizer_config, Optim, RunOptions, RunSummary, Trainer};
 
 type B = Autodiff<Flex>;
-type Model = BidirectionalCaptioningModel<B>;
+type Model = CaptioningModel<B>;
 
 static COLLECTIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -105,17 +102,19 @@ fn two_devices_match_one_device_with_two_accumulation_steps() {
     let two_dir = tempfile::tempdir().unwrap();
     let stop = || Arc::new(AtomicBool::new(false));
 
-    let one: RunSummary = run::<B, Model>(
+    let one: RunSummary = Trainer::<B, Model>::start(
         options(tiny_config(iterations, 2), one_dir.path()),
-        Default::default(),
+        vec![Default::default()],
         stop(),
     )
+    .and_then(Trainer::run)
     .unwrap();
-    let two: RunSummary = run_data_parallel::<B, Model>(
+    let two: RunSummary = Trainer::<B, Model>::start(
         options(tiny_config(iterations, 1), two_dir.path()),
         vec![Default::default(); 2],
         stop(),
     )
+    .and_then(Trainer::run)
     .unwrap();
 
     // Observed: bit-identical losses and parameters. One device sums ½·g₀ + ½·g₁ in its
@@ -204,20 +203,17 @@ fn replicas_stay_bit_identical() {
     let _exclusive = exclusive();
     let config = tiny_config(100, 1);
     let device = Default::default();
-    let model: Model = Model::init(&model_config(&config, 400).unwrap(), &device).unwrap();
+    let model: Model = model_config(&config, 400).unwrap().init(&device).unwrap();
     let optimizer_config = optimizer_config(&config).unwrap();
     let replica = replicate::<B, Model>(&model, &device);
     let replica_optimizer: Optim<Model, B> = optimizer_config.init(&replica).unwrap();
     let mut optimizer: Optim<Model, B> = optimizer_config.init(&model).unwrap();
 
     // Seven steps: past a Lookahead synchronisation (k = 5).
-    let (model, replica) = std::thread::scope(|scope| {
-        let mut group = ReplicaGroup::<B, Model>::start(
-            scope,
-            &device,
-            vec![(device, replica, replica_optimizer)],
-        )
-        .unwrap();
+    let (model, replica) = {
+        let mut group =
+            ReplicaGroup::<B, Model>::start(&device, vec![(device, replica, replica_optimizer)])
+                .unwrap();
         let mut model = model;
         for step in 0..7 {
             let (stepped, result) = group
@@ -235,15 +231,15 @@ fn replicas_stay_bit_identical() {
         }
         let mut replicas = group.finish().unwrap();
         (model, replicas.remove(0))
-    });
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let (rank0, rank1) = (
         dir.path().join("0.safetensors"),
         dir.path().join("1.safetensors"),
     );
-    model.save_ours(&rank0).unwrap();
-    replica.save_ours(&rank1).unwrap();
+    model.save(&rank0).unwrap();
+    replica.save(&rank1).unwrap();
     let mut statistics_differ = false;
     for ((name, a), (_, b)) in tensors(&rank0).iter().zip(&tensors(&rank1)) {
         if is_running_statistic(name) {
@@ -300,11 +296,12 @@ fn two_device_resume_is_exact() {
         let mut options = options(tiny_config(4, 1), dir);
         options.resume = resume;
         options.stop_after = stop_after;
-        run_data_parallel::<B, Model>(
+        Trainer::<B, Model>::start(
             options,
             vec![Default::default(); 2],
             Arc::new(AtomicBool::new(false)),
         )
+        .and_then(Trainer::run)
         .unwrap()
     };
     let straight = train(straight_dir.path(), false, None);

@@ -1,10 +1,10 @@
-//! The parameter groups `pretrain_coco` trains with (`training::optimizer_config` of the preset,
+//! The parameter groups `pretrain_coco` trains with (`virtex_train::optimizer_config` of the preset,
 //! as the loop builds them) on the real VirTex model match upstream's counts (`R50-L1-H1024`:
 //! 69,482,320 parameters; computed from upstream's names in `tools/reference/lookahead.py`).
 
 use burn::backend::{Autodiff, Flex};
-use pretrain_coco::config::PretrainConfig;
-use pretrain_coco::training::{model_config, optimizer_config};
+use virtex_train::PretrainConfig;
+use virtex_train::{model_config, optimizer_config};
 
 type B = Autodiff<Flex>;
 
@@ -13,7 +13,7 @@ fn r50_l1_h1024_groups_match_upstream() {
     let config = PretrainConfig::preset("bicaptioning_R_50_L1_H1024").unwrap();
     let model = model_config(&config, config.data.vocab_size)
         .unwrap()
-        .init_bicaptioning::<B>(&Default::default())
+        .init::<B>(&Default::default())
         .unwrap();
     let optimizer = optimizer_config(&config).unwrap();
     let table = optimizer.groups.describe(&model).unwrap();

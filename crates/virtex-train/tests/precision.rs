@@ -3,7 +3,6 @@
 //! with finite losses that start where f32 starts.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use burn::backend::{Autodiff, Flex};
@@ -12,16 +11,16 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 use clap::Parser;
-use pretrain_coco::args::Args;
-use pretrain_coco::config::PretrainConfig;
-use pretrain_coco::training::{run, RunOptions, RunSummary};
 use virtex::backbone::ResNetConfig;
 use virtex::textual::TextualHeadConfig;
-use virtex::{BidirectionalCaptioningModel, CaptioningModelConfig, Precision};
+use virtex::{CaptioningModel, CaptioningModelConfig, Precision};
 use virtex_optim::{GroupedOptimizerConfig, LrScheduleConfig};
+use virtex_train::cli::Args;
+use virtex_train::PretrainConfig;
+use virtex_train::{RunOptions, RunSummary, Trainer};
 
 type B = Autodiff<Flex>;
-type Model = BidirectionalCaptioningModel<B>;
+type Model = CaptioningModel<B>;
 
 /// burn's CPU backend has one process-wide RNG (initialisation and dropout draw from it); each
 /// test holds this for its whole body so parallel tests do not interleave their draws.
@@ -89,7 +88,7 @@ fn optimizer_steps_keep_f32_master_weights_under_bf16_compute() {
         .unwrap()
         .with_max_caption_length(8);
     let mut model = CaptioningModelConfig::new(backbone, textual)
-        .init_bicaptioning::<B>(&device)
+        .init::<B>(&device)
         .unwrap()
         .with_precision(Precision::Bf16);
     let initial = float_tensors(&model);
@@ -152,12 +151,9 @@ fn tiny_config(precision: Precision) -> PretrainConfig {
 
 fn train(config: PretrainConfig, run_dir: &Path) -> RunSummary {
     let options = RunOptions::new(config, run_dir);
-    run::<B, Model>(
-        options,
-        Default::default(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap()
+    Trainer::<B, Model>::start(options, vec![Default::default()], Arc::default())
+        .and_then(Trainer::run)
+        .unwrap()
 }
 
 #[test]
@@ -173,7 +169,7 @@ fn bf16_run_trains_and_validates_with_finite_losses() {
     assert_eq!(bf16.losses.len(), 4);
     assert!(bf16.losses.iter().all(|loss| loss.is_finite()));
     let val = bf16.last_val.expect("validation ran");
-    assert!(val.val_loss.is_finite() && val.captioning_forward.is_finite());
+    assert!(val.loss.is_finite() && val.component("captioning_forward").unwrap().is_finite());
     for (iteration, (mixed, reference)) in bf16.losses.iter().zip(&f32.losses).enumerate() {
         eprintln!(
             "iteration {}: f32 {reference:.6}, bf16 {mixed:.6}, relative difference {:.2e}",
@@ -181,11 +177,11 @@ fn bf16_run_trains_and_validates_with_finite_losses() {
             (mixed - reference).abs() / reference
         );
     }
-    let f32_val = f32.last_val.unwrap().val_loss;
+    let f32_val = f32.last_val.unwrap().loss;
     eprintln!(
         "val loss: f32 {f32_val:.6}, bf16 {:.6}, relative difference {:.2e}",
-        val.val_loss,
-        (val.val_loss - f32_val).abs() / f32_val
+        val.loss,
+        (val.loss - f32_val).abs() / f32_val
     );
     // Same seed, same batches and dropout draws: the first loss differs by bf16 rounding only.
     let first = (bf16.losses[0] - f32.losses[0]).abs() / f32.losses[0];

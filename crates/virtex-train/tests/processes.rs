@@ -60,7 +60,13 @@ fn main() -> ExitCode {
         // run (a new run over its checkpoints is refused).
         let run_dir = Path::new(&run_dir);
         let resume = latest_checkpoint(run_dir).unwrap().is_some();
-        run(tiny_config(10_000, 1), run_dir, resume, None, Arc::default());
+        run(
+            tiny_config(10_000, 1),
+            run_dir,
+            resume,
+            None,
+            Arc::default(),
+        );
         return ExitCode::SUCCESS;
     }
     if let Ok(run_dir) = std::env::var(INTERRUPT_CHILD) {
@@ -201,4 +207,3 @@ fn ctrl_c_checkpoints_and_stops() {
     assert_eq!(records.last().unwrap().iteration, iteration);
     Model::load(path.join("model.safetensors"), &Default::default()).unwrap();
 }
-

@@ -2,21 +2,21 @@
 //! (forward-only models, `--init-from`, `--eval-only`, `--export-backbone`, divergence stop).
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, Flex};
-use pretrain_coco::checkpoint::{latest_checkpoint, list_checkpoints};
-use pretrain_coco::config::PretrainConfig;
-use pretrain_coco::metrics::MetricsLog;
-use pretrain_coco::training::{run, run_config, ResumeOverrides, RunOptions, RunSummary};
-use pretrain_coco::TrainError;
-use virtex::{BidirectionalCaptioningModel, Precision};
+use virtex::{CaptioningModel, Precision};
+use virtex_train::checkpoint::latest_checkpoint;
+use virtex_train::metrics::MetricsLog;
+use virtex_train::PretrainConfig;
+use virtex_train::TrainError;
+use virtex_train::{
+    evaluate, load_model, run_config, ModelSource, PretextModel, ResumeOverrides, RunOptions,
+    RunSummary,
+};
 
 type B = Autodiff<Flex>;
-type Model = BidirectionalCaptioningModel<B>;
 
 /// The `small_cpu` preset shrunk further so a whole run takes seconds: 32-pixel crops, batch 4,
 /// dropout and augmentation left on (both must replay exactly on resume).
@@ -122,13 +122,23 @@ fn eval_only_init_from_and_backbone_export() {
         .unwrap();
     assert_eq!(report.applied, backbone.num_tensors());
 
-    // --init-from our checkpoint + --eval-only gives the same validation loss as the run's end.
-    let eval_dir = tempfile::tempdir().unwrap();
-    let mut eval = options(config, eval_dir.path(), false, None);
-    eval.eval_only = true;
-    eval.init_from = Some(run_dir.path().join("checkpoint_00000003/model.safetensors"));
-    let evaluated = train(eval);
-    assert_eq!(evaluated.last_val, summary.last_val);
+    // Evaluating the checkpoint file (`--init-from FILE --eval-only`) gives the same validation
+    // loss as the run's end, with a batch size larger than the training split: evaluation
+    // reads no training batch.
+    let mut evaluation_config = config;
+    evaluation_config.optim.batch_size = 64;
+    let checkpoint =
+        ModelSource::File(run_dir.path().join("checkpoint_00000003/model.safetensors"));
+    let device = Default::default();
+    let (model, evaluation_config, _) = load_model::<Flex, CaptioningModel<Flex>>(
+        &checkpoint,
+        evaluation_config,
+        &ResumeOverrides::default(),
+        &device,
+    )
+    .unwrap();
+    let evaluated = evaluate(&model, &evaluation_config, &device).unwrap();
+    assert_eq!(Some(evaluated), summary.last_val);
 }
 
 /// A forward-only (`captioning`) run resumes as that model: `train` takes the model type from
@@ -165,13 +175,16 @@ fn a_forward_only_run_resumes_exactly_as_its_own_model() {
     assert_eq!(second.iteration, 4);
     let resumed: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
     assert_eq!(resumed, straight.losses);
-    // The forward model has no backward head: the second component is logged as 0.
+    // The forward model has no backward head: only the forward component is logged.
     let (records, _) = MetricsLog::read(split_dir.path()).unwrap();
-    assert!(records.iter().all(|r| r.captioning_backward == 0.0));
+    assert!(records
+        .iter()
+        .all(|r| r.component("captioning_backward").is_none()
+            && r.component("captioning_forward") == Some(r.loss)));
 }
 
-/// `--export-backbone` from the newest checkpoint of a stopped run; `--eval-only` and
-/// `--export-backbone` without a model are refused; `--init-from` checks the architecture.
+/// `--export-backbone` from the newest checkpoint of a stopped run; a new run over a run's
+/// checkpoints is refused; `--init-from` checks the architecture.
 #[test]
 fn export_eval_and_init_from_check_their_inputs() {
     let _exclusive = exclusive();
@@ -181,10 +194,17 @@ fn export_eval_and_init_from_check_their_inputs() {
     assert_eq!(stopped.iteration, 2);
     assert!(!run_dir.path().join("backbone.safetensors").exists());
 
+    // `--resume RUN --export-backbone FILE`: the newest checkpoint's model and config.
     let exported = run_dir.path().join("exported.safetensors");
-    let mut export = options(config.clone(), run_dir.path(), true, None);
-    export.export_backbone = Some(exported.clone());
-    assert_eq!(train_any(export).unwrap().iteration, 2);
+    let (model, _, iteration) = load_model::<Flex, CaptioningModel<Flex>>(
+        &ModelSource::Run(run_dir.path().to_path_buf()),
+        PretrainConfig::preset("small_cpu").unwrap(),
+        &ResumeOverrides::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(iteration, 2);
+    model.export_backbone(&exported).unwrap();
     let mut backbone = virtex_backbone::ResNetConfig::resnet18().init::<Flex>(&Default::default());
     let report = backbone.load_weights(&exported).unwrap();
     assert_eq!(report.applied, backbone.num_tensors());
@@ -207,10 +227,6 @@ fn export_eval_and_init_from_check_their_inputs() {
     assert_eq!(records.iter().map(|r| r.iteration).collect::<Vec<_>>(), [1]);
 
     let elsewhere = tempfile::tempdir().unwrap();
-    let mut eval = options(config.clone(), elsewhere.path(), false, None);
-    eval.eval_only = true;
-    let err = train_any(eval).unwrap_err();
-    assert!(err.to_string().contains("--init-from"), "{err}");
 
     // Another head than the checkpoint's (same shapes, other head count): the key is named.
     let mut other_heads = config;
@@ -272,7 +288,7 @@ fn a_vocabulary_size_that_is_not_the_tokenizers_is_refused() {
 }
 
 fn train_any(options: RunOptions) -> Result<RunSummary, TrainError> {
-    pretrain_coco::training::train::<B>(
+    virtex_train::train::<B>(
         options,
         vec![Default::default()],
         Arc::new(AtomicBool::new(false)),

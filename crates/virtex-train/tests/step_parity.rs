@@ -28,14 +28,14 @@ use std::path::PathBuf;
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::prelude::*;
-use pretrain_coco::config::PretrainConfig;
-use pretrain_coco::training::{optimizer_config, train_step, Optim};
 use virtex::textual::{torch_key_to_burn, TextualHeadConfig};
-use virtex::{BidirectionalCaptioningModel, ImportOptions};
+use virtex::{CaptioningModel, ImportOptions};
 use virtex_data::{Batch, ImageId};
+use virtex_train::PretrainConfig;
+use virtex_train::{optimizer_config, train_step, Optim};
 
 type B = Autodiff<Flex>;
-type Model = BidirectionalCaptioningModel<B>;
+type Model = CaptioningModel<B>;
 
 const INIT: &str = "train_step_init.pth";
 const REFERENCE: &str = "train_step_reference.safetensors";
@@ -285,7 +285,12 @@ fn train(config: &PretrainConfig, reference: &HashMap<String, TensorData>) -> Ru
         model = stepped;
         assert!(!step.report.skipped);
         assert_eq!(step.images, 4);
-        run.losses.push(step.losses);
+        let component = |name: &str| step.losses.component(name).expect("a captioning component");
+        run.losses.push([
+            step.losses.loss,
+            component("captioning_forward"),
+            component("captioning_backward"),
+        ]);
         run.grad_norms.push(step.report.grad_norm);
         run.lr_multipliers.push(step.report.lr_multiplier);
         run.clip_coefficients.push(step.report.clip_coefficient);

@@ -140,7 +140,7 @@ mod tests {
 
     type B = Autodiff<Flex>;
 
-    fn model(device: &<B as Backend>::Device) -> CaptioningModel<B> {
+    fn model(device: &Device<B>) -> CaptioningModel<B> {
         // No dropout, so that two training-mode forward passes are the same function.
         let textual = TextualHeadConfig::from_name("transdec_postnorm::L1_H32_A2_F64", 32, 50)
             .unwrap()
@@ -150,7 +150,7 @@ mod tests {
             .unwrap()
     }
 
-    fn batch(device: &<B as Backend>::Device) -> CaptionBatch<B> {
+    fn batch(device: &Device<B>) -> CaptionBatch<B> {
         CaptionBatch {
             images: Tensor::random([2, 3, 64, 64], Distribution::Default, device),
             caption_tokens: Tensor::from_ints([[1, 7, 9, 2], [1, 5, 2, 0]], device),
@@ -207,7 +207,11 @@ mod tests {
         };
         model.visit(&mut visitor);
         assert!(visitor.checked > 20, "only {} parameters", visitor.checked);
-        assert!(visitor.missing.is_empty(), "no gradient for {:?}", visitor.missing);
+        assert!(
+            visitor.missing.is_empty(),
+            "no gradient for {:?}",
+            visitor.missing
+        );
         assert_eq!(output.grads.len(), visitor.checked);
     }
 

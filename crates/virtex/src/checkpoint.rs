@@ -47,9 +47,7 @@ use burn_store::{
     ApplyError, ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore, TensorSnapshot,
 };
 use virtex_backbone::{BlockKind, ResNetConfig, WeightsFormat};
-use virtex_textual::{
-    load_torch_decoder, load_torch_head, NormType, TextualHeadConfig,
-};
+use virtex_textual::{load_torch_decoder, load_torch_head, NormType, TextualHeadConfig};
 
 use crate::config::CaptioningModelConfig;
 use crate::error::{Result, VirtexError};

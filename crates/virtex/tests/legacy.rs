@@ -22,9 +22,11 @@ fn inputs() -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 1, Int>) {
 #[test]
 fn bicaptioning_files_of_the_two_type_code_load_and_compute_the_same_logits() {
     let reference = reference("legacy_outputs.safetensors");
-    let model =
-        CaptioningModel::<B>::load(fixture("legacy_bicaptioning_tiny.safetensors"), &Default::default())
-            .unwrap();
+    let model = CaptioningModel::<B>::load(
+        fixture("legacy_bicaptioning_tiny.safetensors"),
+        &Default::default(),
+    )
+    .unwrap();
     assert!(model.has_backward() && model.config.caption_backward);
     let (caption, noitpac, lengths) = inputs();
     let output = model.forward_eval(float(&reference["images"]), caption, noitpac, lengths);
@@ -53,7 +55,10 @@ fn forward_only_files_of_the_two_type_code_load_as_forward_only() {
     let (caption, noitpac, lengths) = inputs();
     let output = model.forward_eval(float(&reference["images"]), caption, noitpac, lengths);
     assert_eq!(
-        max_abs_diff(&output.forward_logits.into_data(), &reference["captioning.logits"]),
+        max_abs_diff(
+            &output.forward_logits.into_data(),
+            &reference["captioning.logits"]
+        ),
         0.0
     );
 

@@ -12,8 +12,8 @@ use regex::Regex;
 use virtex::backbone::ResNetConfig;
 use virtex::textual::TextualHeadConfig;
 use virtex::{
-    BeamSearchMode, CaptioningModel, CaptioningModelConfig, DecodingConfig,
-    DecodingStrategy, VirtexError,
+    BeamSearchMode, CaptioningModel, CaptioningModelConfig, DecodingConfig, DecodingStrategy,
+    VirtexError,
 };
 
 fn tiny_config() -> CaptioningModelConfig {
@@ -89,9 +89,7 @@ fn names_configs_build_the_released_shapes() {
 /// `textual`), and upstream's no-decay regex selects exactly what it selects upstream.
 #[test]
 fn parameter_paths_follow_upstream_and_sharing_is_ownership() {
-    let model = tiny_config()
-        .init::<B>(&Default::default())
-        .unwrap();
+    let model = tiny_config().init::<B>(&Default::default()).unwrap();
     let params = parameters(&model);
     let paths: BTreeSet<&str> = params.iter().map(|(p, _)| p.as_str()).collect();
     for expected in [
@@ -146,9 +144,7 @@ fn parameter_paths_follow_upstream_and_sharing_is_ownership() {
 /// Upstream deep-copies the forward head, so both stacks start from the same weights.
 #[test]
 fn the_backward_stack_starts_as_a_copy_of_the_forward_stack() {
-    let model = tiny_config()
-        .init::<AB>(&Default::default())
-        .unwrap();
+    let model = tiny_config().init::<AB>(&Default::default()).unwrap();
     let forward = &model.textual.transformer.layers[1].self_attn.in_proj_weight;
     let backward = &model.backward_textual.as_ref().unwrap().transformer.layers[1]
         .self_attn
@@ -199,7 +195,12 @@ fn eval_outputs_and_the_forward_only_model() {
     assert_eq!(output.predictions.dims(), [2, 4]);
     let forward = model.without_backward();
     assert!(!forward.has_backward() && !forward.config.caption_backward);
-    let eval = forward.forward_eval(images.clone(), caption.clone(), noitpac.clone(), lengths.clone());
+    let eval = forward.forward_eval(
+        images.clone(),
+        caption.clone(),
+        noitpac.clone(),
+        lengths.clone(),
+    );
     assert!(eval.backward_logits.is_none() && eval.losses.captioning_backward.is_none());
     let loss = forward
         .forward_train(images, caption, noitpac, lengths)

@@ -8,8 +8,8 @@ use common::*;
 use virtex::backbone::BlockKind;
 use virtex::textual::{NormType, TextualError};
 use virtex::{
-    infer_official_config, BeamSearchMode, CaptioningModel, CaptioningModelConfig,
-    DecodingConfig, ImportOptions, VirtexError,
+    infer_official_config, BeamSearchMode, CaptioningModel, CaptioningModelConfig, DecodingConfig,
+    ImportOptions, VirtexError,
 };
 
 const REFERENCE: &str = "bicaptioning_tiny_reference.safetensors";
@@ -132,7 +132,10 @@ fn train_loss_components_and_gradients_match_torch() {
     for (name, value) in [
         ("loss", output.loss.clone()),
         ("captioning_forward", output.captioning_forward.clone()),
-        ("captioning_backward", output.captioning_backward.clone().unwrap()),
+        (
+            "captioning_backward",
+            output.captioning_backward.clone().unwrap(),
+        ),
     ] {
         let error = relative_error(&value.into_data(), &reference[&format!("train.{name}")]);
         println!("train.{name}: rel {error:e}");
@@ -177,7 +180,10 @@ fn eval_features_and_logits_match_torch() {
         int(&reference["input.noitpac_tokens"]),
         int(&reference["input.caption_lengths"]),
     );
-    for (name, logits) in [("forward_logits", forward), ("backward_logits", backward.unwrap())] {
+    for (name, logits) in [
+        ("forward_logits", forward),
+        ("backward_logits", backward.unwrap()),
+    ] {
         let diff = max_abs_diff(&logits.into_data(), &reference[&format!("eval.{name}")]);
         println!("eval.{name}: max |Δ| {diff:e}");
         assert!(diff <= 1e-4, "{name}: {diff:e}");
@@ -237,12 +243,9 @@ fn decoding_matches_torch() {
 fn forward_only_checkpoints_and_models() {
     let reference = reference(REFERENCE);
     let device = Default::default();
-    let (model, report) = CaptioningModel::<B>::from_official_checkpoint(
-        fixture(CAPTIONING),
-        &options(),
-        &device,
-    )
-    .unwrap();
+    let (model, report) =
+        CaptioningModel::<B>::from_official_checkpoint(fixture(CAPTIONING), &options(), &device)
+            .unwrap();
     assert!(!report.has_backward);
     assert!(!model.has_backward() && !model.config.caption_backward);
     let logits = model.textual.forward(
@@ -362,7 +365,10 @@ fn our_format_round_trips() {
         0.0
     );
     assert_eq!(
-        max_abs_diff(&before_b.unwrap().into_data(), &after_b.unwrap().into_data()),
+        max_abs_diff(
+            &before_b.unwrap().into_data(),
+            &after_b.unwrap().into_data()
+        ),
         0.0
     );
     let images = float::<B, 4>(&reference["input.images"]);
@@ -444,12 +450,8 @@ fn files_that_are_not_captioning_checkpoints_are_named() {
     let device = Default::default();
     let backbone_only =
         fixture("../../../virtex-backbone/tests/fixtures/resnet_bottleneck_tiny.pth");
-    let err = CaptioningModel::<B>::from_official_checkpoint(
-        &backbone_only,
-        &options(),
-        &device,
-    )
-    .unwrap_err();
+    let err = CaptioningModel::<B>::from_official_checkpoint(&backbone_only, &options(), &device)
+        .unwrap_err();
     assert!(
         matches!(err, VirtexError::NotACaptioningCheckpoint { .. }),
         "{err}"
@@ -459,11 +461,8 @@ fn files_that_are_not_captioning_checkpoints_are_named() {
         "{err}"
     );
 
-    let err = CaptioningModel::<B>::from_official_checkpoint(
-        fixture("absent.pth"),
-        &options(),
-        &device,
-    )
-    .unwrap_err();
+    let err =
+        CaptioningModel::<B>::from_official_checkpoint(fixture("absent.pth"), &options(), &device)
+            .unwrap_err();
     assert!(matches!(err, VirtexError::Io { .. }), "{err}");
 }

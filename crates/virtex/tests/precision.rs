@@ -12,9 +12,7 @@ use burn::tensor::{DType, Distribution};
 use common::*;
 use virtex::backbone::ResNetConfig;
 use virtex::textual::TextualHeadConfig;
-use virtex::{
-    BeamSearchMode, CaptioningModel, CaptioningModelConfig, DecodingConfig, Precision,
-};
+use virtex::{BeamSearchMode, CaptioningModel, CaptioningModelConfig, DecodingConfig, Precision};
 
 /// bf16 keeps 8 significant bits; a cross-entropy over a few hundred logits computed from bf16
 /// products lands well within 1e-2 of f32 (the bound the issue asks for).

@@ -24,14 +24,12 @@ use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::Dataset;
 use burn::prelude::*;
 use burn::record::CompactRecorder;
-use burn::train::metric::LossMetric;
+use burn::train::metric::{IterationSpeedMetric, LearningRateMetric, LossMetric};
 use burn::train::renderer::CliMetricsRenderer;
 use burn::train::{Learner, LearnerSummary, SupervisedTraining};
 use virtex::CaptionBatch;
 use virtex_data::{collate, CaptioningDataset, CaptioningSample};
-use virtex_train::{
-    captioning_model, optimizer_config, training_data, PretrainConfig, TrainError,
-};
+use virtex_train::{captioning_model, optimizer_config, training_data, PretrainConfig, TrainError};
 
 /// The training backend: burn's CPU backend with autodiff.
 pub type TrainBackend = Autodiff<Flex>;
@@ -90,7 +88,9 @@ pub fn train(
         return Err(LearnerError::NoIterations);
     }
     if std::fs::read_dir(artifact_dir).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(LearnerError::ArtifactDirNotEmpty(artifact_dir.to_path_buf()));
+        return Err(LearnerError::ArtifactDirNotEmpty(
+            artifact_dir.to_path_buf(),
+        ));
     }
 
     let mut config = PretrainConfig::preset("small_cpu")?;
@@ -100,6 +100,8 @@ pub fn train(
     config.optim.warmup_steps = config.optim.warmup_steps * iterations as u64 / preset_iterations;
 
     let device = Default::default();
+    // Model initialisation and dropout; the data's randomness is seeded per sample.
+    TrainBackend::seed(&device, config.random_seed);
     // The preset's datasets (sample data, tokenizer, transforms, caption choice), taken out of
     // our loaders to be served by burn's.
     let data = training_data(&config)?;
@@ -119,7 +121,11 @@ pub fn train(
     let valid_loader: Arc<dyn DataLoader<Flex, CaptionBatch<Flex>>> =
         DataLoaderBuilder::new(CaptionBatcher)
             .batch_size(batch_size)
-            .build(RepeatedCaptions::new(valid_set, config.random_seed, valid_len));
+            .build(RepeatedCaptions::new(
+                valid_set,
+                config.random_seed,
+                valid_len,
+            ));
 
     let model = captioning_model::<TrainBackend>(&config, &device)?;
     let optimizer = optimizer_config(&config)?
@@ -131,9 +137,11 @@ pub fn train(
 
     let training = SupervisedTraining::new(artifact_dir, train_loader, valid_loader)
         .metrics((LossMetric::new(),))
+        // The LR burn-train reports is the schedule multiplier (see above).
+        .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(IterationSpeedMetric::new())
         .with_file_checkpointer(CompactRecorder::new())
-        .num_epochs(1)
-        .summary();
+        .num_epochs(1);
     let training = match display {
         ProgressDisplay::Dashboard => training,
         ProgressDisplay::Plain => training.renderer(CliMetricsRenderer::new()),

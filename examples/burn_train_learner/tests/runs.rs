@@ -27,9 +27,16 @@ fn a_few_iterations_train_validate_and_write_burn_train_artifacts() {
         assert!(size > 0, "burn-train did not write {}", path.display());
     }
     let train_log = std::fs::read_to_string(artifacts.join("train/epoch-1/Loss.log")).unwrap();
-    assert_eq!(train_log.lines().count(), 3, "one loss per iteration:\n{train_log}");
+    assert_eq!(
+        train_log.lines().count(),
+        3,
+        "one loss per iteration:\n{train_log}"
+    );
 
     // A second run into the same directory would mix its logs with these.
     let again = train(1, &artifacts, ProgressDisplay::Plain).unwrap_err();
-    assert!(matches!(again, LearnerError::ArtifactDirNotEmpty(_)), "{again}");
+    assert!(
+        matches!(again, LearnerError::ArtifactDirNotEmpty(_)),
+        "{again}"
+    );
 }

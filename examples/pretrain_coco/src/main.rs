@@ -84,12 +84,8 @@ fn read_model(
     config: virtex_train::PretrainConfig,
 ) -> Result<(), TrainError> {
     with_backend!(device, |B, device| {
-        let (model, config, _) = load_model::<B, CaptioningModel<B>>(
-            source,
-            config,
-            &args.resume_overrides(),
-            &device,
-        )?;
+        let (model, config, _) =
+            load_model::<B, CaptioningModel<B>>(source, config, &args.resume_overrides(), &device)?;
         if let Some(path) = &args.export_backbone {
             model.export_backbone(path)?;
             eprintln!("backbone written to {}", path.display());
