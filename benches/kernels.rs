@@ -11,12 +11,14 @@
 //! - `matmul`: the textual head's products at H 1024 and 2048 (batch 8, T = 30 tokens, 49 memory
 //!   tokens, F = 4H, 10K vocabulary). Plain burn tensor ops at the real shapes, so that this
 //!   bench does not depend on the textual crate.
-//! - `attention`: scaled dot-product attention (causal self-attention over 30 tokens,
-//!   cross-attention to 49 memory tokens), plain burn tensor ops, forward and forward+backward.
-//! - `optim`: one torch-style SGD step (momentum 0.9, coupled weight decay) over tensors shaped
-//!   like the parameters of R50-L1-H1024 (69.5M values), plain burn tensor ops.
+//! - `attention`: the textual head's `virtex_textual::MultiheadAttention` (projections, masked
+//!   softmax, `out_proj`): causal self-attention over 30 tokens and cross-attention to 49 memory
+//!   tokens, H 1024 and 2048, forward and forward+backward.
+//! - `optim`: one step of `virtex_optim::TorchSgd` (burn's SGD with torch's momentum 0.9 and
+//!   coupled weight decay, what the trainer runs per parameter group) over every parameter of
+//!   the R50-L1-H1024 model.
 //! - `resnet50`: a ResNet-50 train step (forward + backward, 4×128²) and inference (8×224²).
-//! - `train_step`: whole VirTex pretraining iterations as `pretrain_coco` runs them (train-mode
+//! - `train_step`: whole VirTex pretraining iterations as `virtex_train::Trainer` runs them (train-mode
 //!   forward, both captioning losses, backward, global clip, Lookahead(SGD) with the LR groups,
 //!   schedule), for the `small_cpu` preset (ResNet-18 + L1 H64, 8×64²) and
 //!   `bicaptioning_R_50_L1_H1024` at batch 8 (224², 30 tokens, 10K vocabulary); reported in
@@ -30,20 +32,21 @@
 use std::time::Duration;
 
 use burn::module::AutodiffModule;
+use burn::module::{ModuleVisitor, Param};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Distribution;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use pretrain_coco::config::PretrainConfig;
-use pretrain_coco::model::PretrainModel;
-use pretrain_coco::training::{model_config, optimizer_config, train_step, Optim};
-use virtex::BidirectionalCaptioningModel;
+use virtex::CaptioningModel;
 use virtex_backbone::{BatchNorm2dConfig, ResNet, ResNetConfig};
 use virtex_benches::{bench_device, BenchDevice};
 use virtex_data::{Batch, ImageId, SentencePieceBpeTokenizer};
+use virtex_optim::{TorchSgd, TorchSgdConfig};
+use virtex_textual::{causal_mask, MultiheadAttention};
+use virtex_train::{model_config, optimizer_config, train_step, Optim, PretrainConfig};
 
 /// One distinct convolution of ResNet-50 (padding `kernel / 2`, no bias).
 #[derive(Debug, Clone, PartialEq)]
@@ -360,64 +363,56 @@ fn matmul_benches<B: Backend>(c: &mut Criterion, device: &B::Device) {
     group.finish();
 }
 
-/// `softmax(q kᵀ / √d + mask) v` over `[B, heads, T, d]`.
-fn attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: Option<Tensor<B, 4>>,
-) -> Tensor<B, 4> {
-    let head_dim = q.dims()[3] as f64;
-    let scores = q.matmul(k.swap_dims(2, 3)).div_scalar(head_dim.sqrt());
-    let scores = match mask {
-        Some(mask) => scores + mask,
-        None => scores,
-    };
-    softmax(scores, 3).matmul(v)
-}
-
+/// The textual head's `MultiheadAttention` (fused `in_proj`, masked softmax, `out_proj`) at the
+/// decoder's shapes: causal self-attention over the 30 caption tokens, and cross-attention from
+/// them to the 49 visual tokens (keys/values projected from the memory inside the timed region,
+/// as in training). Dropout 0: the cost of the mask draw is not the attention's.
 fn attention_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device) {
     let mut group = quick_group(c, "attention");
+    let (batch, tokens) = (8, 30);
     for hidden in [1024, 2048] {
         let heads = hidden / 64;
-        for (kind, keys) in [("self_causal", 30), ("cross", 49)] {
+        for (kind, keys) in [("self_causal", tokens), ("cross", 49)] {
             let inputs = || {
-                let random = |tokens: usize| {
-                    Tensor::<B, 4>::random([8, heads, tokens, 64], Distribution::Default, device)
+                let random = |length: usize| {
+                    Tensor::<B, 3>::random([batch, length, hidden], Distribution::Default, device)
                 };
-                let mask = (kind == "self_causal").then(|| {
-                    Tensor::<B, 2>::zeros([30, 30], device)
-                        .mask_fill(Tensor::<B, 2, Bool>::triu_mask([30, 30], 1, device), -1e9)
-                        .reshape([1, 1, 30, 30])
-                });
-                (random(30), random(keys), random(keys), random(30), mask)
+                let module = MultiheadAttention::<B>::new(hidden, heads, 0.0, device);
+                (module, random(tokens), random(keys), random(tokens))
             };
-            let flops = 2 * 2 * 8 * heads * 30 * keys * 64;
+            // Projections (q and out over T tokens, k and v over S) and the two attention
+            // products.
+            let flops = 2 * batch * (2 * tokens * hidden * hidden + 2 * keys * hidden * hidden)
+                + 2 * 2 * batch * tokens * keys * hidden;
             group.throughput(Throughput::Elements(flops as u64));
-            let name = format!("{kind}_h{hidden}_b8_t30_s{keys}");
+            let name = format!("mha_{kind}_h{hidden}_b{batch}_t{tokens}_s{keys}");
+            let cross = kind == "cross";
             bench_with(
                 &mut group,
                 format!("{name}_fwd"),
                 || {
-                    let (q, k, v, _, mask) = inputs();
-                    (q.inner(), k.inner(), v.inner(), mask.map(Tensor::inner))
+                    let (module, input, memory, _) = inputs();
+                    (module.valid(), input.inner(), memory.inner())
                 },
-                |(q, k, v, mask)| sync(attention(q.clone(), k.clone(), v.clone(), mask.clone())),
+                move |(module, input, memory)| {
+                    sync(mha_forward(module, cross, input.clone(), memory.clone()))
+                },
             );
             bench_with(
                 &mut group,
                 format!("{name}_fwd_bwd"),
                 inputs,
-                |(q, k, v, g, mask)| {
-                    let (q, k, v) = (
-                        q.clone().require_grad(),
-                        k.clone().require_grad(),
-                        v.clone().require_grad(),
-                    );
-                    let out = attention(q.clone(), k.clone(), v.clone(), mask.clone());
-                    let grads = (out * g.clone()).sum().backward();
-                    sync(q.grad(&grads).expect("q gradient"));
-                    sync(v.grad(&grads).expect("v gradient"))
+                move |(module, input, memory, gradient)| {
+                    let input = input.clone().require_grad();
+                    let output = mha_forward(module, cross, input.clone(), memory.clone());
+                    let grads = (output * gradient.clone()).sum().backward();
+                    sync(input.grad(&grads).expect("input gradient"));
+                    sync(
+                        module
+                            .in_proj_weight
+                            .grad(&grads)
+                            .expect("in_proj_weight gradient"),
+                    )
                 },
             );
         }
@@ -425,84 +420,83 @@ fn attention_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device) 
     group.finish();
 }
 
-/// Shapes of R50-L1-H1024's parameters: the ResNet-50 itself, then the bicaptioning head
-/// (shared word embedding/output, positions, visual projection, two one-layer decoders).
-fn r50_l1_h1024_parameter_shapes() -> Vec<Vec<usize>> {
-    let mut shapes = Vec::new();
-    for shape in resnet50_conv_shapes_all() {
-        shapes.push(vec![shape.c_out, shape.c_in, shape.kernel, shape.kernel]);
-        shapes.push(vec![shape.c_out]);
-        shapes.push(vec![shape.c_out]);
+/// The decoder's use of the module: cross-attention to the memory's projected keys/values, or
+/// causal self-attention.
+fn mha_forward<Bk: Backend>(
+    module: &MultiheadAttention<Bk>,
+    cross: bool,
+    input: Tensor<Bk, 3>,
+    memory: Tensor<Bk, 3>,
+) -> Tensor<Bk, 3> {
+    if cross {
+        module.cross_attention(input, &module.memory_key_value(memory))
+    } else {
+        let mask = causal_mask(input.dims()[1], 0, &input.device());
+        module.self_attention(input, None, Some(mask)).0
     }
-    let h = 1024;
-    shapes.extend([vec![10_000, h], vec![30, h], vec![h], vec![h]]);
-    shapes.extend([vec![h, 2048], vec![h], vec![10_000]]);
-    for _direction in 0..2 {
-        for _attention in 0..2 {
-            shapes.extend([vec![3 * h, h], vec![3 * h], vec![h, h], vec![h]]);
-        }
-        shapes.extend([vec![4 * h, h], vec![4 * h], vec![h, 4 * h], vec![h]]);
-        shapes.extend((0..6).map(|_| vec![h]));
-    }
-    shapes
 }
 
-/// Every convolution of ResNet-50 (not deduplicated), for the parameter count.
-fn resnet50_conv_shapes_all() -> Vec<ConvShape> {
-    let conv = |c_in, c_out, kernel| ConvShape {
-        name: String::new(),
-        c_in,
-        c_out,
-        kernel,
-        stride: 1,
-        size: 0,
+/// Registers every parameter's own value as its gradient: the step costs what a real one
+/// does (the values do not matter), and the gradients are fresh each iteration without
+/// allocating.
+struct ValuesAsGradients<'a>(&'a mut GradientsParams);
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ValuesAsGradients<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0
+            .register::<B::InnerBackend, D>(param.id, param.val().inner());
+    }
+}
+
+/// One step of the optimizer the trainer runs for each parameter group (`TorchSgd`: burn's SGD
+/// with torch's momentum and coupled weight decay) over every parameter of R50-L1-H1024.
+fn optim_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device) {
+    let config = PretrainConfig::preset("bicaptioning_R_50_L1_H1024").expect("a known preset");
+    let (lr, decay) = (1e-3, 1e-4);
+    let make = || {
+        let model: CaptioningModel<B> = model_config(&config, config.data.vocab_size)
+            .expect("model config")
+            .init(device)
+            .expect("model init");
+        let sgd: TorchSgd<CaptioningModel<B>, B> =
+            TorchSgdConfig::new().init(decay).expect("SGD config");
+        let mut state = (Some(model), sgd);
+        // The first step creates the momentum buffers, outside the timed region.
+        sgd_step(&mut state, lr);
+        state
     };
-    let mut all = vec![conv(3, 64, 7)];
-    let mut in_channels = 64;
-    for (planes, blocks) in [(64, 3), (128, 4), (256, 6), (512, 3)] {
-        for block in 0..blocks {
-            all.push(conv(in_channels, planes, 1));
-            all.push(conv(planes, planes, 3));
-            all.push(conv(planes, planes * 4, 1));
-            if block == 0 {
-                all.push(conv(in_channels, planes * 4, 1));
-            }
-            in_channels = planes * 4;
-        }
-    }
-    all
-}
-
-fn optim_benches<B: Backend>(c: &mut Criterion, device: &B::Device) {
-    let shapes = r50_l1_h1024_parameter_shapes();
-    let count: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
-    let (lr, beta, decay) = (0.2, 0.9, 1e-4);
+    let count = shapes_count(&config);
     let mut group = quick_group(c, "optim");
     // Reads param, grad and buffer, writes buffer and param.
     group.throughput(Throughput::Bytes((5 * count * 4) as u64));
-    let make = || {
-        let make = |shape: &Vec<usize>| {
-            let numel = shape.iter().product::<usize>();
-            Tensor::<B, 1>::random([numel], Distribution::Default, device)
-        };
-        let params: Vec<_> = shapes.iter().map(make).collect();
-        let grads: Vec<_> = shapes.iter().map(make).collect();
-        let momentum: Vec<_> = shapes.iter().map(make).collect();
-        (params, grads, momentum)
-    };
-    let id = format!("sgd_momentum_r50_l1_h1024_{count}");
-    bench_with(&mut group, id, make, |(params, grads, momentum)| {
-        for ((param, grad), buffer) in params.iter_mut().zip(grads.iter()).zip(momentum.iter_mut())
-        {
-            // torch SGD: d = g + wd·p; buf = β·buf + d; p = p − lr·buf.
-            let step = grad.clone() + param.clone().mul_scalar(decay);
-            let next = buffer.clone().mul_scalar(beta) + step;
-            *param = param.clone() - next.clone().mul_scalar(lr);
-            *buffer = next;
-        }
-        sync(params[params.len() - 1].clone())
-    });
+    eprintln!("optim/sgd_momentum_r50_l1_h1024: {count} parameters");
+    bench_with(
+        &mut group,
+        "sgd_momentum_r50_l1_h1024",
+        make,
+        move |state| sgd_step(state, lr),
+    );
     group.finish();
+}
+
+/// Parameters of the model `config` names.
+fn shapes_count(config: &PretrainConfig) -> usize {
+    let model: CaptioningModel<burn::backend::Flex> = model_config(config, config.data.vocab_size)
+        .expect("model config")
+        .init(&Default::default())
+        .expect("model init");
+    model.num_params()
+}
+
+type SgdState<B> = (Option<CaptioningModel<B>>, TorchSgd<CaptioningModel<B>, B>);
+
+fn sgd_step<B: AutodiffBackend>((model, sgd): &mut SgdState<B>, lr: f64) {
+    let current = model.take().expect("the model is put back after each step");
+    let mut grads = GradientsParams::new();
+    current.visit(&mut ValuesAsGradients(&mut grads));
+    let next = Optimizer::step(sgd, lr, current, grads);
+    sync(next.textual.embedding.words.weight.val());
+    *model = Some(next);
 }
 
 fn resnet_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device) {
@@ -610,9 +604,10 @@ fn train_step_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device)
             } else {
                 config.data.vocab_size
             };
-            let model: BidirectionalCaptioningModel<B> =
-                PretrainModel::init(&model_config(&config, vocab).expect("model config"), device)
-                    .expect("model init");
+            let model: CaptioningModel<B> = model_config(&config, vocab)
+                .expect("model config")
+                .init(device)
+                .expect("model init");
             let optimizer = optimizer_config(&config)
                 .expect("optimizer config")
                 .init(&model)
@@ -634,13 +629,13 @@ fn train_step_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device)
 /// What a `train_step` row keeps between iterations: the model (taken and put back by each
 /// step), its optimizer and the batch.
 type StepState<B> = (
-    Option<BidirectionalCaptioningModel<B>>,
-    Optim<BidirectionalCaptioningModel<B>, B>,
+    Option<CaptioningModel<B>>,
+    Optim<CaptioningModel<B>, B>,
     Batch<B>,
 );
 
-/// One pretraining iteration through `pretrain_coco::training::train_step`, the function the
-/// training loop runs: objective, backward, global clip, grouped Lookahead(SGD), schedule. It
+/// One pretraining iteration through `virtex_train::train_step`, the function the training
+/// loop runs: objective, backward, global clip, grouped Lookahead(SGD), schedule. It
 /// reads the losses back, which synchronises the device; the updated stem weights are read too.
 fn virtex_step<B: AutodiffBackend>((model, optimizer, batch): &mut StepState<B>) {
     let current = model.take().expect("the model is put back after each step");
@@ -655,7 +650,7 @@ fn run<B: AutodiffBackend>(c: &mut Criterion, device: B::Device) {
     norm_and_eltwise_benches::<B>(c, &device);
     matmul_benches::<B::InnerBackend>(c, &device);
     attention_benches::<B>(c, &device);
-    optim_benches::<B::InnerBackend>(c, &device);
+    optim_benches::<B>(c, &device);
     resnet_benches::<B>(c, &device);
     train_step_benches::<B>(c, &device);
     eprintln!(
