@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use virtex::{
-    BeamSearchMode, BidirectionalCaptioningModel, DecodingConfig, DecodingStrategy,
-    ForwardCaptioningModel, ImportOptions,
-};
+use virtex::{BeamSearchMode, CaptioningModel, DecodingConfig, DecodingStrategy, ImportOptions};
 use virtex_backbone::WeightsFormat;
 use virtex_data::{collect_image_files, ImageId, ImageTransforms, SentencePieceBpeTokenizer};
 use virtex_device::{with_backend, write_atomically, DeviceSpec};
@@ -170,17 +167,17 @@ fn load_captioner<B: Backend>(
     path: &Path,
     attention_heads: Option<usize>,
     device: &B::Device,
-) -> Result<ForwardCaptioningModel<B>, CliError> {
-    if matches!(WeightsFormat::detect(path)?, WeightsFormat::Pytorch) {
+) -> Result<CaptioningModel<B>, CliError> {
+    // Only the forward head decodes: a bicaptioning checkpoint's backward stack is not loaded.
+    let model = if matches!(WeightsFormat::detect(path)?, WeightsFormat::Pytorch) {
         let options = ImportOptions {
             attention_heads,
+            caption_backward: Some(false),
             ..ImportOptions::default()
         };
-        let (model, _) = ForwardCaptioningModel::from_official_checkpoint(path, &options, device)?;
-        return Ok(model);
-    }
-    match BidirectionalCaptioningModel::<B>::load(path, device) {
-        Ok(model) => Ok(model.into_forward()),
-        Err(_) => Ok(ForwardCaptioningModel::load(path, device)?),
-    }
+        CaptioningModel::from_official_checkpoint(path, &options, device)?.0
+    } else {
+        CaptioningModel::load(path, device)?.without_backward()
+    };
+    Ok(model)
 }

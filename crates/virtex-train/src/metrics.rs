@@ -231,7 +231,7 @@ mod non_finite {
                     "`{text}`: expected a number, \"NaN\", \"inf\" or \"-inf\""
                 ))),
             },
-            // Written by serde_json for NaN/±∞ before this module existed.
+            // What serde_json writes for NaN/±∞ (older logs hold it): read as NaN.
             Written::Null(()) => Ok(f64::NAN),
         }
     }

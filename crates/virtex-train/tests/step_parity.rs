@@ -1,4 +1,4 @@
-//! Whole-step parity with PyTorch (issue 5, "Parity"): ten iterations of the training step
+//! Whole-step parity with PyTorch: ten iterations of the training step
 //! ([`train_step`] with the optimizer [`optimizer_config`] builds from a [`PretrainConfig`]) on a
 //! tiny bicaptioning model and one fixed batch reproduce `tools/reference/train_step.py`:
 //! upstream's step in torch (train-mode BatchNorm, dropout 0, forward + backward captioning
