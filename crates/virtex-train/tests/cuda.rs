@@ -162,16 +162,33 @@ const TESTS: [&str; 2] = [
 
 fn main() -> std::process::ExitCode {
     #[cfg(feature = "cuda")]
-    let device = on_cuda::cuda_device();
+    return run_or_skip(on_cuda::cuda_device(), |device| {
+        on_cuda::a_short_run_on_cuda_follows_the_cpu_run(device.clone());
+        println!("test {} ... ok", TESTS[0]);
+        on_cuda::a_bf16_run_on_cuda_stays_close_to_f32(device);
+        println!("test {} ... ok", TESTS[1]);
+    });
     #[cfg(not(feature = "cuda"))]
-    let device: Result<(), String> = Err("built without the `cuda` feature".into());
-    let device = match device {
-        Ok(device) => device,
+    run_or_skip(Err("built without the `cuda` feature".into()), |()| {})
+}
+
+/// Runs every test on `device`, or reports each as skipped with the reason there is none (a
+/// failure when `VIRTEX_REQUIRE_CUDA` is set).
+fn run_or_skip<D>(device: Result<D, String>, run: impl FnOnce(D)) -> std::process::ExitCode {
+    match device {
+        Ok(device) => {
+            run(device);
+            println!(
+                "\ntest result: ok. {} passed; 0 failed; 0 skipped",
+                TESTS.len()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(reason) if std::env::var_os("VIRTEX_REQUIRE_CUDA").is_some() => {
+            eprintln!("VIRTEX_REQUIRE_CUDA is set but CUDA is unusable: {reason}");
+            std::process::ExitCode::FAILURE
+        }
         Err(reason) => {
-            if std::env::var_os("VIRTEX_REQUIRE_CUDA").is_some() {
-                eprintln!("VIRTEX_REQUIRE_CUDA is set but CUDA is unusable: {reason}");
-                return std::process::ExitCode::FAILURE;
-            }
             for name in TESTS {
                 println!("test {name} ... skipped: {reason}");
             }
@@ -179,18 +196,7 @@ fn main() -> std::process::ExitCode {
                 "\ntest result: ok. 0 passed; 0 failed; {} skipped",
                 TESTS.len()
             );
-            return std::process::ExitCode::SUCCESS;
+            std::process::ExitCode::SUCCESS
         }
-    };
-    #[cfg(feature = "cuda")]
-    {
-        on_cuda::a_short_run_on_cuda_follows_the_cpu_run(device.clone());
-        println!("test {} ... ok", TESTS[0]);
-        on_cuda::a_bf16_run_on_cuda_stays_close_to_f32(device);
-        println!("test {} ... ok", TESTS[1]);
-        println!("\ntest result: ok. 2 passed; 0 failed; 0 skipped");
     }
-    #[cfg(not(feature = "cuda"))]
-    let () = device;
-    std::process::ExitCode::SUCCESS
 }
