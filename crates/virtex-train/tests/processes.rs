@@ -5,6 +5,8 @@
 //! scenarios, each of which starts this same binary again as the training process (selected by
 //! an environment variable). So a child run is never reported as a test of its own.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::AtomicBool;
@@ -17,27 +19,13 @@ use virtex_train::checkpoint::{latest_checkpoint, list_checkpoints};
 use virtex_train::metrics::MetricsLog;
 use virtex_train::{install_interrupt_flag, train, PretrainConfig, RunOptions, RunSummary};
 
+use common::tiny_config;
+
 type B = Autodiff<Flex>;
 type Model = CaptioningModel<B>;
 
 const KILL_CHILD: &str = "VIRTEX_KILL_TEST_RUN_DIR";
 const INTERRUPT_CHILD: &str = "VIRTEX_INTERRUPT_TEST_RUN_DIR";
-
-/// As `tests/resume.rs`: `small_cpu` on 32-pixel crops, batch 4.
-fn tiny_config(iterations: u64, checkpoint_every: u64) -> PretrainConfig {
-    let mut config = PretrainConfig::preset("small_cpu").unwrap();
-    config.data.image_crop_size = 32;
-    config.data.num_workers = 1;
-    config.optim.batch_size = 4;
-    config.optim.num_iterations = iterations;
-    config.optim.warmup_steps = 2;
-    config.train.log_every = 1;
-    config.train.checkpoint_every = checkpoint_every;
-    config.train.val_every = 1000;
-    config.train.val_batches = Some(1);
-    config.train.keep_last = 2;
-    config
-}
 
 fn run(
     config: PretrainConfig,

@@ -83,7 +83,7 @@ fn read_model(
     source: &ModelSource,
     config: virtex_train::PretrainConfig,
 ) -> Result<(), TrainError> {
-    with_backend!(device, |B, device| {
+    with_backend!(*device, |B, device| {
         let (model, config, _) =
             load_model::<B, CaptioningModel<B>>(source, config, &args.resume_overrides(), &device)?;
         if let Some(path) = &args.export_backbone {
