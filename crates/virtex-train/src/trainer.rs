@@ -520,7 +520,9 @@ where
     }
 
     /// Runs the next iteration: seeds the RNG, reads `optim.accumulation_steps` micro-batches
-    /// and trains on them (on every replica in a data-parallel run).
+    /// and trains on them (on every replica in a data-parallel run). An error leaves the trainer
+    /// without its model (the step consumed it): drop the trainer and resume from the last
+    /// checkpoint.
     pub fn step(&mut self) -> Result<StepResult, TrainError> {
         self.iteration += 1;
         // Dropout draws from the backend RNG: seeding it per iteration makes a resumed run
