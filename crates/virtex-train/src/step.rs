@@ -36,6 +36,15 @@ impl LossValues {
             .map(|(_, value)| *value)
     }
 
+    /// The components for a log line: `name value, name value` (4 decimals).
+    pub fn components_line(&self) -> String {
+        self.components
+            .iter()
+            .map(|(name, value)| format!("{name} {value:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Zero loss and zero `names` components, ready to accumulate into.
     fn zeros(names: &[&'static str]) -> Self {
         Self {

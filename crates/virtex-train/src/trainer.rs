@@ -663,13 +663,7 @@ where
             .into_iter()
             .map(|group| (group.name, group.lr))
             .collect();
-        let components = step
-            .losses
-            .components
-            .iter()
-            .map(|(name, value)| format!("{name} {value:.4}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let components = step.losses.components_line();
         let lrs: Vec<String> = learning_rates
             .iter()
             .map(|(name, lr)| format!("lr[{name}] {lr:.3e}"))
@@ -706,12 +700,7 @@ where
             &self.device,
         )?;
         self.metrics.append(&ValRecord::new(self.iteration, &val))?;
-        let components = val
-            .components
-            .iter()
-            .map(|(name, value)| format!("{name} {value:.4}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let components = val.components_line();
         self.progress.say(format!(
             "iteration {}: val loss {:.4} ({components})",
             self.iteration, val.loss
