@@ -107,7 +107,7 @@ pub fn write_checkpoint(
             fs::remove_dir_all(old).map_err(io(old))?;
         }
     }
-    remove_stale_temporaries(run_dir, started_writing);
+    let _ = remove_stale_temporaries(run_dir, started_writing);
     Ok(target)
 }
 
@@ -127,9 +127,11 @@ pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<(), TrainEr
 /// Only entries last modified before `before` (when this checkpoint began) go, so a file that
 /// another process (an export into the run directory) is writing right now is left alone. A
 /// checkpoint set aside for replacement whose replacement never arrived is renamed back.
-fn remove_stale_temporaries(run_dir: &Path, before: SystemTime) {
+/// Returns what was removed (for the message that says so).
+pub(crate) fn remove_stale_temporaries(run_dir: &Path, before: SystemTime) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(run_dir) else {
-        return;
+        return removed;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -152,12 +154,16 @@ fn remove_stale_temporaries(run_dir: &Path, before: SystemTime) {
         if modified.is_ok_and(|time| time >= before) {
             continue;
         }
-        let _ = if path.is_dir() {
+        let gone = if path.is_dir() {
             fs::remove_dir_all(&path)
         } else {
             fs::remove_file(&path)
         };
+        if gone.is_ok() {
+            removed.push(path);
+        }
     }
+    removed
 }
 
 #[cfg(test)]

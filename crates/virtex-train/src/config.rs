@@ -52,8 +52,22 @@ pub struct DataConfig {
     pub shuffle: bool,
     /// Decoding/augmentation worker threads.
     pub num_workers: usize,
-    /// Skip (and count) unreadable images instead of stopping.
+    /// Skip unreadable images instead of stopping (each is logged, and counted in
+    /// `metrics.jsonl` as `skipped_images`).
     pub skip_bad_images: bool,
+    /// Largest image (width × height) the decoder accepts; `null` = the default of
+    /// `virtex_data::ImageLimits` (PIL's decompression-bomb limit). Raise it only for genuinely
+    /// huge images: a small file can claim a huge size.
+    #[serde(default)]
+    pub max_image_pixels: Option<u64>,
+}
+
+impl DataConfig {
+    /// Makes [`DataConfig::max_image_pixels`] the limit of every image decoder in this process.
+    pub fn apply_image_limit(&self) {
+        // PENDING-IMAGE-LIMITS
+        let _ = self.max_image_pixels;
+    }
 }
 
 /// Upstream `MODEL`.
@@ -164,6 +178,7 @@ impl PretrainConfig {
                 shuffle: true,
                 num_workers: 4,
                 skip_bad_images: false,
+                max_image_pixels: None,
             },
             model: ModelConfig {
                 name: "bicaptioning".into(),
@@ -321,14 +336,25 @@ impl PretrainConfig {
                 }
                 node = object.get_mut(*part).expect("checked above");
             }
+            let expected = expected_type(node);
             *node = value;
+            // Checked one override at a time, so the error names this key and what it takes.
+            if let Err(err) = serde_path_to_error::deserialize::<_, Self>(tree.clone()) {
+                return Err(TrainError::Config(format!(
+                    "--set {key}={raw}: expected {expected} ({})",
+                    err.inner()
+                )));
+            }
         }
         Self::from_tree(tree, "--set overrides")
     }
 
     fn from_tree(tree: Value, source: &str) -> Result<Self, TrainError> {
-        let config: Self = serde_json::from_value(tree)
-            .map_err(|err| TrainError::Config(format!("{source}: {err}")))?;
+        // serde_path_to_error names the key at fault (`optim.batch_size: invalid type: string
+        // "abc", expected usize`), which serde_json alone does not.
+        let config: Self = serde_path_to_error::deserialize(tree).map_err(|err| {
+            TrainError::Config(format!("{source}: {}: {}", err.path(), err.inner()))
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -342,8 +368,56 @@ impl PretrainConfig {
                 self.model.name
             ));
         }
-        if self.optim.batch_size == 0 || self.optim.accumulation_steps == 0 {
-            return fail("optim.batch_size and optim.accumulation_steps must be positive".into());
+        let at_least_one = [
+            ("optim.batch_size", self.optim.batch_size as u64),
+            ("optim.accumulation_steps", self.optim.accumulation_steps as u64),
+            ("optim.num_iterations", self.optim.num_iterations),
+            ("data.vocab_size", self.data.vocab_size as u64),
+            ("data.image_crop_size", u64::from(self.data.image_crop_size)),
+            ("train.log_every", self.train.log_every),
+            ("train.checkpoint_every", self.train.checkpoint_every),
+            ("train.val_every", self.train.val_every),
+            ("train.keep_last", self.train.keep_last as u64),
+            ("train.max_consecutive_skips", self.train.max_consecutive_skips),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return fail(format!("{key} must be at least 1 (it is 0)"));
+            }
+        }
+        if self.data.max_caption_length < 3 {
+            return fail(format!(
+                "data.max_caption_length must be at least 3 (SOS, one token, EOS); it is {}",
+                self.data.max_caption_length
+            ));
+        }
+        if self.data.max_image_pixels == Some(0) {
+            return fail("data.max_image_pixels must be at least 1 (or null for the default)".into());
+        }
+        if self.optim.warmup_steps >= self.optim.num_iterations {
+            return fail(format!(
+                "optim.warmup_steps ({}) must be smaller than optim.num_iterations ({})",
+                self.optim.warmup_steps, self.optim.num_iterations
+            ));
+        }
+        if self.optim.lr_steps.windows(2).any(|pair| pair[0] > pair[1]) {
+            return fail(format!(
+                "optim.lr_steps must be increasing; it is {:?}",
+                self.optim.lr_steps
+            ));
+        }
+        for (key, value) in [
+            ("optim.lr", self.optim.lr),
+            ("optim.cnn_lr", self.optim.cnn_lr),
+            ("optim.lr_gamma", self.optim.lr_gamma),
+            ("optim.weight_decay", self.optim.weight_decay),
+            ("optim.sgd_momentum", self.optim.sgd_momentum),
+            ("optim.clip_grad_norm", self.optim.clip_grad_norm),
+            ("model.dropout", self.model.dropout),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return fail(format!("{key} must be a finite number ≥ 0; it is {value}"));
+            }
         }
         if !self
             .optim
@@ -367,21 +441,24 @@ impl PretrainConfig {
                 self.optim.lr_decay_name
             ));
         }
-        for key in [
-            self.train.log_every,
-            self.train.checkpoint_every,
-            self.train.val_every,
-        ] {
-            if key == 0 {
-                return fail("train.log_every, checkpoint_every and val_every must be ≥ 1".into());
-            }
-        }
-        if self.train.max_consecutive_skips == 0 {
-            return fail("train.max_consecutive_skips must be ≥ 1".into());
-        }
         regex::Regex::new(&self.optim.no_decay)
             .map_err(|err| TrainError::Config(format!("optim.no_decay: {err}")))?;
         Ok(())
+    }
+}
+
+/// What a `--set` value must look like, from the value it replaces.
+fn expected_type(current: &Value) -> String {
+    match current {
+        Value::Bool(_) => "true or false".into(),
+        Value::Number(number) if number.is_u64() => {
+            format!("a non-negative integer, like {number}")
+        }
+        Value::Number(number) => format!("a number, like {number}"),
+        Value::String(text) => format!("a string, like \"{text}\""),
+        Value::Array(_) => format!("a JSON list, like {current}"),
+        Value::Object(_) => "a section (set its keys one by one)".into(),
+        Value::Null => "a value of this key's type, or null".into(),
     }
 }
 

@@ -47,4 +47,53 @@ pub enum TrainError {
     /// The device request cannot be served.
     #[error(transparent)]
     Device(#[from] virtex_device::DeviceError),
+    /// Another process is training in this run directory.
+    #[error(
+        "the run directory `{path}` is in use by another run (process {holder}): wait for it \
+         to finish, or choose another --run-dir"
+    )]
+    RunDirLocked {
+        /// The run directory.
+        path: PathBuf,
+        /// The process id written by the holder of the lock.
+        holder: String,
+    },
+    /// A new run was pointed at a directory that holds another run's results.
+    #[error(
+        "the run directory `{path}` already holds another run's results ({found}): continue \
+         that run with --resume {path}, or choose another --run-dir (nothing was written)",
+        found = .found.join(", ")
+    )]
+    RunDirHoldsResults {
+        /// The run directory.
+        path: PathBuf,
+        /// What is there (file and checkpoint names).
+        found: Vec<String>,
+    },
+    /// `--resume` of a run that has already run all its iterations.
+    #[error(
+        "the run in `{path}` is already complete (iteration {iteration} of {iteration}); \
+         nothing to do (raise optim.num_iterations in a new run to train longer)"
+    )]
+    AlreadyComplete {
+        /// The run directory.
+        path: PathBuf,
+        /// Its last iteration.
+        iteration: u64,
+    },
+    /// The run stopped on an error after the model's state was saved.
+    #[error(
+        "{cause}\nthe work up to iteration {iteration} is saved in `{checkpoint}`: fix the \
+         cause, then continue with --resume {run_dir}"
+    )]
+    Stopped {
+        /// What stopped the run.
+        cause: Box<TrainError>,
+        /// The last completed iteration (the checkpoint's).
+        iteration: u64,
+        /// The checkpoint written before stopping.
+        checkpoint: PathBuf,
+        /// The run directory to resume.
+        run_dir: PathBuf,
+    },
 }

@@ -243,6 +243,17 @@ impl<'a> Loaders<'a> {
             _ => CaptionChoice::Random,
         };
         let coco = CocoCaptions::load(&self.root, split, &self.options)?;
+        let micro_batch = config.optim.batch_size / config.optim.accumulation_steps;
+        if drop_last && coco.len() < micro_batch {
+            // Said here in the config's own keys; the loader would name its internal field.
+            return Err(TrainError::Config(format!(
+                "optim.batch_size / optim.accumulation_steps = {micro_batch} images per \
+                 micro-batch, but the {} split has only {} images: lower optim.batch_size or \
+                 raise optim.accumulation_steps",
+                split.name(),
+                coco.len()
+            )));
+        }
         let dataset = CaptioningDataset::new(coco, self.tokenizer.clone(), transforms)?
             .with_caption_choice(choice)
             .with_max_caption_length(config.data.max_caption_length)?;

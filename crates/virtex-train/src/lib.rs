@@ -29,6 +29,7 @@ mod error;
 mod factories;
 pub mod metrics;
 mod pretext;
+pub mod run_dir;
 mod step;
 mod trainer;
 
@@ -41,6 +42,6 @@ pub use factories::{
 pub use pretext::{Objective, PretextModel};
 pub use step::{data_parallel_step, train_step, LossValues, Optim, StepResult};
 pub use trainer::{
-    evaluate, install_interrupt_flag, load_model, run_config, train, validate, Flow, ModelSource,
-    ResumeOverrides, RunOptions, RunSummary, Trainer,
+    evaluate, install_interrupt_flag, interrupt_signal, load_model, run_config, signal_name, train,
+    validate, Flow, ModelSource, ResumeOverrides, RunOptions, RunSummary, Trainer,
 };

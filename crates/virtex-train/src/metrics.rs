@@ -35,6 +35,10 @@ pub struct TrainRecord {
     pub images_per_second: f64,
     /// Steps skipped so far because of non-finite loss or gradients.
     pub skipped_steps: u64,
+    /// Images skipped so far as unreadable (`data.skip_bad_images`; each is also logged with
+    /// its file name and the reason).
+    #[serde(default)]
+    pub skipped_images: u64,
 }
 
 /// One validation pass.
@@ -85,6 +89,7 @@ impl TrainRecord {
             learning_rates,
             images_per_second,
             skipped_steps,
+            skipped_images: 0,
         }
     }
 

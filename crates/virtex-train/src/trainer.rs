@@ -12,13 +12,13 @@
 //! model from [`load_model`], not modes of a run.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -26,13 +26,16 @@ use virtex::{CaptioningModel, Precision};
 use virtex_data::{BatchIter, DataLoader, LoaderPosition};
 use virtex_optim::GroupedOptimizerConfig;
 
-use crate::checkpoint::{latest_checkpoint, write_checkpoint, write_file_atomically};
+use crate::checkpoint::{
+    latest_checkpoint, remove_stale_temporaries, write_checkpoint, write_file_atomically,
+};
 use crate::config::PretrainConfig;
 use crate::data_parallel::{replicate, ReplicaGroup};
 use crate::error::TrainError;
 use crate::factories::{optimizer_config, training_data, validation_data, TrainingData};
 use crate::metrics::{plot_losses, MetricsLog, TrainRecord, ValRecord};
 use crate::pretext::PretextModel;
+use crate::run_dir::{results_in, RunLock, LOCK_FILE};
 use crate::step::{
     component_names, read_losses, stacked, train_step, LossValues, Optim, StepResult,
 };
@@ -124,6 +127,29 @@ pub struct RunSummary {
     pub last_val: Option<LossValues>,
     /// Mean training throughput of this invocation.
     pub images_per_second: f64,
+    /// Images skipped as unreadable (`data.skip_bad_images`) since the run began.
+    #[serde(default)]
+    pub skipped_images: u64,
+    /// Whether the run stopped early on an interrupt (SIGINT, SIGTERM, SIGHUP) after writing a
+    /// checkpoint; [`interrupt_signal`] says which.
+    #[serde(default)]
+    pub interrupted: bool,
+    /// The newest checkpoint of the run, if any.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl RunSummary {
+    /// The process exit status a command should end with: 0 for a run that ran its iterations,
+    /// `128 + signal` (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP) for an interrupted one,
+    /// as shells report a process stopped by that signal.
+    pub fn exit_code(&self) -> u8 {
+        if self.interrupted {
+            128 + interrupt_signal().map_or(2, |signal| signal as u8)
+        } else {
+            0
+        }
+    }
 }
 
 /// `state.json` of a checkpoint.
@@ -132,6 +158,9 @@ struct TrainState {
     iteration: u64,
     loader_position: LoaderPosition,
     skipped_steps: u64,
+    /// Images skipped as unreadable so far (absent in older checkpoints: 0).
+    #[serde(default)]
+    skipped_images: u64,
     config: PretrainConfig,
     /// Devices of the run that wrote it (absent before data parallelism: one).
     #[serde(default = "one_device")]
@@ -142,21 +171,62 @@ fn one_device() -> usize {
     1
 }
 
-/// Set by Ctrl-C (or SIGTERM/SIGHUP); the loop checkpoints and stops at the end of the current
-/// iteration. A second signal exits at once with status 130, for phases that do not poll the
-/// flag (data loading, validation) or an iteration that takes too long.
+/// The signal that set the flag of [`install_interrupt_flag`] (0 = none yet).
+static INTERRUPT_SIGNAL: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
+
+/// Set by SIGINT (Ctrl-C), SIGTERM or SIGHUP: the loop checkpoints and stops at the end of the
+/// current iteration ([`RunSummary::interrupted`]; [`interrupt_signal`] names the signal). A
+/// second signal exits at once with status `128 + signal`, for phases that do not poll the flag (data
+/// loading, validation) or an iteration that takes too long. Installed once per process; later
+/// calls return the same flag.
 pub fn install_interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let handler_flag = flag.clone();
-    // A second handler (tests call `run` several times) is refused: the first flag stays active.
-    let _ = ctrlc::set_handler(move || {
-        if handler_flag.swap(true, Ordering::SeqCst) {
-            eprintln!("interrupted again: exiting without a checkpoint");
-            std::process::exit(130);
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let signal = INTERRUPT_SIGNAL.get_or_init(Arc::default).clone();
+        for number in interrupt_signals() {
+            // Registered first, so it sees the flag before this signal sets it: a second
+            // signal finds it set and exits.
+            let _ = signal_hook::flag::register_conditional_shutdown(number, 128 + number, flag.clone());
+            let _ = signal_hook::flag::register_usize(number, signal.clone(), number as usize);
+            let _ = signal_hook::flag::register(number, flag.clone());
         }
-        eprintln!("interrupt: checkpointing at the end of this iteration (again to exit now)");
-    });
-    flag
+        flag
+    })
+    .clone()
+}
+
+/// The signals that interrupt a run.
+fn interrupt_signals() -> Vec<std::ffi::c_int> {
+    #[cfg(unix)]
+    let signals = vec![
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ];
+    #[cfg(not(unix))]
+    let signals = vec![signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+    signals
+}
+
+/// The signal number that interrupted the run (2 = SIGINT, 15 = SIGTERM, 1 = SIGHUP), if one
+/// arrived since [`install_interrupt_flag`].
+pub fn interrupt_signal() -> Option<i32> {
+    INTERRUPT_SIGNAL
+        .get()
+        .map(|signal| signal.load(Ordering::SeqCst))
+        .filter(|&signal| signal != 0)
+        .map(|signal| signal as i32)
+}
+
+/// The name of a signal number, for messages.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
 }
 
 /// Teacher-forced loss over the validation split, in evaluation mode (running BatchNorm
@@ -262,22 +332,17 @@ struct RunStart {
 
 impl RunStart {
     /// The newest checkpoint's config with [`RunOptions::resume_overrides`] when resuming,
-    /// else [`RunOptions::config`]. A new run refuses a run directory that already holds
-    /// checkpoints: its first checkpoint would mix with (and prune) the other run's.
+    /// else [`RunOptions::config`]. A new run refuses a run directory that holds another run's
+    /// results (config, metrics, plot, backbone or checkpoints): it would overwrite them, or
+    /// mix its checkpoints with (and prune) the other run's.
     fn of(options: &RunOptions) -> Result<Self, TrainError> {
         if !options.resume {
-            let existing = if options.run_dir.is_dir() {
-                latest_checkpoint(&options.run_dir)?
-            } else {
-                None
-            };
-            if let Some((iteration, _)) = existing {
-                return Err(TrainError::Config(format!(
-                    "the run directory `{dir}` already holds checkpoints (newest: iteration \
-                     {iteration}): continue that run with --resume {dir}, or choose another \
-                     --run-dir",
-                    dir = options.run_dir.display()
-                )));
+            let found = results_in(&options.run_dir)?;
+            if !found.is_empty() {
+                return Err(TrainError::RunDirHoldsResults {
+                    path: options.run_dir.clone(),
+                    found,
+                });
             }
             options.config.validate()?;
             return Ok(Self {
@@ -341,6 +406,8 @@ pub enum Flow {
 pub struct Trainer<B: AutodiffBackend, M: PretextModel<B> + AutodiffModule<B>> {
     config: PretrainConfig,
     run_dir: PathBuf,
+    /// Held for the trainer's life: one process per run directory.
+    _lock: RunLock,
     device: B::Device,
     ranks: usize,
     /// Taken out for the duration of a step (the optimizer consumes and returns it).
@@ -351,12 +418,18 @@ pub struct Trainer<B: AutodiffBackend, M: PretextModel<B> + AutodiffModule<B>> {
     batches: BatchIter,
     metrics: MetricsLog,
     interrupted: Arc<AtomicBool>,
+    /// Whether [`Trainer::end_of_iteration`] stopped the run on an interrupt.
+    stopped_by_interrupt: bool,
     progress: Progress,
     /// Last completed iteration.
     iteration: u64,
+    /// The newest checkpoint of this run (iteration, directory).
+    last_checkpoint: Option<(u64, PathBuf)>,
     /// Where this invocation stops (`--stop-after`, else `optim.num_iterations`).
     last: u64,
     skipped_steps: u64,
+    /// Images skipped as unreadable (`data.skip_bad_images`) since the run began.
+    skipped_images: u64,
     consecutive_skips: u64,
     started: Instant,
     /// Start of the current logging window and the images trained in it.
@@ -381,6 +454,30 @@ where
         devices: Vec<B::Device>,
         interrupted: Arc<AtomicBool>,
     ) -> Result<Self, TrainError> {
+        let run_dir = options.run_dir.clone();
+        std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Io {
+            path: run_dir.clone(),
+            source,
+        })?;
+        // Held until the trainer is dropped: a second process on this directory is refused.
+        let lock = RunLock::acquire(&run_dir)?;
+        let resume = options.resume;
+        Self::start_locked(options, devices, interrupted, lock).inspect_err(|_| {
+            // A failed start leaves nothing behind: it writes into the directory only once
+            // everything is built, so a new run's directory holds just the lock file.
+            if !resume && results_in(&run_dir).is_ok_and(|found| found.is_empty()) {
+                let _ = std::fs::remove_file(run_dir.join(LOCK_FILE));
+                let _ = std::fs::remove_dir(&run_dir);
+            }
+        })
+    }
+
+    fn start_locked(
+        options: RunOptions,
+        devices: Vec<B::Device>,
+        interrupted: Arc<AtomicBool>,
+        lock: RunLock,
+    ) -> Result<Self, TrainError> {
         let Some(device) = devices.first().cloned() else {
             return Err(TrainError::Config("no device to train on".into()));
         };
@@ -390,17 +487,23 @@ where
             state,
         } = RunStart::of(&options)?;
         let run_dir = options.run_dir.clone();
-        std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Io {
-            path: run_dir.clone(),
-            source,
-        })?;
-        write_resolved_config(&run_dir, &config)?;
-        if resume_from.is_none() {
-            // A new run in a directory that an earlier run left without a checkpoint (killed
-            // early): its log and plot must not mix with this run's.
-            MetricsLog::truncate_after(&run_dir, 0)?;
-            let _ = std::fs::remove_file(run_dir.join("loss.png"));
+        // This process holds the lock, so every `.partial-*` here is left by a process killed
+        // while writing: remove them now rather than at the first checkpoint, and say so.
+        for path in remove_stale_temporaries(&run_dir, std::time::SystemTime::now()) {
+            eprintln!(
+                "removed {}, an unfinished write left by a process that was killed",
+                path.display()
+            );
         }
+        if let Some((iteration, _)) = &resume_from {
+            if *iteration >= config.optim.num_iterations {
+                return Err(TrainError::AlreadyComplete {
+                    path: run_dir,
+                    iteration: *iteration,
+                });
+            }
+        }
+        config.data.apply_image_limit();
 
         B::seed(&device, config.random_seed);
         let model: M = match (&resume_from, &options.init_from) {
@@ -414,13 +517,21 @@ where
         };
         let model = model.with_precision(config.train.precision);
         let data = training_data(&config)?;
+        for skipped in data.train.dataset().coco().skipped() {
+            eprintln!(
+                "skipped image {}: {} (data.skip_bad_images)",
+                skipped.path.display(),
+                skipped.reason
+            );
+        }
 
         let optimizer_config = optimizer_config(&config)?;
         let checkpoint = resume_from.as_ref().map(|(_, path)| path.as_path());
         let (model, optimizer) = build_optimizer(&optimizer_config, model, checkpoint, &device)?;
-        let (iteration, skipped_steps) = state
-            .as_ref()
-            .map_or((0, 0), |state| (state.iteration, state.skipped_steps));
+        let (iteration, skipped_steps, skipped_images) =
+            state.as_ref().map_or((0, 0, 0), |state| {
+                (state.iteration, state.skipped_steps, state.skipped_images)
+            });
         if let Some(state) = &state {
             if state.devices != devices.len() {
                 eprintln!(
@@ -430,7 +541,6 @@ where
                     devices.len()
                 );
             }
-            MetricsLog::truncate_after(&run_dir, iteration)?;
         }
         // Ranks 1…: replicas of the (restored) model, each with its own optimizer built and
         // restored the same way, so every rank starts from identical state.
@@ -449,6 +559,12 @@ where
         } else {
             Some(ReplicaGroup::<B, M>::start(&device, replicas)?)
         };
+
+        // Everything is built: only now does the run write into its directory.
+        write_resolved_config(&run_dir, &config)?;
+        if state.is_some() {
+            MetricsLog::truncate_after(&run_dir, iteration)?;
+        }
         let metrics = MetricsLog::open(&run_dir)?;
 
         let total = config.optim.num_iterations;
@@ -475,7 +591,9 @@ where
         Ok(Self {
             progress: Progress::new(options.progress, total, iteration),
             config,
+            last_checkpoint: resume_from,
             run_dir,
+            _lock: lock,
             device,
             ranks: devices.len(),
             model: Some(model),
@@ -485,9 +603,11 @@ where
             batches,
             metrics,
             interrupted,
+            stopped_by_interrupt: false,
             iteration,
             last,
             skipped_steps,
+            skipped_images,
             consecutive_skips: 0,
             started: Instant::now(),
             window: (Instant::now(), 0),
@@ -520,18 +640,21 @@ where
     }
 
     /// Runs the next iteration: seeds the RNG, reads `optim.accumulation_steps` micro-batches
-    /// and trains on them (on every replica in a data-parallel run). An error leaves the trainer
-    /// without its model (the step consumed it): drop the trainer and resume from the last
-    /// checkpoint.
+    /// and trains on them (on every replica in a data-parallel run).
+    ///
+    /// An error while reading the data (a file that became unreadable) leaves the trainer as
+    /// it was, at the last completed iteration; [`Trainer::run`] then writes a checkpoint
+    /// before stopping. An error in the step itself leaves the trainer without its model (the
+    /// optimizer consumed it): drop the trainer and resume from the last checkpoint.
     pub fn step(&mut self) -> Result<StepResult, TrainError> {
-        self.iteration += 1;
+        let iteration = self.iteration + 1;
         // Dropout draws from the backend RNG: seeding it per iteration makes a resumed run
         // draw exactly the masks an uninterrupted run would.
         let seed = self
             .config
             .random_seed
             .wrapping_mul(1_000_003)
-            .wrapping_add(self.iteration);
+            .wrapping_add(iteration);
         B::seed(&self.device, seed);
 
         // The micro-batches wait on the host; each moves to the device only for its own
@@ -544,6 +667,15 @@ where
                     .map_err(TrainError::Data)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for skipped in host_batches.iter().flat_map(|batch| &batch.skipped) {
+            self.skipped_images += 1;
+            self.progress.say(format!(
+                "iteration {iteration}: skipped image {}: {} ({} skipped so far)",
+                skipped.path.display(),
+                skipped.reason,
+                self.skipped_images
+            ));
+        }
         let model = self
             .model
             .take()
@@ -560,6 +692,7 @@ where
             )?,
         };
         self.model = Some(model);
+        self.iteration = iteration;
         self.images_seen += step.images;
         self.window.1 += step.images;
         self.losses.push(step.losses.loss);
@@ -610,8 +743,13 @@ where
         if iteration.is_multiple_of(train.checkpoint_every) || iteration == self.last || interrupt {
             let path = self.checkpoint()?;
             if interrupt {
+                self.stopped_by_interrupt = true;
                 self.progress.say(format!(
-                    "interrupted: checkpoint written to {}",
+                    "interrupted{}: checkpoint written to {}",
+                    interrupt_signal().map_or_else(String::new, |signal| format!(
+                        " by {}",
+                        signal_name(signal)
+                    )),
                     path.display()
                 ));
                 return Ok(Flow::Stop);
@@ -622,14 +760,53 @@ where
 
     /// [`Trainer::step`] and [`Trainer::end_of_iteration`] until the run ends or stops, then
     /// [`Trainer::finish`].
+    ///
+    /// An error that leaves the model valid (unreadable data, a failed validation) first
+    /// writes a checkpoint of the last completed iteration, so no finished work is lost:
+    /// [`TrainError::Stopped`] names it.
     pub fn run(mut self) -> Result<RunSummary, TrainError> {
         while !self.is_done() {
-            let step = self.step()?;
-            if self.end_of_iteration(&step)? == Flow::Stop {
-                break;
+            let flow = match self.step() {
+                Ok(step) => self.end_of_iteration(&step),
+                Err(err) => Err(err),
+            };
+            match flow {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => break,
+                Err(err) => return Err(self.save_before_stopping(err)),
             }
         }
         self.finish()
+    }
+
+    /// After an error: a checkpoint of the last completed iteration when the model is intact
+    /// and that iteration has none yet; the error, wrapped to name it.
+    fn save_before_stopping(&mut self, cause: TrainError) -> TrainError {
+        if matches!(cause, TrainError::Diverged { .. }) || self.model.is_none() {
+            return cause;
+        }
+        if let Some(group) = self.replicas.take() {
+            // The replicas hold no state rank 0 lacks; stop their threads.
+            let _ = group.finish();
+        }
+        let saved = match &self.last_checkpoint {
+            Some((iteration, path)) if *iteration == self.iteration => Ok(path.clone()),
+            _ if self.iteration == 0 => return cause,
+            _ => self.checkpoint(),
+        };
+        self.progress.bar.finish_and_clear();
+        match saved {
+            Ok(checkpoint) => TrainError::Stopped {
+                cause: Box::new(cause),
+                iteration: self.iteration,
+                checkpoint,
+                run_dir: self.run_dir.clone(),
+            },
+            Err(err) => {
+                eprintln!("could not write a checkpoint after the error: {err}");
+                cause
+            }
+        }
     }
 
     /// Stops the replicas and, when the run reached `optim.num_iterations`, writes the
@@ -650,6 +827,9 @@ where
             last_val: self.last_val.take(),
             images_per_second: self.images_seen as f64
                 / self.started.elapsed().as_secs_f64().max(1e-9),
+            skipped_images: self.skipped_images,
+            interrupted: self.stopped_by_interrupt,
+            checkpoint: self.last_checkpoint.take().map(|(_, path)| path),
         })
     }
 
@@ -668,14 +848,17 @@ where
             .iter()
             .map(|(name, lr)| format!("lr[{name}] {lr:.3e}"))
             .collect();
-        self.metrics.append(&TrainRecord::new(
-            self.iteration,
-            &step.losses,
-            step.report.grad_norm,
-            learning_rates,
-            images_per_second,
-            self.skipped_steps,
-        ))?;
+        self.metrics.append(&TrainRecord {
+            skipped_images: self.skipped_images,
+            ..TrainRecord::new(
+                self.iteration,
+                &step.losses,
+                step.report.grad_norm,
+                learning_rates,
+                images_per_second,
+                self.skipped_steps,
+            )
+        })?;
         let line = format!(
             "loss {:.4} ({components}) {} {images_per_second:.1} img/s",
             step.losses.loss,
@@ -711,7 +894,7 @@ where
 
     /// A checkpoint, then the loss plot (a convenience: failing to draw it must not stop
     /// training).
-    fn checkpoint(&self) -> Result<PathBuf, TrainError> {
+    fn checkpoint(&mut self) -> Result<PathBuf, TrainError> {
         let accumulation = self.config.optim.accumulation_steps as u64;
         let state = TrainState {
             iteration: self.iteration,
@@ -720,6 +903,7 @@ where
                 self.data.train.batches_per_epoch(),
             ),
             skipped_steps: self.skipped_steps,
+            skipped_images: self.skipped_images,
             config: self.config.clone(),
             devices: self.ranks,
         };
@@ -731,12 +915,7 @@ where
             |dir| {
                 model.save(&dir.join("model.safetensors"))?;
                 let optimizer_file = dir.join("optimizer.mpk");
-                NamedMpkFileRecorder::<FullPrecisionSettings>::new()
-                    .record(self.optimizer.to_record(), optimizer_file.clone())
-                    .map_err(|err| TrainError::Checkpoint {
-                        path: optimizer_file.clone(),
-                        message: err.to_string(),
-                    })?;
+                write_record::<B, _>(self.optimizer.to_record(), &optimizer_file)?;
                 let state_file = dir.join("state.json");
                 let text = serde_json::to_string_pretty(&state).map_err(|err| TrainError::Io {
                     path: state_file.clone(),
@@ -748,6 +927,7 @@ where
                 })
             },
         )?;
+        self.last_checkpoint = Some((self.iteration, path.clone()));
         if let Err(err) = plot_losses(&self.run_dir, &self.run_dir.join("loss.png")) {
             self.progress
                 .say(format!("warning: could not draw the loss plot: {err}"));
@@ -814,13 +994,64 @@ where
         path: file.clone(),
         message,
     };
-    let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
-        .load(file.clone(), device)
-        .map_err(|err| checkpoint_error(err.to_string()))?;
-    let (optimizer, model) = optimizer
-        .load_record(record, model)
-        .map_err(|err| checkpoint_error(err.to_string()))?;
+    let bytes = std::fs::read(&file).map_err(|source| TrainError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+        .load(bytes, device)
+        .map_err(|err| {
+            checkpoint_error(format!(
+                "the optimizer state cannot be read: the file is damaged, or was written for \
+                 another model or optimizer configuration ({})",
+                recorder_message(&err)
+            ))
+        })?;
+    let (optimizer, model) = optimizer.load_record(record, model).map_err(|err| {
+        checkpoint_error(format!(
+            "the optimizer state does not fit this model and optimizer: {err}"
+        ))
+    })?;
     Ok((model, optimizer))
+}
+
+/// Writes a burn record as named MessagePack (what `NamedMpkFileRecorder` writes), encoded in
+/// memory and then written with std, so that a full disk is reported as the I/O error it is
+/// ("No space left on device") instead of as an encoder error.
+pub(crate) fn write_record<B: Backend, R: burn::record::Record<B>>(
+    record: R,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+        .record(record, ())
+        .map_err(|err| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("cannot encode the state: {}", recorder_message(&err)),
+        })?;
+    std::fs::write(path, bytes).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A burn recorder error as one readable line. Its `Display` is a `Debug` dump over several
+/// lines, with advice about burn's cargo features that does not apply to users of this crate.
+fn recorder_message(err: &burn::record::RecorderError) -> String {
+    let (burn::record::RecorderError::FileNotFound(text)
+    | burn::record::RecorderError::DeserializeError(text)
+    | burn::record::RecorderError::Unknown(text)) = err;
+    let detail = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.contains("feature") && !line.starts_with("Unable to load record"))
+        .map(|line| line.trim_start_matches("Error: "))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut detail: String = detail.chars().take(300).collect();
+    if detail.is_empty() {
+        detail = "no details".into();
+    }
+    detail
 }
 
 fn read_state(checkpoint: &Path) -> Result<TrainState, TrainError> {
@@ -842,4 +1073,39 @@ fn write_resolved_config(run_dir: &Path, config: &PretrainConfig) -> Result<(), 
         source: std::io::Error::other(err),
     })?;
     write_file_atomically(&path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::module::Module;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_is_reported_as_such() {
+        // /dev/full fails every write with ENOSPC, as a full disk does.
+        let record = burn::nn::LinearConfig::new(4, 4)
+            .init::<Flex>(&Default::default())
+            .into_record();
+        let message = write_record::<Flex, _>(record, Path::new("/dev/full"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("No space left on device"), "{message}");
+        assert!(!message.contains("MessagePack"), "{message}");
+    }
+
+    #[test]
+    fn recorder_errors_read_as_one_line_without_feature_advice() {
+        let err = burn::record::RecorderError::Unknown(
+            "Unable to load record.\nMetadata has a different Burn version: Actual \"0.1\", \
+             Expected \"0.21.0\"\nError: Unknown(\"invalid marker\")\nEnable the \
+             `record-item-custom-serde` feature"
+                .into(),
+        );
+        let line = recorder_message(&err);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(!line.contains("feature"), "{line}");
+        assert!(line.contains("different Burn version"), "{line}");
+    }
 }

@@ -1,5 +1,6 @@
 //! Whole training processes, killed and interrupted: a checkpoint survives `kill -9` at any
-//! moment, and SIGINT makes the loop checkpoint the iteration it finishes and stop.
+//! moment, and SIGINT or SIGTERM makes the loop checkpoint the iteration it finishes, stop and exit
+//! with 128 + the signal (130, 143), as a process stopped by that signal.
 //!
 //! This test binary has its own `main` (`harness = false` in Cargo.toml): it runs the two
 //! scenarios, each of which starts this same binary again as the training process (selected by
@@ -67,12 +68,17 @@ fn main() -> ExitCode {
             install_interrupt_flag(),
         );
         assert!(summary.iteration < 10_000);
-        return ExitCode::SUCCESS;
+        assert!(summary.interrupted);
+        // What pretrain_coco exits with: 128 + the signal.
+        return ExitCode::from(summary.exit_code());
     }
     // `cargo test -- --list` and filters: this binary runs both scenarios or nothing.
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     if arguments.iter().any(|a| a == "--list") {
-        println!("checkpoint_survives_kill_9: test\nctrl_c_checkpoints_and_stops: test");
+        println!(
+            "checkpoint_survives_kill_9: test\nctrl_c_checkpoints_and_stops: test\n\
+             sigterm_checkpoints_and_stops: test"
+        );
         return ExitCode::SUCCESS;
     }
     let filters: Vec<&String> = arguments.iter().filter(|a| !a.starts_with('-')).collect();
@@ -85,8 +91,14 @@ fn main() -> ExitCode {
     }
     #[cfg(unix)]
     if selected("ctrl_c_checkpoints_and_stops") {
-        ctrl_c_checkpoints_and_stops();
+        interrupt_checkpoints_and_stops("INT", 130);
         println!("test ctrl_c_checkpoints_and_stops ... ok");
+        ran += 1;
+    }
+    #[cfg(unix)]
+    if selected("sigterm_checkpoints_and_stops") {
+        interrupt_checkpoints_and_stops("TERM", 143);
+        println!("test sigterm_checkpoints_and_stops ... ok");
         ran += 1;
     }
     println!("\ntest result: ok. {ran} passed; 0 failed");
@@ -157,8 +169,10 @@ fn checkpoint_survives_kill_9() {
     );
 }
 
+/// Sends `signal` (`INT`, `TERM`) to a training child: it checkpoints the iteration it
+/// finishes, stops, and exits with `expected_status` (128 + the signal), not 0.
 #[cfg(unix)]
-fn ctrl_c_checkpoints_and_stops() {
+fn interrupt_checkpoints_and_stops(signal: &str, expected_status: i32) {
     let run_dir = tempfile::tempdir().unwrap();
     let mut child = spawn_child(INTERRUPT_CHILD, run_dir.path());
     let metrics = run_dir.path().join("metrics.jsonl");
@@ -171,7 +185,7 @@ fn ctrl_c_checkpoints_and_stops() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let signal = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(signal.success());
@@ -181,11 +195,11 @@ fn ctrl_c_checkpoints_and_stops() {
         }
         if start.elapsed() > Duration::from_secs(180) {
             child.kill().unwrap();
-            panic!("the child did not stop after SIGINT");
+            panic!("the child did not stop after SIG{signal}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(status.success(), "{status:?}");
+    assert_eq!(status.code(), Some(expected_status), "{status:?}");
     // The checkpoint is of the last iteration the child logged (it logs every iteration).
     let (iteration, path) = latest_checkpoint(run_dir.path())
         .unwrap()

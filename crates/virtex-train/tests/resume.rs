@@ -201,17 +201,21 @@ fn export_eval_and_init_from_check_their_inputs() {
     // A new run over the stopped run's checkpoints is refused.
     let err = train_any(options(config.clone(), run_dir.path(), false, None)).unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
-    // Without checkpoints (an earlier run killed before its first), a new run starts a new log.
+    // Without checkpoints (an earlier run killed before its first) its log is still another
+    // run's result: refused too, and left as it was.
     let early = tempfile::tempdir().unwrap();
     std::fs::copy(
         run_dir.path().join("metrics.jsonl"),
         early.path().join("metrics.jsonl"),
     )
     .unwrap();
-    let fresh = train_any(options(config.clone(), early.path(), false, Some(1))).unwrap();
-    assert_eq!(fresh.iteration, 1);
-    let (records, _) = MetricsLog::read(early.path()).unwrap();
-    assert_eq!(records.iter().map(|r| r.iteration).collect::<Vec<_>>(), [1]);
+    let log = std::fs::read(early.path().join("metrics.jsonl")).unwrap();
+    let err = train_any(options(config.clone(), early.path(), false, Some(1))).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::RunDirHoldsResults { found, .. } if found == &["metrics.jsonl"]),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(early.path().join("metrics.jsonl")).unwrap(), log);
 
     let elsewhere = tempfile::tempdir().unwrap();
 
@@ -264,7 +268,7 @@ fn a_diverging_run_stops_with_a_checkpoint() {
 fn a_vocabulary_size_that_is_not_the_tokenizers_is_refused() {
     let _exclusive = exclusive();
     let run_dir = tempfile::tempdir().unwrap();
-    let mut config = tiny_config(2, 2);
+    let mut config = tiny_config(3, 3);
     config.data.vocab_size = 10_000;
     let err = train_any(options(config, run_dir.path(), false, None)).unwrap_err();
     assert!(

@@ -5,23 +5,27 @@
 //! `small_cpu` preset on the embedded sample data, on the CPU. Several GPUs: `--devices
 //! cuda:0,cuda:1` (data parallel). See this example's README.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 use burn::backend::Autodiff;
 use clap::Parser;
 use virtex::CaptioningModel;
 use virtex_device::{with_backend, with_backend_devices, DeviceSpec};
 use virtex_train::cli::Args;
+use virtex_train::run_dir::default_run_dir;
 use virtex_train::{
-    evaluate, install_interrupt_flag, load_model, train, ModelSource, PretextModel, RunOptions,
-    TrainError,
+    evaluate, install_interrupt_flag, interrupt_signal, load_model, signal_name, train,
+    ModelSource, PretextModel, RunOptions, TrainError,
 };
 
 fn main() -> ExitCode {
     match try_main(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
+        // Not a failure: the run has nothing left to do.
+        Err(err @ TrainError::AlreadyComplete { .. }) => {
+            eprintln!("{err}");
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE
@@ -29,7 +33,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn try_main(args: Args) -> Result<(), TrainError> {
+/// Runs the command; returns the exit status (0, or `128 + signal` after an interrupt).
+fn try_main(args: Args) -> Result<u8, TrainError> {
     let devices = args.training_devices()?;
     let config = args.config()?;
     // Evaluation and export read a model and write nothing into a run directory.
@@ -46,13 +51,14 @@ fn try_main(args: Args) -> Result<(), TrainError> {
                     .into(),
             )
         })?;
-        return read_model(&args, &devices[0], &source, config);
+        read_model(&args, &devices[0], &source, config)?;
+        return Ok(0);
     }
 
     let (run_dir, resume) = match (&args.resume, &args.run_dir) {
         (Some(dir), _) => (dir.clone(), true),
         (None, Some(dir)) => (dir.clone(), false),
-        (None, None) => (default_run_dir(), false),
+        (None, None) => (default_run_dir()?, false),
     };
     eprintln!("run directory: {}", run_dir.display());
     let options = RunOptions {
@@ -61,7 +67,7 @@ fn try_main(args: Args) -> Result<(), TrainError> {
         stop_after: args.stop_after,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         resume_overrides: args.resume_overrides(),
-        ..RunOptions::new(config, run_dir)
+        ..RunOptions::new(config, run_dir.clone())
     };
     let interrupted = install_interrupt_flag();
     let summary = with_backend_devices!(&devices, |B, burn_devices| {
@@ -69,11 +75,30 @@ fn try_main(args: Args) -> Result<(), TrainError> {
     });
     let first = summary.losses.first().copied().unwrap_or(f64::NAN);
     let last = summary.losses.last().copied().unwrap_or(f64::NAN);
-    eprintln!(
-        "done: iteration {}, loss {first:.4} → {last:.4}, {:.1} img/s, {} skipped steps",
+    let skipped_images = if summary.skipped_images > 0 {
+        format!(", {} skipped images", summary.skipped_images)
+    } else {
+        String::new()
+    };
+    let numbers = format!(
+        "iteration {}, loss {first:.4} → {last:.4}, {:.1} img/s, {} skipped steps{skipped_images}",
         summary.iteration, summary.images_per_second, summary.skipped_steps
     );
-    Ok(())
+    if summary.interrupted {
+        let signal = interrupt_signal().map_or("a signal", signal_name);
+        eprintln!(
+            "stopped by {signal}: {numbers}; checkpoint {}\ncontinue with: cargo run --release \
+             --example pretrain_coco -- --resume {}",
+            summary
+                .checkpoint
+                .as_deref()
+                .map_or_else(|| "none".into(), |path| path.display().to_string()),
+            run_dir.display()
+        );
+    } else {
+        eprintln!("done: {numbers}");
+    }
+    Ok(summary.exit_code())
 }
 
 /// `--eval-only` (the validation loss as one JSON line) or `--export-backbone FILE`.
@@ -101,10 +126,3 @@ fn read_model(
     Ok(())
 }
 
-/// `runs/<UTC timestamp>`.
-fn default_run_dir() -> PathBuf {
-    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
-        .to_string()
-        .replace(':', "-");
-    PathBuf::from("runs").join(stamp)
-}
