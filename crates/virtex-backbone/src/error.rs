@@ -1,5 +1,9 @@
 use std::path::PathBuf;
 
+use burn::tensor::DType;
+
+use crate::conform::dtype_name;
+
 /// Errors of the backbone crate. Every variant names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum BackboneError {
@@ -29,6 +33,33 @@ pub enum BackboneError {
         format: &'static str,
         /// What the reader reported.
         message: String,
+    },
+    /// A `.pth` zip archive that ends early or whose directory is damaged (an interrupted
+    /// download or copy, most often).
+    #[error("`{path}` is a truncated or damaged .pth (zip) file: {message}")]
+    DamagedArchive {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with the archive.
+        message: String,
+    },
+    /// A tensor is stored with a dtype that cannot fill its parameter (integers, bool,
+    /// quantized). float16, bfloat16 and float64 are converted and never give this error.
+    #[error(
+        "`{path}`: tensor `{key}` is stored as {}, the model expects {} (float16, bfloat16 and \
+         float64 weights are converted; integer, bool and quantized tensors are refused)",
+        dtype_name(*found),
+        dtype_name(*expected)
+    )]
+    UnsupportedDType {
+        /// The file.
+        path: PathBuf,
+        /// The key, as named in the file.
+        key: String,
+        /// The dtype stored in the file.
+        found: DType,
+        /// The dtype of the parameter it would fill.
+        expected: DType,
     },
     /// A tensor the backbone needs is absent from the checkpoint.
     #[error(

@@ -13,7 +13,10 @@
 //! - Weights: torchvision `.pth`, the same as safetensors, the VirTex torch-hub backbone and the
 //!   CNN of a full VirTex checkpoint ([`ResNet::load_weights`]); burn's own burnpack format and
 //!   torchvision-named safetensors for the way back ([`ResNet::save_burnpack`],
-//!   [`ResNet::save_torchvision_safetensors`]).
+//!   [`ResNet::save_torchvision_safetensors`]). float16, bfloat16 and float64 weights are
+//!   converted to the model's f32; integer, bool and quantized tensors are refused with
+//!   [`BackboneError::UnsupportedDType`] naming the tensor ([`conform_snapshot`] says why every
+//!   tensor is checked before burn-store applies it).
 //!
 //! Mixed precision: [`ResNet::with_precision`]`(`[`Precision::Bf16`]`)` runs the convolutions
 //! in bf16 and everything else (BatchNorm, ReLU, residual adds, parameters, gradients) in f32.
@@ -39,14 +42,17 @@
 mod batch_norm;
 mod block;
 mod config;
+mod conform;
 mod error;
 mod resnet;
 mod weights;
+mod zip_check;
 
 pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use block::{Downsample, ResidualBlock};
 pub use config::{BlockKind, ResNetConfig};
+pub use conform::{accepts_dtype, conform_snapshot, dtype_name};
 pub use error::{BackboneError, Result};
 pub use resnet::{global_average_pool, l2_normalize, ResNet, ResNetFeatures};
 pub use virtex_kernels::{Precision, UnknownPrecision};
-pub use weights::{LoadReport, WeightsFormat};
+pub use weights::{read_pytorch_snapshots, LoadReport, WeightsFormat};

@@ -30,9 +30,9 @@
 //! an error naming it. (burn-store's `allow_partial` alone would accept a file where a wrong
 //! prefix left most tensors unapplied.)
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -43,8 +43,10 @@ use burn_store::{
     SafetensorsStore, TensorSnapshot,
 };
 
+use crate::conform::{accepts_dtype, conform_snapshot};
 use crate::error::{BackboneError, Result};
 use crate::resnet::ResNet;
+use crate::zip_check::zip_problem;
 
 /// torchvision name → burn path, for keys that differ (applied after the prefix is stripped).
 const TORCHVISION_TO_BURN: [(&str, &str); 2] = [
@@ -101,7 +103,8 @@ impl WeightsFormat {
     /// Recognises a file by its first bytes (extension as a fallback).
     ///
     /// zip (`PK\x03\x04`) or pickle (`\x80`) → PyTorch; an 8-byte little-endian header length
-    /// followed by `{` → safetensors; otherwise the extension decides.
+    /// followed by `{` → safetensors; burnpack's magic number → burnpack; otherwise the
+    /// extension decides.
     pub fn detect(path: &Path) -> Result<Self> {
         let io_error = |source| BackboneError::Io {
             path: path.to_path_buf(),
@@ -116,6 +119,9 @@ impl WeightsFormat {
         }
         if head.len() == 9 && head[8] == b'{' {
             return Ok(Self::Safetensors);
+        }
+        if head.starts_with(BURNPACK_MAGIC) {
+            return Ok(Self::Burnpack);
         }
         let extension = path
             .extension()
@@ -181,31 +187,8 @@ impl<B: Backend> ResNet<B> {
             format: format.name(),
             message,
         };
-        if format == WeightsFormat::Burnpack {
-            let mut store = BurnpackStore::from_file(path)
-                .auto_extension(false)
-                .allow_partial(true)
-                .validate(false);
-            let result = self
-                .load_from(&mut store)
-                .map_err(|err| unreadable(err.to_string()))?;
-            check_result(path, "", &result)?;
-            return Ok(LoadReport {
-                format,
-                prefix: String::new(),
-                applied: result.applied.len(),
-                ignored: 0,
-            });
-        }
-
         let snapshots: Vec<TensorSnapshot> = match format {
-            WeightsFormat::Pytorch => {
-                let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
-                let all = store
-                    .get_all_snapshots()
-                    .map_err(|err| unreadable(err.to_string()))?;
-                all.values().cloned().collect()
-            }
+            WeightsFormat::Pytorch => read_pytorch_snapshots(path)?.into_values().collect(),
             WeightsFormat::Safetensors => {
                 let mut store = SafetensorsStore::from_file(path);
                 let all = store
@@ -213,7 +196,23 @@ impl<B: Backend> ResNet<B> {
                     .map_err(|err| unreadable(err.to_string()))?;
                 all.values().cloned().collect()
             }
-            WeightsFormat::Burnpack => unreachable!("handled above"),
+            WeightsFormat::Burnpack => {
+                // Read, not `load_from`: burn-store would apply the tensors unchecked (see
+                // `conform`), and a damaged file would abort the process.
+                let mut store = BurnpackStore::from_file(path).auto_extension(false);
+                let all = store
+                    .get_all_snapshots()
+                    .map_err(|err| unreadable(err.to_string()))?;
+                let snapshots = all.values().cloned().collect();
+                // burn's own paths: no prefix, no renaming, errors name burn paths.
+                let applied = self.apply_checked(snapshots, path, &|key| key.to_string())?;
+                return Ok(LoadReport {
+                    format,
+                    prefix: String::new(),
+                    applied,
+                    ignored: 0,
+                });
+            }
         };
 
         self.load_state_dict(snapshots, None, format, path)
@@ -224,6 +223,10 @@ impl<B: Backend> ResNet<B> {
     /// with the prefix detected as in [`ResNet::load_weights`]. Keys outside the prefix are
     /// ignored; `path` only names the file in errors. This is how a caller that has read a
     /// whole checkpoint once (the `virtex` crate's official import) hands the CNN its part.
+    ///
+    /// Every tensor is checked against its parameter (shape, then dtype: float16, bfloat16 and
+    /// float64 are converted, anything else is [`BackboneError::UnsupportedDType`]) before any
+    /// is applied.
     pub fn load_state_dict(
         &mut self,
         snapshots: Vec<TensorSnapshot>,
@@ -246,14 +249,58 @@ impl<B: Backend> ResNet<B> {
             .expect("the mapping table holds valid regular expressions");
         let (backbone, _) = remapper.remap(backbone);
 
-        let result = self.apply(backbone, None, None, false);
-        check_result(path, &prefix, &result)?;
+        let file_key = |burn_path: &str| format!("{prefix}{}", burn_to_torchvision(burn_path));
+        let applied = self.apply_checked(backbone, path, &file_key)?;
         Ok(LoadReport {
             format,
             prefix,
-            applied: result.applied.len(),
+            applied,
             ignored,
         })
+    }
+
+    /// Applies `snapshots` (keyed by burn paths) after checking each against the parameter it
+    /// fills, so that nothing can panic inside burn-store's applier (see `conform`). Keys the
+    /// backbone has no parameter for are left out. Returns the number of tensors applied;
+    /// errors name keys through `file_key` (burn path → the file's name).
+    fn apply_checked(
+        &mut self,
+        snapshots: Vec<TensorSnapshot>,
+        path: &Path,
+        file_key: &dyn Fn(&str) -> String,
+    ) -> Result<usize> {
+        let mut by_path: HashMap<String, TensorSnapshot> = snapshots
+            .into_iter()
+            .map(|snapshot| (snapshot.full_path(), snapshot))
+            .collect();
+        let mut checked = Vec::with_capacity(by_path.len());
+        // In the module's order, so the first error is the same whatever the file's order.
+        for target in self.collect(None, None, false) {
+            let burn_path = target.full_path();
+            let Some(snapshot) = by_path.remove(&burn_path) else {
+                continue;
+            };
+            if snapshot.shape != target.shape {
+                return Err(BackboneError::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    key: file_key(&burn_path),
+                    expected: target.shape.to_vec(),
+                    found: snapshot.shape.to_vec(),
+                });
+            }
+            if !accepts_dtype(snapshot.dtype, target.dtype) {
+                return Err(BackboneError::UnsupportedDType {
+                    path: path.to_path_buf(),
+                    key: file_key(&burn_path),
+                    found: snapshot.dtype,
+                    expected: target.dtype,
+                });
+            }
+            checked.push(conform_snapshot(&snapshot, target.dtype));
+        }
+        let result = self.apply(checked, None, None, false);
+        check_result(path, file_key, &result)?;
+        Ok(result.applied.len())
     }
 
     /// Number of tensors (parameters and running statistics) the backbone holds.
@@ -326,6 +373,208 @@ impl<B: Backend> ResNet<B> {
     }
 }
 
+/// Reads every tensor of a `torch.save` file (zip, legacy pickle or tar), keyed by its full
+/// name (`model.visual.cnn.conv1.weight`, …); the data stays on disk until a tensor is read.
+///
+/// The file is recognised and checked first, because burn-store tries zip, then tar, then plain
+/// pickle and reports the last failure (a truncated zip archive reads as "Invalid pickle
+/// opcode"), and turns a storage it cannot read into zeros. Here a zip archive that is cut
+/// short, has a damaged directory or an entry failing its CRC (or that burn-store cannot open)
+/// is [`BackboneError::DamagedArchive`]; a legacy pickle file whose storage data ends early is
+/// [`BackboneError::Unreadable`]; and a file that is neither zip, pickle nor tar is
+/// [`BackboneError::Unreadable`] saying what it looks like instead.
+pub fn read_pytorch_snapshots(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> {
+    let io_error = |source| BackboneError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let unreadable = |message: String| BackboneError::Unreadable {
+        path: path.to_path_buf(),
+        format: "PyTorch",
+        message,
+    };
+    let mut file = File::open(path).map_err(io_error)?;
+    let length = file.metadata().map_err(io_error)?.len();
+    let mut head = Vec::with_capacity(TAR_MAGIC_END);
+    (&mut file)
+        .take(TAR_MAGIC_END as u64)
+        .read_to_end(&mut head)
+        .map_err(io_error)?;
+    let kind = sniff_pytorch(&head);
+    match kind {
+        PytorchKind::Zip => {
+            if let Some(problem) = zip_problem(&mut file, length).map_err(io_error)? {
+                return Err(BackboneError::DamagedArchive {
+                    path: path.to_path_buf(),
+                    message: problem,
+                });
+            }
+        }
+        PytorchKind::Pickle => {
+            if let Some(problem) = legacy_storage_problem(path) {
+                return Err(unreadable(problem));
+            }
+        }
+        PytorchKind::Tar => {}
+        PytorchKind::Other(what) => {
+            return Err(unreadable(format!(
+                "not a `torch.save` file (neither a zip archive, a pickle nor a tar \
+                 archive): {what}"
+            )))
+        }
+    }
+    drop(file);
+    let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
+    let snapshots = store.get_all_snapshots().map_err(|err| match kind {
+        PytorchKind::Zip => BackboneError::DamagedArchive {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        },
+        PytorchKind::Pickle => unreadable(format!(
+            "truncated, damaged or unsupported legacy (pickle) .pth file: {err}"
+        )),
+        _ => unreadable(err.to_string()),
+    })?;
+    Ok(snapshots.clone())
+}
+
+/// Why the storages of a legacy (pre-1.6, pickle) file cannot all be read, or `None`.
+///
+/// burn-store locates each storage from the sizes the pickle declares and, when a read fails,
+/// silently hands back zeros: a truncated download of a hub backbone would load as a network
+/// of zeros. So the layout is rebuilt here exactly as burn-store's legacy reader builds it
+/// (magic, protocol and system-info pickles, the main pickle read with a data source so it
+/// records each storage's extent, the storage-key list, then the data) and the last storage,
+/// which ends the file, must be readable to its end. Parse failures return `None`: the reader
+/// reports them.
+fn legacy_storage_problem(path: &Path) -> Option<String> {
+    use burn_store::pytorch::lazy_data::LazyDataSource;
+    use burn_store::pytorch::pickle_reader::{
+        read_pickle, read_pickle_with_data, skip_pickle, Object,
+    };
+    use std::io::BufReader;
+    use std::sync::Arc;
+
+    let mut reader = BufReader::new(File::open(path).ok()?);
+    for _ in 0..3 {
+        read_pickle(&mut reader).ok()?;
+    }
+    let main = reader.stream_position().ok()?;
+    skip_pickle(&mut reader).ok()?;
+    let Ok(Object::List(keys)) = read_pickle(&mut reader) else {
+        return None;
+    };
+    let keys: Vec<String> = keys
+        .into_iter()
+        .filter_map(|key| match key {
+            Object::String(key) => Some(key),
+            _ => None,
+        })
+        .collect();
+    let last = keys.last()?.clone();
+    let data_start = reader.stream_position().ok()?;
+    let data_size = reader
+        .seek(SeekFrom::End(0))
+        .ok()?
+        .checked_sub(data_start)?;
+    let source = Arc::new(LazyDataSource::from_legacy_multi_storage(
+        path, data_start, data_size,
+    ));
+    if let LazyDataSource::LegacyMultiStorage(inner) = source.as_ref() {
+        inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .set_storage_keys(keys);
+    }
+    reader.seek(SeekFrom::Start(main)).ok()?;
+    read_pickle_with_data(&mut reader, source.clone()).ok()?;
+    // Where does the last storage stop being readable? Probed one byte at a time (a damaged
+    // pickle can declare a storage of 2^60 bytes: reading it whole would size an allocation by
+    // it): `read_range` yields a byte inside the storage and the file, an error inside the
+    // storage but past the end of the file, and nothing past the end of the storage.
+    let probe = |offset: usize| source.read_range(&last, offset, 1);
+    let inside = |offset: usize| matches!(probe(offset), Ok(byte) if !byte.is_empty());
+    let end = if inside(0) {
+        let (mut low, mut high) = (0usize, 1usize);
+        while high < usize::MAX && inside(high) {
+            low = high;
+            high = high.saturating_mul(2);
+        }
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            if inside(middle) {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+        high
+    } else {
+        0
+    };
+    match probe(end) {
+        Ok(_) => None,
+        Err(err) => Some(format!(
+            "its tensor data ends early or is damaged ({data_size} bytes of storage data; the \
+             last storage cannot be read past byte {end}: {err}): a truncated download or copy?"
+        )),
+    }
+}
+
+/// burnpack's magic number (`0x4255524E`, "BURN") as written: little-endian.
+const BURNPACK_MAGIC: &[u8] = b"NRUB";
+
+/// End of the bytes [`sniff_pytorch`] looks at: a tar header's `ustar` magic sits at 257.
+const TAR_MAGIC_END: usize = 262;
+
+/// The container of a `torch.save` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PytorchKind {
+    /// PyTorch ≥ 1.6: a zip archive holding `data.pkl` and one entry per storage.
+    Zip,
+    /// Older PyTorch: pickle streams (protocol 2+ starts with the `PROTO` opcode `\x80`).
+    Pickle,
+    /// PyTorch < 0.4: a tar archive.
+    Tar,
+    /// Something else, described.
+    Other(&'static str),
+}
+
+fn sniff_pytorch(head: &[u8]) -> PytorchKind {
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return PytorchKind::Zip;
+    }
+    if head.first() == Some(&0x80) {
+        return PytorchKind::Pickle;
+    }
+    if head.len() >= TAR_MAGIC_END && &head[257..262] == b"ustar" {
+        return PytorchKind::Tar;
+    }
+    let text = String::from_utf8_lossy(&head[..head.len().min(64)]).to_ascii_lowercase();
+    PytorchKind::Other(if head.is_empty() {
+        "the file is empty"
+    } else if head.len() >= 9 && head[8] == b'{' {
+        "it looks like a safetensors file (load it as safetensors)"
+    } else if head.starts_with(b"\x1f\x8b") {
+        "it is gzip-compressed (decompress it first)"
+    } else if text.starts_with("version https://git-lfs") {
+        "it is a Git LFS pointer, not the file (run `git lfs pull`)"
+    } else if text.trim_start().starts_with("<!doctype html")
+        || text.trim_start().starts_with("<html")
+    {
+        "it is an HTML page (a failed download?)"
+    } else if head.starts_with(BURNPACK_MAGIC) {
+        "it looks like a burnpack file (load it as burnpack)"
+    } else if head
+        .iter()
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        "it is a text file"
+    } else {
+        "its first bytes match no known format"
+    })
+}
+
 /// Where the backbone sits: the prefix in front of the stem's `conv1.weight`.
 fn detect_prefix(snapshots: &[TensorSnapshot]) -> Option<String> {
     let mut candidates: Vec<String> = snapshots
@@ -380,8 +629,11 @@ fn closest_key_hint(snapshots: &[TensorSnapshot]) -> String {
 }
 
 /// Turns burn-store's permissive result into a strict one.
-fn check_result(path: &Path, prefix: &str, result: &ApplyResult) -> Result<()> {
-    let file_key = |burn_path: &str| format!("{prefix}{}", burn_to_torchvision(burn_path));
+fn check_result(
+    path: &Path,
+    file_key: &dyn Fn(&str) -> String,
+    result: &ApplyResult,
+) -> Result<()> {
     if let Some(error) = result.errors.first() {
         return Err(match error {
             ApplyError::ShapeMismatch {

@@ -10,6 +10,10 @@ use virtex_backbone::WeightsFormat;
 use virtex_data::{collect_image_files, ImageId, ImageTransforms, SentencePieceBpeTokenizer};
 use virtex_device::{with_backend, write_atomically, DeviceSpec};
 
+use crate::checks::{
+    apply_image_limit, check_image_sizes, check_output, check_positive, image_side_parser,
+    max_image_pixels_parser, positive_count_parser,
+};
 use crate::error::CliError;
 use crate::features::progress_bar;
 
@@ -34,8 +38,8 @@ pub struct CaptionArgs {
     /// Image files and/or directories of JPEG/PNG images.
     #[arg(long, num_args = 1.., required = true)]
     pub images: Vec<PathBuf>,
-    /// Beam search with this many beams (the default, 5).
-    #[arg(long, conflicts_with_all = ["nucleus", "greedy"])]
+    /// Beam search with this many beams (the default, 5; at least 1).
+    #[arg(long, conflicts_with_all = ["nucleus", "greedy"], value_parser = positive_count_parser())]
     pub beam_size: Option<usize>,
     /// Nucleus sampling with this p (upstream: 0.9).
     #[arg(long, conflicts_with = "greedy")]
@@ -49,23 +53,29 @@ pub struct CaptionArgs {
     /// Beam-search compatibility mode.
     #[arg(long, value_enum, default_value_t = DecoderCompat::Correct)]
     pub decoder_compat: DecoderCompat,
-    /// Shorter side after resizing (upstream's captioning evaluation: 256).
-    #[arg(long, default_value_t = 256)]
+    /// Shorter side after resizing (upstream's captioning evaluation: 256; 1 to 4096).
+    #[arg(long, default_value_t = 256, value_parser = image_side_parser())]
     pub short_side: u32,
-    /// Side of the centre crop.
-    #[arg(long, default_value_t = 224)]
+    /// Side of the centre crop (1 to 4096, at most --short-side).
+    #[arg(long, default_value_t = 224, value_parser = image_side_parser())]
     pub crop: u32,
     /// Attention heads of an official checkpoint (not stored in it; default H / 64, as in
     /// every released model).
     #[arg(long)]
     pub attention_heads: Option<usize>,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 32)]
+    /// Images per forward pass (at least 1).
+    #[arg(long, default_value_t = 32, value_parser = positive_count_parser())]
     pub batch_size: usize,
     /// cpu | cuda | cuda:N
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Output JSON: `[{"image_id": …, "caption": "…"}]`.
+    /// Largest image (width × height) the decoder accepts; default: virtex-data's limit
+    /// (178 956 970 pixels, PIL's decompression-bomb threshold). A small file can claim a huge
+    /// size: raise it only for genuinely huge images.
+    #[arg(long, value_parser = max_image_pixels_parser())]
+    pub max_image_pixels: Option<u64>,
+    /// Output JSON: `[{"image_id": …, "caption": "…"}]` (never one of the inputs, nor inside
+    /// one of the input directories or a training checkpoint).
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -96,9 +106,7 @@ impl CaptionArgs {
             })
         } else {
             let beam_size = self.beam_size.unwrap_or(5);
-            if beam_size == 0 {
-                return Err(CliError::Usage("--beam-size must be at least 1".into()));
-            }
+            check_positive("--beam-size", beam_size)?;
             DecodingConfig::with_strategy(DecodingStrategy::BeamSearch {
                 beam_size,
                 per_node_beam_size: 2,
@@ -112,11 +120,27 @@ impl CaptionArgs {
     pub fn run(self) -> Result<(), CliError> {
         let device = self.device.check()?;
         let decoding = self.decoding()?;
+        check_image_sizes(self.short_side, self.crop)?;
+        check_positive("--batch-size", self.batch_size)?;
+        apply_image_limit(self.max_image_pixels)?;
+        let mut inputs = vec![self.checkpoint.as_path(), self.vocab.as_path()];
+        inputs.extend(self.images.iter().map(PathBuf::as_path));
+        check_output(&self.out, &inputs)?;
         let files = collect_image_files(&self.images)?;
         let tokenizer = SentencePieceBpeTokenizer::from_file(&self.vocab)?;
         let transforms = ImageTransforms::downstream_val(self.short_side, self.crop)?;
         let results = with_backend!(device, |B, burn_device| {
             let model = load_captioner::<B>(&self.checkpoint, self.attention_heads, &burn_device)?;
+            // Before any image is read: a wrong tokenizer decodes every caption wrongly.
+            let checkpoint_vocab_size = model.config.textual.vocab_size;
+            if tokenizer.vocab_size() != checkpoint_vocab_size {
+                return Err(CliError::VocabularyMismatch {
+                    vocab: self.vocab.clone(),
+                    vocab_size: tokenizer.vocab_size(),
+                    checkpoint: self.checkpoint.clone(),
+                    checkpoint_vocab_size,
+                });
+            }
             let eos = model.config.eos_index;
             let progress = progress_bar(files.len(), "captions");
             let mut results = Vec::with_capacity(files.len());
@@ -126,7 +150,8 @@ impl CaptionArgs {
                 for path in batch {
                     let image = virtex_data::load_image(path)?;
                     let mut rng = virtex_data::SampleRng::for_sample(0, 0, 0);
-                    let transformed = transforms.apply_image(&image, &mut rng);
+                    let transformed =
+                        transforms.try_apply_image(&image, &mut rng, Some(path.as_path()))?;
                     size = (transformed.height as usize, transformed.width as usize);
                     pixels.extend_from_slice(&transformed.data);
                 }

@@ -33,4 +33,36 @@ pub enum CliError {
     /// Invalid combination of arguments.
     #[error("{0}")]
     Usage(String),
+    /// A size or count argument outside what can work (e.g. `--crop 0`, `--batch-size 0`,
+    /// `--short-side 100000`).
+    #[error("invalid {option} {value}: {reason}")]
+    InvalidArgument {
+        /// The option, as written on the command line (`--crop`).
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        reason: String,
+    },
+    /// The output path would destroy an input or a training checkpoint
+    /// ([`virtex_device::check_output_path`]).
+    #[error(transparent)]
+    OutputConflict(#[from] virtex_device::OutputConflict),
+    /// The tokenizer's vocabulary is not the one the checkpoint was trained with: its ids would
+    /// decode to the wrong words (larger vocabulary) or fail after inference (smaller).
+    #[error(
+        "the tokenizer `{vocab}` has {vocab_size} pieces but the checkpoint `{checkpoint}` \
+         predicts over a vocabulary of {checkpoint_vocab_size}; use the tokenizer the model was \
+         trained with"
+    )]
+    VocabularyMismatch {
+        /// The tokenizer file.
+        vocab: PathBuf,
+        /// Its number of pieces.
+        vocab_size: usize,
+        /// The checkpoint file.
+        checkpoint: PathBuf,
+        /// The vocabulary size of the checkpoint's textual head.
+        checkpoint_vocab_size: usize,
+    },
 }

@@ -8,6 +8,7 @@
 //!     --annotations datasets/coco/annotations/captions_val2017.json --out scores.json
 //! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -17,9 +18,13 @@ use virtex_data::ImageTransforms;
 use virtex_device::{with_backend, write_atomically, DeviceSpec};
 use virtex_eval::{
     evaluate_captions, evaluate_voc07, read_coco_annotations, read_predictions, CaptionEvaluation,
-    Features, Voc07Result, Voc07Split, Voc07SvmConfig, SKLEARN_RANDOM_STATE_0_SEED,
+    Features, ImageId, Voc07Result, Voc07Split, Voc07SvmConfig, SKLEARN_RANDOM_STATE_0_SEED,
 };
 
+use crate::checks::{
+    apply_image_limit, check_image_sizes, check_output, check_positive, image_side_parser,
+    max_image_pixels_parser, positive_count_parser,
+};
 use crate::error::CliError;
 use crate::features::{extract_features, load_backbone, progress_bar, FeatureKind};
 
@@ -57,23 +62,29 @@ pub struct EvalVoc07Args {
     /// Split the SVMs are tested on.
     #[arg(long, default_value = "test")]
     pub test_split: String,
-    /// Shorter side after resizing (upstream: 256).
-    #[arg(long, default_value_t = 256)]
+    /// Shorter side after resizing (upstream: 256; 1 to 4096).
+    #[arg(long, default_value_t = 256, value_parser = image_side_parser())]
     pub short_side: u32,
-    /// Side of the centre crop (upstream: 224).
-    #[arg(long, default_value_t = 224)]
+    /// Side of the centre crop (upstream: 224; 1 to 4096, at most --short-side).
+    #[arg(long, default_value_t = 224, value_parser = image_side_parser())]
     pub crop: u32,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 32)]
+    /// Images per forward pass (at least 1).
+    #[arg(long, default_value_t = 32, value_parser = positive_count_parser())]
     pub batch_size: usize,
     /// cpu | cuda | cuda:N
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Largest image (width × height) the decoder accepts; default: virtex-data's limit
+    /// (178 956 970 pixels, PIL's decompression-bomb threshold). A small file can claim a huge
+    /// size: raise it only for genuinely huge images.
+    #[arg(long, value_parser = max_image_pixels_parser())]
+    pub max_image_pixels: Option<u64>,
     /// Seed of the SVM solver's coordinate order (the default is scikit-learn's for
     /// `random_state=0`; upstream leaves it random).
     #[arg(long, default_value_t = SKLEARN_RANDOM_STATE_0_SEED)]
     pub seed: u32,
-    /// Write per-class results and mAP as JSON here.
+    /// Write per-class results and mAP as JSON here (never the weights, nor inside the VOC root
+    /// or a training checkpoint).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -99,11 +110,11 @@ impl EvalVoc07Args {
     /// prints a per-class table and the mAP, and writes the JSON report if `--out` is given.
     pub fn run(self) -> Result<(), CliError> {
         let device = self.device.check()?;
-        if self.crop > self.short_side {
-            return Err(CliError::Usage(format!(
-                "--crop ({}) must not exceed --short-side ({})",
-                self.crop, self.short_side
-            )));
+        check_image_sizes(self.short_side, self.crop)?;
+        check_positive("--batch-size", self.batch_size)?;
+        apply_image_limit(self.max_image_pixels)?;
+        if let Some(out) = &self.out {
+            check_output(out, &[&self.weights, &self.voc_root])?;
         }
         let train = Voc07Split::read(&self.voc_root, &self.train_split)?;
         let test = Voc07Split::read(&self.voc_root, &self.test_split)?;
@@ -213,7 +224,7 @@ pub struct EvalCaptionsArgs {
     /// Include per-image scores and tokenised predictions in the JSON report.
     #[arg(long)]
     pub per_image: bool,
-    /// Write the scores as JSON here.
+    /// Write the scores as JSON here (never one of the two inputs).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -246,6 +257,9 @@ struct CaptionReport<'a> {
 impl EvalCaptionsArgs {
     /// Runs the command: reads both files, scores, prints and optionally writes JSON.
     pub fn run(self) -> Result<(), CliError> {
+        if let Some(out) = &self.out {
+            check_output(out, &[&self.predictions, &self.annotations])?;
+        }
         let ground_truth = read_coco_annotations(&self.annotations)?;
         if ground_truth.is_empty() {
             return Err(CliError::Input(format!(
@@ -254,6 +268,10 @@ impl EvalCaptionsArgs {
             )));
         }
         let predictions = read_predictions(&self.predictions)?;
+        let (predictions, duplicates) = last_prediction_per_image(predictions);
+        if let Some(warning) = duplicates.warning(&self.predictions) {
+            eprintln!("{warning}");
+        }
         let evaluation: CaptionEvaluation = evaluate_captions(&predictions, &ground_truth)?;
         if evaluation.missing_predictions > 0 {
             eprintln!(
@@ -297,6 +315,76 @@ impl EvalCaptionsArgs {
         }
         Ok(())
     }
+}
+
+/// Image ids that have more than one prediction, in order of first appearance.
+#[derive(Debug, Default, PartialEq)]
+struct DuplicatePredictions {
+    /// `(id, number of predictions)` for each id predicted more than once.
+    ids: Vec<(ImageId, usize)>,
+}
+
+impl DuplicatePredictions {
+    /// How many ids [`DuplicatePredictions::warning`] lists at most.
+    const SHOWN: usize = 5;
+
+    /// The stderr warning, or `None` without duplicates.
+    fn warning(&self, file: &Path) -> Option<String> {
+        if self.ids.is_empty() {
+            return None;
+        }
+        let extra: usize = self.ids.iter().map(|(_, count)| count - 1).sum();
+        let mut shown: Vec<String> = self
+            .ids
+            .iter()
+            .take(Self::SHOWN)
+            .map(|(id, count)| format!("{id} ({count}×)"))
+            .collect();
+        if self.ids.len() > Self::SHOWN {
+            shown.push(format!("… {} more", self.ids.len() - Self::SHOWN));
+        }
+        let ids = match self.ids.len() {
+            1 => "1 image id has".to_string(),
+            n => format!("{n} image ids have"),
+        };
+        Some(format!(
+            "warning: {ids} several predictions in `{}` ({extra} extra predictions): {}; the \
+             last prediction of each id in the file is scored, the others are ignored",
+            file.display(),
+            shown.join(", ")
+        ))
+    }
+}
+
+/// One prediction per image id, the last one in file order (a predictions file from two runs
+/// concatenated, or a buggy script, may repeat ids), in order of first appearance; and the ids
+/// that repeat.
+fn last_prediction_per_image(
+    predictions: Vec<(ImageId, String)>,
+) -> (Vec<(ImageId, String)>, DuplicatePredictions) {
+    let mut position: HashMap<ImageId, usize> = HashMap::new();
+    let mut unique: Vec<(ImageId, String)> = Vec::with_capacity(predictions.len());
+    let mut counts: Vec<usize> = Vec::with_capacity(predictions.len());
+    for (id, caption) in predictions {
+        match position.get(&id) {
+            Some(&index) => {
+                unique[index].1 = caption;
+                counts[index] += 1;
+            }
+            None => {
+                position.insert(id.clone(), unique.len());
+                unique.push((id, caption));
+                counts.push(1);
+            }
+        }
+    }
+    let ids = unique
+        .iter()
+        .zip(&counts)
+        .filter(|(_, &count)| count > 1)
+        .map(|((id, _), &count)| (id.clone(), count))
+        .collect();
+    (unique, DuplicatePredictions { ids })
 }
 
 #[cfg(test)]
@@ -371,6 +459,7 @@ mod tests {
             crop,
             batch_size: 5,
             device: DeviceSpec::Cpu,
+            max_image_pixels: None,
             seed: SKLEARN_RANDOM_STATE_0_SEED,
             out: Some(out.clone()),
         }
@@ -422,6 +511,56 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_predictions_keep_the_last_and_are_listed() {
+        let id = |n: i64| ImageId::Int(n);
+        let entry = |n: i64, caption: &str| (id(n), caption.to_string());
+        let (unique, duplicates) = last_prediction_per_image(vec![
+            entry(5, "first"),
+            entry(6, "only"),
+            entry(5, "second"),
+            entry(7, "a"),
+            entry(5, "third"),
+            entry(7, "b"),
+        ]);
+        assert_eq!(
+            unique,
+            vec![entry(5, "third"), entry(6, "only"), entry(7, "b")]
+        );
+        assert_eq!(duplicates.ids, vec![(id(5), 3), (id(7), 2)]);
+        let warning = duplicates.warning(Path::new("p.json")).unwrap();
+        assert!(
+            warning.contains("2 image ids")
+                && warning.contains("`p.json`")
+                && warning.contains("(3 extra predictions)")
+                && warning.contains("5 (3×), 7 (2×);"),
+            "{warning}"
+        );
+
+        let (_, one) = last_prediction_per_image(vec![entry(1, "a"), entry(1, "b")]);
+        let warning = one.warning(Path::new("p.json")).unwrap();
+        assert!(
+            warning.starts_with("warning: 1 image id has several predictions"),
+            "{warning}"
+        );
+
+        let (_, none) = last_prediction_per_image(vec![entry(1, "a"), entry(2, "b")]);
+        assert_eq!(none.warning(Path::new("p.json")), None);
+
+        // Only the first few ids are listed.
+        let many: Vec<_> = (0..8)
+            .flat_map(|n| [entry(n, "x"), entry(n, "y")])
+            .collect();
+        let warning = last_prediction_per_image(many)
+            .1
+            .warning(Path::new("p.json"))
+            .unwrap();
+        assert!(
+            warning.contains("8 image ids") && warning.contains("4 (2×), … 3 more"),
+            "{warning}"
+        );
+    }
+
+    #[test]
     fn eval_voc07_names_a_bad_voc_root() {
         let err = EvalVoc07Args {
             weights: PathBuf::from("unused.pth"),
@@ -434,6 +573,7 @@ mod tests {
             crop: 224,
             batch_size: 4,
             device: DeviceSpec::Cpu,
+            max_image_pixels: None,
             seed: 0,
             out: None,
         }

@@ -10,6 +10,10 @@ use virtex_backbone::{global_average_pool, l2_normalize, ResNet, ResNetConfig, W
 use virtex_data::{collect_image_files, load_image_batch, ImageTransforms};
 use virtex_device::{with_backend, write_atomically, DeviceSpec};
 
+use crate::checks::{
+    apply_image_limit, check_image_sizes, check_output, check_positive, image_side_parser,
+    max_image_pixels_parser, positive_count_parser,
+};
 use crate::error::CliError;
 
 /// Arguments of `virtex features`.
@@ -28,11 +32,11 @@ pub struct FeaturesArgs {
     /// Backbone architecture (torchvision name).
     #[arg(long, default_value = "resnet50")]
     pub arch: String,
-    /// Shorter side after resizing.
-    #[arg(long, default_value_t = 256)]
+    /// Shorter side after resizing (1 to 4096).
+    #[arg(long, default_value_t = 256, value_parser = image_side_parser())]
     pub short_side: u32,
-    /// Side of the centre crop.
-    #[arg(long, default_value_t = 224)]
+    /// Side of the centre crop (1 to 4096, at most --short-side).
+    #[arg(long, default_value_t = 224, value_parser = image_side_parser())]
     pub crop: u32,
     /// Global-average-pool the layer4 grid: `[N, C]` instead of `[N, C, h, w]`.
     #[arg(long)]
@@ -40,13 +44,19 @@ pub struct FeaturesArgs {
     /// L2-normalise pooled features (implies --pooled), as the VOC07 protocol does.
     #[arg(long)]
     pub l2_normalize: bool,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 32)]
+    /// Images per forward pass (at least 1).
+    #[arg(long, default_value_t = 32, value_parser = positive_count_parser())]
     pub batch_size: usize,
     /// cpu | cuda | cuda:N
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Output safetensors file.
+    /// Largest image (width × height) the decoder accepts; default: virtex-data's limit
+    /// (178 956 970 pixels, PIL's decompression-bomb threshold). A small file can claim a huge
+    /// size: raise it only for genuinely huge images.
+    #[arg(long, value_parser = max_image_pixels_parser())]
+    pub max_image_pixels: Option<u64>,
+    /// Output safetensors file (never one of the inputs, nor inside one of the input
+    /// directories or a training checkpoint).
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -175,12 +185,12 @@ impl FeaturesArgs {
     /// Runs the command.
     pub fn run(self) -> Result<(), CliError> {
         let device = self.device.check()?;
-        if self.crop > self.short_side {
-            return Err(CliError::Usage(format!(
-                "--crop ({}) must not exceed --short-side ({})",
-                self.crop, self.short_side
-            )));
-        }
+        check_image_sizes(self.short_side, self.crop)?;
+        check_positive("--batch-size", self.batch_size)?;
+        apply_image_limit(self.max_image_pixels)?;
+        let mut inputs = vec![self.weights.as_path()];
+        inputs.extend(self.images.iter().map(PathBuf::as_path));
+        check_output(&self.out, &inputs)?;
         let files = collect_image_files(&self.images)?;
         let kind = match (self.pooled, self.l2_normalize) {
             (_, true) => FeatureKind::PooledL2,

@@ -19,6 +19,12 @@
 //! bilinear, centre crop, ImageNet normalisation), and writes every output file atomically
 //! ([`virtex_device::write_atomically`]).
 //!
+//! Before any expensive work every command refuses an output path that is one of its inputs, lies
+//! inside an input directory or inside a training checkpoint
+//! ([`virtex_device::check_output_path`]), and sizes that cannot work (`--crop 0`,
+//! `--batch-size 0`, a side above [`MAX_IMAGE_SIDE`]); `caption` refuses a tokenizer whose size
+//! is not the checkpoint's vocabulary ([`CliError::VocabularyMismatch`]) before reading any image.
+//!
 //! ```no_run
 //! use clap::Parser;
 //! use virtex_cli::Cli;
@@ -33,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod caption;
+mod checks;
 mod error;
 mod eval_commands;
 mod features;
@@ -41,6 +48,7 @@ mod tokenizer_commands;
 use clap::{Parser, Subcommand};
 
 pub use caption::{CaptionArgs, DecoderCompat};
+pub use checks::MAX_IMAGE_SIDE;
 pub use error::CliError;
 pub use eval_commands::{EvalCaptionsArgs, EvalVoc07Args};
 pub use features::{
@@ -88,7 +96,7 @@ impl Command {
         match self {
             Command::Features(args) => args.run(),
             Command::Caption(args) => args.run(),
-            Command::TrainTokenizer(args) => args.run().map_err(CliError::from),
+            Command::TrainTokenizer(args) => args.run(),
             Command::Tokenize(args) => args.run().map_err(CliError::from),
             Command::EvalVoc07(args) => args.run(),
             Command::EvalCaptions(args) => args.run(),

@@ -14,6 +14,9 @@ use virtex_data::{
     normalize_caption, read_caption_file, DataError, SentencePieceBpeTokenizer, TrainerConfig,
 };
 
+use crate::checks::check_output;
+use crate::error::CliError;
+
 /// Train a SentencePiece-compatible BPE vocabulary on COCO captions (upstream
 /// `scripts/build_vocabulary.py`: captions lower-cased and accent-stripped, special ids
 /// `<unk>` 0, `[SOS]` 1, `[EOS]` 2, `[MASK]` 3).
@@ -26,19 +29,20 @@ pub struct TrainTokenizerArgs {
     #[arg(long, default_value_t = 10_000)]
     pub vocab_size: usize,
     /// Output: `.json` (our format) or `.model` (a SentencePiece model that the `sentencepiece`
-    /// library also loads).
+    /// library also loads). Never the captions file.
     #[arg(long)]
     pub out: PathBuf,
 }
 
 impl TrainTokenizerArgs {
     /// Runs the command.
-    pub fn run(self) -> Result<(), DataError> {
+    pub fn run(self) -> Result<(), CliError> {
         self.run_to(&mut std::io::stderr())
     }
 
     /// Runs the command, writing the summary line to `log`.
-    pub fn run_to(self, log: &mut dyn Write) -> Result<(), DataError> {
+    pub fn run_to(self, log: &mut dyn Write) -> Result<(), CliError> {
+        check_output(&self.out, &[&self.captions])?;
         let captions = read_caption_file(&self.captions)?;
         let config = TrainerConfig {
             vocab_size: self.vocab_size,

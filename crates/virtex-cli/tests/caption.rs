@@ -12,7 +12,22 @@ fn captions_real_images_from_an_official_layout_checkpoint() {
     let directory = tempfile::tempdir().unwrap();
     let root = workspace();
     let checkpoint = root.join("crates/virtex/tests/fixtures/bicaptioning_tiny.pth");
-    let vocab = root.join("crates/virtex-data/sample/vocab/coco_sample.model");
+    // The tiny checkpoint predicts over 50 ids: a tokenizer of that size from the sample
+    // captions (the 400-piece sample vocabulary is refused, see `careless_inputs.rs`).
+    let vocab = directory.path().join("vocab_50.json");
+    let trained = Command::new(env!("CARGO_BIN_EXE_virtex"))
+        .arg("train-tokenizer")
+        .arg("--captions")
+        .arg(root.join("crates/virtex-data/sample/annotations/captions_train2017.json"))
+        .args(["--vocab-size", "50", "--out"])
+        .arg(&vocab)
+        .output()
+        .unwrap();
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
     let images = root.join("crates/virtex-data/sample/val2017");
     for (mode, extra) in [
         (

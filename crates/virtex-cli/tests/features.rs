@@ -230,6 +230,7 @@ fn a_truncated_jpeg_is_refused_naming_the_file() {
         l2_normalize: false,
         batch_size: 2,
         device: virtex_device::DeviceSpec::Cpu,
+        max_image_pixels: None,
         out: out.clone(),
     }
     .run()

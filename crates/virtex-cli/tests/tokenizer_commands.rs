@@ -2,15 +2,15 @@
 //! ([`virtex_cli::Cli`]), with the output captured (`run_to`).
 
 use clap::Parser;
-use virtex_cli::{Cli, Command};
+use virtex_cli::{Cli, CliError, Command};
 use virtex_data::{sample_data_root, sample_vocab_path, DataError, SentencePieceBpeTokenizer};
 
-fn run(args: &[&str]) -> Result<String, DataError> {
+fn run(args: &[&str]) -> Result<String, CliError> {
     let cli = Cli::try_parse_from(std::iter::once("virtex").chain(args.iter().copied())).unwrap();
     let mut out = Vec::new();
     match cli.command {
         Command::TrainTokenizer(a) => a.run_to(&mut out)?,
-        Command::Tokenize(a) => a.run_to(&mut out)?,
+        Command::Tokenize(a) => a.run_to(&mut out).map_err(CliError::from)?,
         other => panic!("not a tokenizer command: {other:?}"),
     }
     Ok(String::from_utf8(out).unwrap())
@@ -76,15 +76,15 @@ fn official_model_and_errors() {
     assert!(!ids.is_empty());
     assert!(matches!(
         run(&["tokenize", "--vocab", m, "--decode", "[1, 99999]"]),
-        Err(DataError::UnknownTokenId { .. })
+        Err(CliError::Data(DataError::UnknownTokenId { .. }))
     ));
     assert!(matches!(
         run(&["tokenize", "--vocab", m, "--decode", "1 x"]),
-        Err(DataError::InvalidConfig { .. })
+        Err(CliError::Data(DataError::InvalidConfig { .. }))
     ));
     assert!(matches!(
         run(&["tokenize", "--vocab", "/nonexistent.model", "a"]),
-        Err(DataError::Io { .. })
+        Err(CliError::Data(DataError::Io { .. }))
     ));
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("captions.json");
@@ -98,6 +98,6 @@ fn official_model_and_errors() {
             "--out",
             out.to_str().unwrap()
         ]),
-        Err(DataError::Json { line: 1, .. })
+        Err(CliError::Data(DataError::Json { line: 1, .. }))
     ));
 }

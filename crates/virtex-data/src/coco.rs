@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::caption::normalize_caption;
-use crate::error::{DataError, Result};
+use crate::error::{shorten, DataError, Result};
 use crate::image_io::load_image;
 
 /// An image id: COCO's integer ids, or a file stem for image directories whose names are not all
@@ -104,12 +104,28 @@ pub struct SkippedImage {
     pub reason: String,
 }
 
+impl fmt::Display for SkippedImage {
+    /// One log line: `image 7 (`path`): reason`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "image {} (`{}`): {}",
+            self.image_id,
+            self.path.display(),
+            self.reason
+        )
+    }
+}
+
 /// Options of [`CocoCaptions::load`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CocoOptions {
-    /// Skip (and count in [`CocoCaptions::skipped`]) images that are missing or empty, instead
-    /// of failing; with [`CocoOptions::verify_images`] also those that do not decode. The loader
-    /// honours the same flag for images that fail to decode later.
+    /// Skip (and list in [`CocoCaptions::skipped`], with file and reason) images that are
+    /// missing, empty or directories, instead of failing; with [`CocoOptions::verify_images`]
+    /// also those that do not decode or exceed the pixel limit ([`DataError::is_bad_image`]).
+    /// The loader has its own flag for images that fail later
+    /// ([`crate::LoaderConfig::skip_bad_images`]). An unsafe `file_name`
+    /// ([`DataError::UnsafeImagePath`]) is never skipped.
     pub skip_bad_images: bool,
     /// Decode every image once while loading, to find corrupt or truncated files up front
     /// (costs one full decode pass over the split).
@@ -164,6 +180,10 @@ impl CocoCaptions {
     }
 
     /// Reads an annotation file with images in `image_dir` (for layouts other than COCO's).
+    ///
+    /// Every image's `file_name` must be a relative path inside `image_dir` (no `..`, root or
+    /// drive component), else [`DataError::UnsafeImagePath`], which `skip_bad_images` does not
+    /// skip; symlinks inside `image_dir` are followed.
     pub fn load_files(
         annotations: &Path,
         image_dir: &Path,
@@ -188,7 +208,8 @@ impl CocoCaptions {
                     annotation_id: ann
                         .id
                         .as_ref()
-                        .map_or_else(|| "(no id)".into(), |v| v.to_string()),
+                        // Any JSON value is accepted as an id; quote at most a short one.
+                        .map_or_else(|| "(no id)".into(), |v| shorten(v.to_string(), 64)),
                     image_id: ImageId::Int(ann.image_id),
                 });
             }
@@ -202,13 +223,26 @@ impl CocoCaptions {
         let mut images = Vec::with_capacity(order.len());
         let mut skipped = Vec::new();
         for id in order {
-            let path = image_dir.join(files[&id]);
             let image_id = ImageId::Int(id);
+            let file_name = files[&id];
+            if let Err(problem) = confined_file_name(file_name) {
+                return Err(DataError::UnsafeImagePath {
+                    annotations: annotations.to_path_buf(),
+                    image_id,
+                    file_name: file_name.to_string(),
+                    problem: problem.into(),
+                });
+            }
+            let path = image_dir.join(file_name);
             let check = match std::fs::metadata(&path) {
                 Err(_) => Err(DataError::MissingImage {
                     annotations: annotations.to_path_buf(),
                     image_id: image_id.clone(),
                     path: path.clone(),
+                }),
+                Ok(meta) if meta.is_dir() => Err(DataError::CorruptImage {
+                    path: path.clone(),
+                    message: "a directory, not an image file".into(),
                 }),
                 Ok(meta) if meta.len() == 0 => Err(DataError::EmptyImage { path: path.clone() }),
                 Ok(_) if options.verify_images => load_image(&path).map(|_| ()),
@@ -293,6 +327,28 @@ impl CocoCaptions {
     pub fn annotations_path(&self) -> &Path {
         &self.annotations
     }
+}
+
+/// Checks that an annotation's `file_name` stays inside the image directory once joined to it:
+/// relative, with at least one name and no `..`, root or drive component. The check is lexical:
+/// symlinks inside the dataset are followed as usual (COCO setups often link the image
+/// directories in), but the annotation file alone cannot reach `../../etc/passwd` or `/home`.
+fn confined_file_name(file_name: &str) -> std::result::Result<(), &'static str> {
+    use std::path::Component;
+    let mut names = 0;
+    for component in Path::new(file_name).components() {
+        match component {
+            Component::Normal(_) => names += 1,
+            Component::CurDir => {}
+            Component::ParentDir => return Err("it has a `..` component"),
+            Component::RootDir => return Err("it is an absolute path"),
+            Component::Prefix(_) => return Err("it has a drive or UNC prefix"),
+        }
+    }
+    if names == 0 {
+        return Err("it names no file");
+    }
+    Ok(())
 }
 
 /// Reads the raw (unnormalised) captions of a COCO captions file, in annotation order; for

@@ -133,7 +133,9 @@ impl CaptioningDataset {
             }
         };
         let image = load_image(&entry.path)?;
-        let (image, caption) = self.transforms.apply(&image, caption, &mut rng);
+        let (image, caption) =
+            self.transforms
+                .try_apply(&image, caption, &mut rng, Some(&entry.path))?;
         let tokens = self
             .tokenizer
             .encode_caption(&caption, self.max_caption_length);
@@ -161,5 +163,6 @@ pub fn load_directory_image(
     })?;
     let image = load_image(path)?;
     let mut rng = SampleRng::for_sample(0, 0, index as u64);
-    Ok((id.clone(), transforms.apply_image(&image, &mut rng)))
+    let image = transforms.try_apply_image(&image, &mut rng, Some(path))?;
+    Ok((id.clone(), image))
 }

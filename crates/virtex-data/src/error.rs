@@ -67,6 +67,76 @@ pub enum DataError {
         /// What the decoder reported.
         message: String,
     },
+    /// An image claims more pixels than the decoder accepts ([`crate::ImageLimits`]): the guard
+    /// against decompression bombs, small files whose header claims a huge size.
+    #[error(
+        "image `{path}` is {width}x{height} = {pixels} pixels, above the limit of {max_pixels} \
+         (a guard against decompression bombs: a small file can claim a huge size); if the image \
+         is genuine, raise the limit with `virtex_data::set_image_limits` (the `max_image_pixels` \
+         setting)",
+        pixels = pixel_count(*.width, *.height)
+    )]
+    ImageTooLarge {
+        /// The image file.
+        path: PathBuf,
+        /// Width its header claims.
+        width: u64,
+        /// Height its header claims.
+        height: u64,
+        /// The limit in force ([`crate::ImageLimits::max_pixels`]).
+        max_pixels: u64,
+    },
+    /// An image file is larger than any JPEG or PNG within the pixel limit can be (checked before
+    /// it is read whole, so a huge or endless file is not loaded into memory).
+    #[error(
+        "image file `{path}` is larger than {max_bytes} bytes, more than an image within the \
+         pixel limit can take; if the image is genuine, raise the limit with \
+         `virtex_data::set_image_limits` (the `max_image_pixels` setting)"
+    )]
+    ImageFileTooLarge {
+        /// The image file.
+        path: PathBuf,
+        /// The most bytes accepted ([`crate::ImageLimits::max_file_bytes`]).
+        max_bytes: u64,
+    },
+    /// A transform step would produce an image above the pixel limit (e.g. resizing the shorter
+    /// side of a very elongated image); refused before anything is allocated.
+    #[error(
+        "transform {step} would make {} {width}x{height} = {pixels} pixels, above the limit of \
+         {max_pixels}; use a smaller size, or raise the limit with \
+         `virtex_data::set_image_limits` (the `max_image_pixels` setting)",
+        display_source(.path.as_deref()),
+        pixels = pixel_count(*.width, *.height)
+    )]
+    TransformTooLarge {
+        /// The image file, when known.
+        path: Option<PathBuf>,
+        /// The step, e.g. `SmallestMaxSize(100000)`.
+        step: String,
+        /// Output width the step would produce.
+        width: u64,
+        /// Output height the step would produce.
+        height: u64,
+        /// The limit in force ([`crate::ImageLimits::max_pixels`]).
+        max_pixels: u64,
+    },
+    /// An annotation's `file_name` is not a plain relative path inside the image directory
+    /// (absolute, or with `..`, root or drive components): refused so an annotation file
+    /// cannot make the loader read files elsewhere on the machine.
+    #[error(
+        "`{annotations}` lists image {image_id} as {file_name:?}, which is not a relative path \
+         inside the image directory ({problem}); the file is not read"
+    )]
+    UnsafeImagePath {
+        /// The annotation file.
+        annotations: PathBuf,
+        /// The image id.
+        image_id: ImageId,
+        /// The `file_name` as written in the annotation file.
+        file_name: String,
+        /// What is wrong with it, e.g. "it has a `..` component".
+        problem: String,
+    },
     /// Image files and directories given as inputs hold no JPEG or PNG image.
     #[error("no JPEG or PNG image in {}", display_paths(.inputs))]
     NoImages {
@@ -137,10 +207,13 @@ impl DataError {
             // serde_json appends " at line L column C"; the variant carries those itself.
             message: {
                 let text = error.to_string();
-                match text.rfind(" at line ") {
+                let text = match text.rfind(" at line ") {
                     Some(cut) => text[..cut].to_string(),
                     None => text,
-                }
+                };
+                // Type errors quote the offending value ("invalid type: string \"…\""), which
+                // can be a whole caption or blob; keep the message to a readable size.
+                shorten(text, MAX_QUOTED_MESSAGE)
             },
         }
     }
@@ -153,8 +226,12 @@ impl DataError {
         }
     }
 
-    /// Whether this error is about one bad image file (missing, empty, truncated or corrupt), the
-    /// kind that `skip_bad_images` skips.
+    /// Whether this error is about one bad image file (missing, empty, truncated, corrupt, or
+    /// too large for the pixel limit, as file or after a resize), the kind that
+    /// `skip_bad_images` skips.
+    ///
+    /// [`DataError::UnsafeImagePath`] is not one: an annotation file that points outside the
+    /// dataset is a broken or hostile annotation file, which should stop the run.
     pub fn is_bad_image(&self) -> bool {
         matches!(
             self,
@@ -162,7 +239,32 @@ impl DataError {
                 | Self::EmptyImage { .. }
                 | Self::TruncatedImage { .. }
                 | Self::CorruptImage { .. }
+                | Self::ImageTooLarge { .. }
+                | Self::ImageFileTooLarge { .. }
+                | Self::TransformTooLarge { .. }
         ) || matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// Longest message taken over from a parser or decoder, in characters.
+pub(crate) const MAX_QUOTED_MESSAGE: usize = 200;
+
+/// `text` cut to at most `max` characters (on a character boundary), marked with "…".
+pub(crate) fn shorten(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+fn pixel_count(width: u64, height: u64) -> u64 {
+    width.saturating_mul(height)
+}
+
+fn display_source(path: Option<&std::path::Path>) -> String {
+    match path {
+        Some(path) => format!("image `{}`", path.display()),
+        None => "the image".into(),
     }
 }
 

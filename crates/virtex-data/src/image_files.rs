@@ -81,10 +81,8 @@ pub fn load_image_batch<B: Backend, P: AsRef<Path> + Sync>(
             let path = path.as_ref();
             let image = load_image(path)?;
             let mut rng = SampleRng::for_sample(0, 0, index as u64);
-            Ok((
-                ImageId::from_file_stem(path),
-                transforms.apply_image(&image, &mut rng),
-            ))
+            let image = transforms.try_apply_image(&image, &mut rng, Some(path))?;
+            Ok((ImageId::from_file_stem(path), image))
         })
         .collect::<Result<Vec<_>>>()?;
     collate_images(images, device)

@@ -9,6 +9,9 @@
 //!   inference, [`load_image`] (any colour type → RGB8, typed errors for missing, empty,
 //!   truncated and corrupt files); [`collect_image_files`] and [`load_image_batch`] for image
 //!   files and directories given on a command line.
+//! - Limits: one pixel limit, [`ImageLimits`] (PIL's decompression-bomb threshold by default,
+//!   process-wide through [`set_image_limits`]), bounds every decode, file read and resize;
+//!   annotation `file_name`s must stay inside the image directory.
 //! - Tokenizer: [`SentencePieceBpeTokenizer`] loads an official SentencePiece `.model` and encodes
 //!   to exactly sentencepiece's ids; trains and saves new vocabularies.
 //! - Transforms: [`ImageTransforms`] presets for pretraining (train/val), downstream and no
@@ -60,7 +63,9 @@ pub use collate::{collate, collate_images, Batch, CollatedBatch, ImageBatch};
 pub use dataset::{load_directory_image, CaptionChoice, CaptioningDataset, CaptioningSample};
 pub use error::{DataError, Result};
 pub use image_files::{collect_image_files, load_image_batch};
-pub use image_io::{decode_image, load_image};
+pub use image_io::{
+    decode_image, decode_image_with_limits, image_limits, load_image, set_image_limits, ImageLimits,
+};
 pub use loader::{BatchIter, DataLoader, LoaderConfig, LoaderPosition};
 pub use rng::SampleRng;
 pub use sample::{sample_data_root, sample_vocab_path};

@@ -38,7 +38,10 @@ pub struct LoaderConfig {
     pub shuffle: bool,
     /// Drop the last incomplete batch of each epoch.
     pub drop_last: bool,
-    /// Leave out (and count) images that cannot be read or decoded instead of failing.
+    /// Leave out (and count) images that cannot be read or decoded, or exceed the pixel limit
+    /// ([`DataError::is_bad_image`]), instead of failing. Each batch lists them, with file and
+    /// reason, in [`CollatedBatch::skipped`]; a batch whose every image is bad is returned as
+    /// the error of its last one.
     pub skip_bad_images: bool,
 }
 
@@ -159,7 +162,10 @@ impl DataLoader {
         self.inner.batches_per_epoch()
     }
 
-    /// Total images skipped as unreadable by this loader so far (all iterators).
+    /// Total images skipped as unreadable by this loader so far (all iterators), including
+    /// those of batches the workers prepared ahead and not yet handed out. To log and count
+    /// exactly what training saw, use each batch's [`CollatedBatch::skipped`] (file, image id
+    /// and reason of every skipped image).
     pub fn skipped_images(&self) -> usize {
         self.inner.skipped_total.load(Ordering::Relaxed)
     }
@@ -345,7 +351,7 @@ impl BatchIter {
         self.inner.advance(self.start, self.yielded)
     }
 
-    /// Images skipped as unreadable by the loader so far.
+    /// Images skipped as unreadable by the loader so far (see [`DataLoader::skipped_images`]).
     pub fn skipped_images(&self) -> usize {
         self.inner.skipped_total.load(Ordering::Relaxed)
     }

@@ -53,6 +53,11 @@ avx2_dispatch! {
 }
 
 impl Planes {
+    /// `(width, height)`.
+    pub(crate) fn dimensions(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
     /// De-interleaves `image`, mirrored left–right when `mirror` is set.
     pub(crate) fn from_interleaved(image: &RgbImage, mirror: bool) -> Self {
         let (width, height) = image.dimensions();

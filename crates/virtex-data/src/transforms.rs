@@ -20,6 +20,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::path::Path;
 
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::caption::{swap_left_right, FlipCaption};
 use crate::error::{DataError, Result};
+use crate::image_io::{image_limits, ImageLimits};
 use crate::planar::{chw_scale_shift, Planes};
 use crate::rng::SampleRng;
 
@@ -149,10 +151,44 @@ pub struct TransformedImage {
     pub width: u32,
 }
 
-/// A validated transform pipeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A validated transform pipeline (deserialising validates too, as [`ImageTransforms::new`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ImageTransforms {
     steps: Vec<TransformStep>,
+}
+
+impl<'de> Deserialize<'de> for ImageTransforms {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Through `new`, so a config file cannot smuggle in a size 0 or a probability of 2.
+        #[derive(Deserialize)]
+        struct Steps {
+            steps: Vec<TransformStep>,
+        }
+        let Steps { steps } = Steps::deserialize(deserializer)?;
+        Self::new(steps).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Checks a fixed output side: positive, and `size × size` within the pixel limit (a resize or
+/// crop to it allocates that much whatever the input).
+fn check_side(size: u32, what: &str) -> Result<()> {
+    if size == 0 {
+        return Err(DataError::config(what, "must be positive"));
+    }
+    let limits = image_limits();
+    let side = u64::from(size);
+    if !limits.allows(side, side) {
+        return Err(DataError::config(
+            what,
+            format!(
+                "{size} gives {size}x{size} = {} pixels, above the image pixel limit of {} \
+                 (virtex_data::set_image_limits)",
+                side * side,
+                limits.max_pixels
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_prob(p: f64, what: &str) -> Result<()> {
@@ -167,18 +203,14 @@ fn check_prob(p: f64, what: &str) -> Result<()> {
 }
 
 impl ImageTransforms {
-    /// A pipeline from steps, validated: sizes positive, probabilities in `[0, 1]`, ranges
-    /// ordered and positive, hue ≤ 0.5, standard deviations non-zero, `Normalize` only last.
+    /// A pipeline from steps, validated: sizes positive with `size × size` within the pixel
+    /// limit ([`crate::image_limits`]), probabilities in `[0, 1]`, ranges ordered and positive,
+    /// hue ≤ 0.5, standard deviations non-zero, `Normalize` only last.
     pub fn new(steps: Vec<TransformStep>) -> Result<Self> {
         for (i, step) in steps.iter().enumerate() {
             match step {
                 TransformStep::RandomResizedCrop { size, scale, ratio } => {
-                    if *size == 0 {
-                        return Err(DataError::config(
-                            "RandomResizedCrop.size",
-                            "must be positive",
-                        ));
-                    }
+                    check_side(*size, "RandomResizedCrop.size")?;
                     if !(scale.0 > 0.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
                         return Err(DataError::config(
                             "RandomResizedCrop.scale",
@@ -214,14 +246,10 @@ impl ImageTransforms {
                         ));
                     }
                 }
-                TransformStep::SmallestMaxSize { size } | TransformStep::CenterCrop { size } => {
-                    if *size == 0 {
-                        return Err(DataError::config(
-                            format!("step {i} size"),
-                            "must be positive",
-                        ));
-                    }
+                TransformStep::SmallestMaxSize { size } => {
+                    check_side(*size, "SmallestMaxSize.size")?;
                 }
+                TransformStep::CenterCrop { size } => check_side(*size, "CenterCrop.size")?,
                 TransformStep::Normalize(n) => {
                     if i + 1 != steps.len() {
                         return Err(DataError::config("Normalize", "must be the last step"));
@@ -358,20 +386,54 @@ impl ImageTransforms {
     }
 
     /// Applies the pipeline to an image and its caption; the caption changes only under a flip.
+    ///
+    /// # Panics
+    /// When a step's output would exceed the pixel limit (see
+    /// [`ImageTransforms::try_apply`], which returns the error instead).
     pub fn apply(
         &self,
         image: &RgbImage,
         caption: &str,
         rng: &mut SampleRng,
     ) -> (TransformedImage, String) {
-        let mut caption = caption.to_string();
-        let image = self.run(image, Some(&mut caption), rng);
-        (image, caption)
+        self.try_apply(image, caption, rng, None)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Applies the pipeline to an image alone.
+    ///
+    /// # Panics
+    /// When a step's output would exceed the pixel limit (see
+    /// [`ImageTransforms::try_apply_image`], which returns the error instead).
     pub fn apply_image(&self, image: &RgbImage, rng: &mut SampleRng) -> TransformedImage {
-        self.run(image, None, rng)
+        self.try_apply_image(image, rng, None)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ImageTransforms::apply`], refusing with [`DataError::TransformTooLarge`] (naming
+    /// `source`, the image file, when given) a step whose output would exceed
+    /// [`crate::image_limits`], before allocating it: e.g. the shorter side of a 1 × 5000
+    /// strip resized to 224 gives 224 × 1 120 000 pixels.
+    pub fn try_apply(
+        &self,
+        image: &RgbImage,
+        caption: &str,
+        rng: &mut SampleRng,
+        source: Option<&Path>,
+    ) -> Result<(TransformedImage, String)> {
+        let mut caption = caption.to_string();
+        let image = self.run(image, Some(&mut caption), rng, source)?;
+        Ok((image, caption))
+    }
+
+    /// [`ImageTransforms::apply_image`] with the checks of [`ImageTransforms::try_apply`].
+    pub fn try_apply_image(
+        &self,
+        image: &RgbImage,
+        rng: &mut SampleRng,
+        source: Option<&Path>,
+    ) -> Result<TransformedImage> {
+        self.run(image, None, rng, source)
     }
 
     fn run(
@@ -379,7 +441,12 @@ impl ImageTransforms {
         image: &RgbImage,
         mut caption: Option<&mut String>,
         rng: &mut SampleRng,
-    ) -> TransformedImage {
+        source: Option<&Path>,
+    ) -> Result<TransformedImage> {
+        let limits = image_limits();
+        let check = |step: String, width: u64, height: u64| -> Result<()> {
+            check_output(&limits, source, step, width, height)
+        };
         // The image between steps: geometric steps work on interleaved RGB; from the flip or
         // the jitter on it is kept planar (de-interleaved once, mirrored on the way), which is
         // also the layout of the output.
@@ -388,6 +455,10 @@ impl ImageTransforms {
         for step in &self.steps {
             match step {
                 TransformStep::RandomResizedCrop { size, scale, ratio } => {
+                    // Sizes were checked against the limit in force when the pipeline was
+                    // built; the limit may have been lowered since.
+                    let side = u64::from(*size);
+                    check(format!("RandomResizedCrop({size})"), side, side)?;
                     let img = current.interleaved(image);
                     let crop =
                         random_resized_crop_params(img.width(), img.height(), *scale, *ratio, rng);
@@ -421,8 +492,15 @@ impl ImageTransforms {
                     }
                 }
                 TransformStep::SmallestMaxSize { size } => {
+                    // The longer side follows the aspect ratio, unbounded by the step's size.
+                    let (w, h) = current.dimensions(image);
+                    let (w, h) = smallest_max_size_u64(w, h, *size);
+                    check(format!("SmallestMaxSize({size})"), w, h)?;
+                    let (w, h) = (
+                        u32::try_from(w).unwrap_or(u32::MAX),
+                        u32::try_from(h).unwrap_or(u32::MAX),
+                    );
                     let img = current.interleaved(image);
-                    let (w, h) = smallest_max_size(img.width(), img.height(), *size);
                     if (w, h) != img.dimensions() {
                         let full = CropBox {
                             left: 0.0,
@@ -436,18 +514,42 @@ impl ImageTransforms {
                     }
                 }
                 TransformStep::CenterCrop { size } => {
+                    let side = u64::from(*size);
+                    check(format!("CenterCrop({size})"), side, side)?;
                     let img = current.interleaved(image);
                     current = Current::Rgb(center_crop(&img, *size, *size));
                 }
                 TransformStep::Normalize(n) => normalize = Some(*n),
             }
         }
-        match current {
+        Ok(match current {
             Current::Source => to_chw(image, normalize.as_ref()),
             Current::Rgb(img) => to_chw(&img, normalize.as_ref()),
             Current::Planar(planes) => planes.to_chw(normalize.as_ref()),
-        }
+        })
     }
+}
+
+/// [`DataError::TransformTooLarge`] when `width × height` exceeds the limit (or a side does not
+/// fit in `u32`, which no image buffer can hold).
+fn check_output(
+    limits: &ImageLimits,
+    source: Option<&Path>,
+    step: String,
+    width: u64,
+    height: u64,
+) -> Result<()> {
+    let fits = |side: u64| u32::try_from(side).is_ok();
+    if limits.allows(width, height) && fits(width) && fits(height) {
+        return Ok(());
+    }
+    Err(DataError::TransformTooLarge {
+        path: source.map(Path::to_path_buf),
+        step,
+        width,
+        height,
+        max_pixels: limits.max_pixels,
+    })
 }
 
 /// The image between the steps of [`ImageTransforms::run`].
@@ -468,6 +570,15 @@ impl Current {
             Current::Source => Cow::Borrowed(source),
             Current::Rgb(img) => Cow::Owned(img),
             Current::Planar(planes) => Cow::Owned(planes.to_interleaved()),
+        }
+    }
+
+    /// `(width, height)` of the image.
+    fn dimensions(&self, source: &RgbImage) -> (u32, u32) {
+        match self {
+            Current::Source => source.dimensions(),
+            Current::Rgb(img) => img.dimensions(),
+            Current::Planar(planes) => planes.dimensions(),
         }
     }
 
@@ -495,7 +606,8 @@ pub struct CropBox {
 }
 
 /// torchvision's `RandomResizedCrop.get_params` (albumentations uses the same algorithm):
-/// returns an integer crop box inside the image.
+/// returns an integer crop box inside the image (the whole, empty, image when it has no pixels,
+/// drawing nothing).
 pub fn random_resized_crop_params(
     width: u32,
     height: u32,
@@ -503,6 +615,15 @@ pub fn random_resized_crop_params(
     ratio: (f64, f64),
     rng: &mut SampleRng,
 ) -> CropBox {
+    if width == 0 || height == 0 {
+        // No box fits; the fallback below would clamp into an empty range.
+        return CropBox {
+            left: 0.0,
+            top: 0.0,
+            width: f64::from(width),
+            height: f64::from(height),
+        };
+    }
     let (w_img, h_img) = (f64::from(width), f64::from(height));
     let area = w_img * h_img;
     let (log_lo, log_hi) = (ratio.0.ln(), ratio.1.ln());
@@ -540,14 +661,26 @@ pub fn random_resized_crop_params(
     }
 }
 
-/// Output size of [`TransformStep::SmallestMaxSize`]: `(width, height)`.
+/// Output size of [`TransformStep::SmallestMaxSize`]: `(width, height)`; a longer side beyond
+/// `u32::MAX` saturates (the pipeline refuses such sizes before resizing).
 pub fn smallest_max_size(width: u32, height: u32, size: u32) -> (u32, u32) {
+    let (w, h) = smallest_max_size_u64(width, height, size);
+    (
+        u32::try_from(w).unwrap_or(u32::MAX),
+        u32::try_from(h).unwrap_or(u32::MAX),
+    )
+}
+
+/// [`smallest_max_size`] without the cast, for the limit check: `size · long / short` can
+/// exceed `u32` (a 1 × 65535 strip to 100 000).
+fn smallest_max_size_u64(width: u32, height: u32, size: u32) -> (u64, u64) {
+    let size64 = u64::from(size);
     if width <= height {
-        let h = (u64::from(size) * u64::from(height) / u64::from(width.max(1))) as u32;
-        (size, h.max(1))
+        let h = size64 * u64::from(height) / u64::from(width.max(1));
+        (size64, h.max(1))
     } else {
-        let w = (u64::from(size) * u64::from(width) / u64::from(height.max(1))) as u32;
-        (w.max(1), size)
+        let w = size64 * u64::from(width) / u64::from(height.max(1));
+        (w.max(1), size64)
     }
 }
 

@@ -20,9 +20,11 @@
 #![warn(missing_docs)]
 
 mod atomic;
+pub mod output_guard;
 mod probe;
 
 pub use atomic::{write_atomically, PARTIAL_PREFIX};
+pub use output_guard::{check_output_path, is_checkpoint_dir, OutputConflict};
 
 #[doc(hidden)]
 pub use burn as __burn;

@@ -1,3 +1,7 @@
+use burn::tensor::DType;
+
+use crate::weights::dtype_name;
+
 /// Errors of the textual crate. Every variant names the value or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TextualError {
@@ -42,6 +46,22 @@ pub enum TextualError {
         key: String,
         /// What the key suggests about the checkpoint.
         hint: String,
+    },
+    /// A tensor stored with a dtype that cannot fill its parameter (integers, bool, quantized).
+    /// float16, bfloat16 and float64 are converted and never give this error.
+    #[error(
+        "tensor `{key}` is stored as {}, the head expects {} (float16, bfloat16 and float64 \
+         weights are converted; integer, bool and quantized tensors are refused)",
+        dtype_name(*found),
+        dtype_name(*expected)
+    )]
+    UnsupportedDType {
+        /// The key, in PyTorch naming (with the caller's prefix).
+        key: String,
+        /// The dtype stored in the state dict.
+        found: DType,
+        /// The dtype of the parameter it would fill.
+        expected: DType,
     },
     /// Any other failure while reading or applying a tensor.
     #[error("cannot load tensor `{key}`: {message}")]

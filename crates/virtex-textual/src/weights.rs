@@ -34,7 +34,8 @@ use std::rc::Rc;
 
 use burn::module::ParamId;
 use burn::prelude::*;
-use burn_store::{ModuleSnapshot, TensorSnapshot};
+use burn::tensor::{bf16, f16, BoolStore, DType};
+use burn_store::{ModuleSnapshot, TensorSnapshot, TensorSnapshotError};
 
 use crate::decoder::TransformerDecoder;
 use crate::error::{Result, TextualError};
@@ -89,7 +90,13 @@ pub fn load_torch_head<B: Backend>(
     let tied = match state_dict.get(&format!("{prefix}output.weight")) {
         Some(output) => {
             let words = state_dict.get(&format!("{prefix}embedding.words.weight"));
-            check_tied(prefix, output, words)?;
+            // Both tensors are read only if the word matrix has the head's shape.
+            let expected = head
+                .collect(None, None, false)
+                .into_iter()
+                .find(|target| target.full_path() == "embedding.words.weight")
+                .map(|target| target.shape.to_vec());
+            check_tied(prefix, output, words, expected.as_deref())?;
             true
         }
         None => false,
@@ -120,7 +127,8 @@ fn load_module<B: Backend, M: ModuleSnapshot<B>>(
     namespace: &str,
 ) -> Result<usize> {
     let expected: Vec<TensorSnapshot> = module.collect(None, None, false);
-    let mut by_path: HashMap<String, (String, TensorSnapshot)> = HashMap::new();
+    // key in the state dict and the stored snapshot, by burn path.
+    let mut by_path: HashMap<String, (String, &TensorSnapshot)> = HashMap::new();
     for (key, snapshot) in state_dict.range(prefix.to_string()..) {
         let Some(local) = key.strip_prefix(prefix) else {
             break;
@@ -133,7 +141,6 @@ fn load_module<B: Backend, M: ModuleSnapshot<B>>(
             .strip_prefix(namespace)
             .unwrap_or(&mapping.path)
             .to_string();
-        let snapshot = relocate(snapshot, &path, mapping.transpose);
         by_path.insert(path, (key.clone(), snapshot));
     }
 
@@ -155,7 +162,8 @@ fn load_module<B: Backend, M: ModuleSnapshot<B>>(
                 expected: expected.len(),
             });
         };
-        let found = torch_layout(&snapshot.shape.to_vec(), transpose);
+        // Stored in torch layout: compared as such, before anything is read.
+        let found = snapshot.shape.to_vec();
         if found != torch_shape {
             return Err(TextualError::ShapeMismatch {
                 key,
@@ -163,7 +171,16 @@ fn load_module<B: Backend, M: ModuleSnapshot<B>>(
                 found,
             });
         }
-        applied.push(snapshot);
+        if !accepts_dtype(snapshot.dtype, target.dtype) {
+            return Err(TextualError::UnsupportedDType {
+                key,
+                found: snapshot.dtype,
+                expected: target.dtype,
+            });
+        }
+        // Nothing that reaches burn-store's applier may panic there (see `conform_snapshot`).
+        let conformed = conform_snapshot(snapshot, target.dtype);
+        applied.push(relocate(&conformed, &path, transpose));
     }
     if let Some((key, _)) = by_path.values().min_by(|a, b| a.0.cmp(&b.0)) {
         return Err(TextualError::UnexpectedTensor {
@@ -246,8 +263,15 @@ fn transpose_2d(data: TensorData) -> TensorData {
     TensorData::from_bytes_vec(out, vec![cols, rows], data.dtype)
 }
 
-/// `output.weight` must be the word matrix: same shape and same values.
-fn check_tied(prefix: &str, output: &TensorSnapshot, words: Option<&TensorSnapshot>) -> Result<()> {
+/// `output.weight` must be the word matrix: same shape and same values. `expected` is the
+/// head's word-matrix shape: when the stored one differs, nothing is compared (the loader
+/// reports it), so a damaged header cannot make the comparison read an arbitrary amount.
+fn check_tied(
+    prefix: &str,
+    output: &TensorSnapshot,
+    words: Option<&TensorSnapshot>,
+    expected: Option<&[usize]>,
+) -> Result<()> {
     let key = format!("{prefix}output.weight");
     let Some(words) = words else {
         return Err(TextualError::MissingTensor {
@@ -256,6 +280,11 @@ fn check_tied(prefix: &str, output: &TensorSnapshot, words: Option<&TensorSnapsh
             expected: 1,
         });
     };
+    if expected.is_some_and(|expected| words.shape.as_slice() != expected) {
+        // Nothing is read: the loader then names the first mis-shaped tensor in the module's
+        // order (the word matrix at the latest).
+        return Ok(());
+    }
     if output.shape != words.shape {
         return Err(TextualError::ShapeMismatch {
             key,
@@ -269,8 +298,17 @@ fn check_tied(prefix: &str, output: &TensorSnapshot, words: Option<&TensorSnapsh
             message: err.to_string(),
         })
     };
-    let output_data = read(output, &key)?;
-    let words_data = read(words, &format!("{prefix}embedding.words.weight"))?;
+    // Compared as the head will hold them, so an f16 file compares f16 values (and a dtype
+    // the head refuses is reported by the loader, naming the word matrix).
+    let as_loaded = |snapshot: &TensorSnapshot| match accepts_dtype(snapshot.dtype, DType::F32) {
+        true => conform_snapshot(snapshot, DType::F32),
+        false => snapshot.clone(),
+    };
+    let output_data = read(&as_loaded(output), &key)?;
+    let words_data = read(
+        &as_loaded(words),
+        &format!("{prefix}embedding.words.weight"),
+    )?;
     if output_data.as_bytes() != words_data.as_bytes() {
         return Err(TextualError::BadTensor {
             key,
@@ -278,6 +316,123 @@ fn check_tied(prefix: &str, output: &TensorSnapshot, words: Option<&TensorSnapsh
         });
     }
     Ok(())
+}
+
+// The checks below are `virtex_backbone::{dtype_name, accepts_dtype, conform_snapshot}`
+// (see `crates/virtex-backbone/src/conform.rs` for why they exist): this crate does not depend
+// on the backbone, so it keeps its own copy. Keep the two in step.
+
+/// PyTorch's name of a dtype (`float32`, `int64`, …), for error messages.
+pub(crate) fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F64 => "float64",
+        DType::F32 | DType::Flex32 => "float32",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        DType::I64 => "int64",
+        DType::I32 => "int32",
+        DType::I16 => "int16",
+        DType::I8 => "int8",
+        DType::U64 => "uint64",
+        DType::U32 => "uint32",
+        DType::U16 => "uint16",
+        DType::U8 => "uint8",
+        DType::Bool(BoolStore::Native) => "bool",
+        DType::Bool(_) => "bool (packed)",
+        DType::QFloat(_) => "quantized float",
+    }
+}
+
+/// The same dtype, or float to float (f16, bf16 and f64 are converted; f64 is rounded).
+fn accepts_dtype(stored: DType, expected: DType) -> bool {
+    stored == expected || (stored.is_float() && expected.is_float())
+}
+
+/// `snapshot` as a tensor of dtype `expected`, converted when read; what the reader produces
+/// is checked (shape, byte length, dtype) so a damaged file is an error, not a panic inside
+/// burn-store's applier (where a panic aborts the process).
+fn conform_snapshot(snapshot: &TensorSnapshot, expected: DType) -> TensorSnapshot {
+    let original = snapshot.clone_data_fn();
+    let shape = snapshot.shape.to_vec();
+    let key = snapshot.full_path();
+    let read_shape = shape.clone();
+    let data_fn = Rc::new(move || {
+        let data = original()?;
+        conform_data(data, &read_shape, expected)
+            .map_err(|problem| TensorSnapshotError::DataError(format!("`{key}`: {problem}")))
+    });
+    let mut conformed = TensorSnapshot::from_closure(
+        data_fn,
+        expected,
+        shape.into(),
+        Vec::new(),
+        Vec::new(),
+        snapshot.tensor_id.unwrap_or_default(),
+    );
+    conformed.path_stack = snapshot.path_stack.clone();
+    conformed.container_stack = snapshot.container_stack.clone();
+    conformed
+}
+
+fn conform_data(
+    data: TensorData,
+    shape: &[usize],
+    expected: DType,
+) -> std::result::Result<TensorData, String> {
+    if data.shape.as_slice() != shape {
+        return Err(format!(
+            "the stored data has shape {:?}, its header says {shape:?}",
+            data.shape.as_slice()
+        ));
+    }
+    let elements = shape
+        .iter()
+        .try_fold(1usize, |count, &dim| count.checked_mul(dim))
+        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    let stored = data.dtype;
+    if matches!(
+        stored,
+        DType::QFloat(_) | DType::Bool(BoolStore::U8 | BoolStore::U32)
+    ) || Some(data.bytes.len()) != elements.checked_mul(stored.size())
+    {
+        return Err(format!(
+            "{} bytes of {} data for {elements} elements (the file is damaged)",
+            data.bytes.len(),
+            dtype_name(stored)
+        ));
+    }
+    if stored == expected {
+        return Ok(data);
+    }
+    if !accepts_dtype(stored, expected) {
+        return Err(format!(
+            "stored as {}, expected {}",
+            dtype_name(stored),
+            dtype_name(expected)
+        ));
+    }
+    // From little-endian bytes, not `TensorData::convert_dtype`, which needs aligned buffers.
+    let bytes = data.as_bytes();
+    let values: Vec<f32> = match stored {
+        DType::F32 | DType::Flex32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        DType::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => unreachable!("accepts_dtype admits only floats here"),
+    };
+    Ok(TensorData::new(values, shape.to_vec()).convert_dtype(expected))
 }
 
 #[cfg(test)]

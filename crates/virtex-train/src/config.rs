@@ -65,8 +65,11 @@ pub struct DataConfig {
 impl DataConfig {
     /// Makes [`DataConfig::max_image_pixels`] the limit of every image decoder in this process.
     pub fn apply_image_limit(&self) {
-        // PENDING-IMAGE-LIMITS
-        let _ = self.max_image_pixels;
+        let mut limits = virtex_data::ImageLimits::default();
+        if let Some(max_pixels) = self.max_image_pixels {
+            limits.max_pixels = max_pixels;
+        }
+        virtex_data::set_image_limits(limits);
     }
 }
 
@@ -370,7 +373,10 @@ impl PretrainConfig {
         }
         let at_least_one = [
             ("optim.batch_size", self.optim.batch_size as u64),
-            ("optim.accumulation_steps", self.optim.accumulation_steps as u64),
+            (
+                "optim.accumulation_steps",
+                self.optim.accumulation_steps as u64,
+            ),
             ("optim.num_iterations", self.optim.num_iterations),
             ("data.vocab_size", self.data.vocab_size as u64),
             ("data.image_crop_size", u64::from(self.data.image_crop_size)),
@@ -378,7 +384,10 @@ impl PretrainConfig {
             ("train.checkpoint_every", self.train.checkpoint_every),
             ("train.val_every", self.train.val_every),
             ("train.keep_last", self.train.keep_last as u64),
-            ("train.max_consecutive_skips", self.train.max_consecutive_skips),
+            (
+                "train.max_consecutive_skips",
+                self.train.max_consecutive_skips,
+            ),
         ];
         for (key, value) in at_least_one {
             if value == 0 {
@@ -392,7 +401,9 @@ impl PretrainConfig {
             ));
         }
         if self.data.max_image_pixels == Some(0) {
-            return fail("data.max_image_pixels must be at least 1 (or null for the default)".into());
+            return fail(
+                "data.max_image_pixels must be at least 1 (or null for the default)".into(),
+            );
         }
         if self.optim.warmup_steps >= self.optim.num_iterations {
             return fail(format!(

@@ -47,6 +47,9 @@ pub enum TrainError {
     /// The device request cannot be served.
     #[error(transparent)]
     Device(#[from] virtex_device::DeviceError),
+    /// An output path would overwrite an input or a checkpoint.
+    #[error(transparent)]
+    Output(#[from] virtex_device::OutputConflict),
     /// Another process is training in this run directory.
     #[error(
         "the run directory `{path}` is in use by another run (process {holder}): wait for it \

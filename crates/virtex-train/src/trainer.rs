@@ -187,7 +187,11 @@ pub fn install_interrupt_flag() -> Arc<AtomicBool> {
         for number in interrupt_signals() {
             // Registered first, so it sees the flag before this signal sets it: a second
             // signal finds it set and exits.
-            let _ = signal_hook::flag::register_conditional_shutdown(number, 128 + number, flag.clone());
+            let _ = signal_hook::flag::register_conditional_shutdown(
+                number,
+                128 + number,
+                flag.clone(),
+            );
             let _ = signal_hook::flag::register_usize(number, signal.clone(), number as usize);
             let _ = signal_hook::flag::register(number, flag.clone());
         }
@@ -279,6 +283,19 @@ pub enum ModelSource {
     /// A checkpoint file (an official `.pth` or our safetensors) loaded into the model the
     /// given configuration describes (whose architecture it must match).
     File(PathBuf),
+}
+
+impl ModelSource {
+    /// Refuses an output path (of `--export-backbone`, say) that is this source, lies inside it
+    /// (the run directory, whose checkpoints it would corrupt) or inside any training
+    /// checkpoint. Call it before loading the model.
+    pub fn check_output(&self, output: &Path) -> Result<(), TrainError> {
+        let input = match self {
+            Self::Run(run_dir) => run_dir,
+            Self::File(file) => file,
+        };
+        Ok(virtex_device::check_output_path(output, &[input])?)
+    }
 }
 
 /// A trained model and the configuration that goes with it, for [`evaluate`] and
@@ -746,10 +763,8 @@ where
                 self.stopped_by_interrupt = true;
                 self.progress.say(format!(
                     "interrupted{}: checkpoint written to {}",
-                    interrupt_signal().map_or_else(String::new, |signal| format!(
-                        " by {}",
-                        signal_name(signal)
-                    )),
+                    interrupt_signal()
+                        .map_or_else(String::new, |signal| format!(" by {}", signal_name(signal))),
                     path.display()
                 ));
                 return Ok(Flow::Stop);
@@ -1043,7 +1058,11 @@ fn recorder_message(err: &burn::record::RecorderError) -> String {
     let detail = text
         .lines()
         .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.contains("feature") && !line.starts_with("Unable to load record"))
+        .filter(|line| {
+            !line.is_empty()
+                && !line.contains("feature")
+                && !line.starts_with("Unable to load record")
+        })
         .map(|line| line.trim_start_matches("Error: "))
         .collect::<Vec<_>>()
         .join("; ");

@@ -12,7 +12,7 @@ use burn::backend::{Autodiff, Flex};
 use virtex::CaptioningModel;
 use virtex_train::checkpoint::{latest_checkpoint, list_checkpoints};
 use virtex_train::metrics::MetricsLog;
-use virtex_train::{PretrainConfig, RunOptions, RunSummary, TrainError, Trainer};
+use virtex_train::{ModelSource, PretrainConfig, RunOptions, RunSummary, TrainError, Trainer};
 
 use common::tiny_config;
 
@@ -109,8 +109,7 @@ fn a_second_process_on_a_run_directory_is_refused() {
         let err = start(options).err().expect("the directory is locked");
         assert!(matches!(err, TrainError::RunDirLocked { .. }), "{err}");
         assert!(
-            err.to_string()
-                .contains(&std::process::id().to_string()),
+            err.to_string().contains(&std::process::id().to_string()),
             "{err}"
         );
     }
@@ -130,7 +129,10 @@ fn a_new_run_refuses_a_directory_holding_results() {
     // With checkpoints: refused (it would mix with and prune them).
     let before = snapshot(run_dir.path());
     let err = run(RunOptions::new(config.clone(), run_dir.path())).unwrap_err();
-    assert!(matches!(err, TrainError::RunDirHoldsResults { .. }), "{err}");
+    assert!(
+        matches!(err, TrainError::RunDirHoldsResults { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("--resume"), "{err}");
     assert_eq!(snapshot(run_dir.path()), before, "nothing may change");
 
@@ -173,7 +175,10 @@ fn a_failed_start_leaves_nothing_behind() {
     config.data.tokenizer = Some(parent.path().join("missing.model"));
     let err = run(RunOptions::new(config, &run_dir)).unwrap_err();
     assert!(err.to_string().contains("missing.model"), "{err}");
-    assert!(!run_dir.exists(), "a failed start must not leave a directory");
+    assert!(
+        !run_dir.exists(),
+        "a failed start must not leave a directory"
+    );
 
     // Also in a directory the user made: no config.json, no empty metrics.jsonl.
     std::fs::create_dir(&run_dir).unwrap();
@@ -285,9 +290,7 @@ fn a_damaged_optimizer_state_is_one_clear_sentence() {
     let file = checkpoint.join("optimizer.mpk");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 3]).unwrap();
-    let message = run(resume(config, run_dir.path()))
-        .unwrap_err()
-        .to_string();
+    let message = run(resume(config, run_dir.path())).unwrap_err().to_string();
     assert!(message.contains("optimizer.mpk"), "{message}");
     assert!(message.contains("damaged"), "{message}");
     for dump in ["Unknown(", "feature", "\n"] {
@@ -329,4 +332,58 @@ fn settings_that_cannot_work_name_the_config_key() {
     std::fs::write(&file, r#"{"optim": {"lr": "fast"}}"#).unwrap();
     let from_file = base.merge_json_file(&file).unwrap_err().to_string();
     assert!(from_file.contains("optim.lr"), "{from_file}");
+}
+
+#[test]
+fn an_export_never_overwrites_its_own_checkpoint() {
+    let _exclusive = exclusive();
+    let run_dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(3, 1);
+    run(RunOptions {
+        stop_after: Some(1),
+        ..RunOptions::new(config, run_dir.path())
+    })
+    .unwrap();
+    let (_, checkpoint) = latest_checkpoint(run_dir.path()).unwrap().unwrap();
+    let weights = checkpoint.join("model.safetensors");
+    let run_source = ModelSource::Run(run_dir.path().to_path_buf());
+    let file_source = ModelSource::File(weights.clone());
+    for (source, output) in [
+        // `--resume RUN --export-backbone RUN/checkpoint_N/model.safetensors`
+        (&run_source, weights.clone()),
+        // Anywhere in the run directory.
+        (
+            &run_source,
+            run_dir.path().join("backbone-export.safetensors"),
+        ),
+        // `--init-from W --export-backbone W`
+        (&file_source, weights.clone()),
+        // Next to the weights inside their checkpoint.
+        (&file_source, checkpoint.join("backbone.safetensors")),
+    ] {
+        let err = source.check_output(&output).unwrap_err();
+        assert!(matches!(err, TrainError::Output(_)), "{err}");
+        assert!(err.to_string().contains("refusing"), "{err}");
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    run_source
+        .check_output(&elsewhere.path().join("backbone.safetensors"))
+        .unwrap();
+}
+
+#[test]
+fn the_pixel_limit_comes_from_the_config() {
+    let _exclusive = exclusive();
+    let run_dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(3, 3);
+    // Far below the sample's photographs: every image is refused, naming the limit's key.
+    config.data.max_image_pixels = Some(2_000);
+    let err = run(RunOptions::new(config.clone(), run_dir.path())).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("2000"), "{message}");
+    assert!(message.contains("max_image_pixels"), "{message}");
+    // The next run's default applies again (the limit is set by every start).
+    config.data.max_image_pixels = None;
+    let other = tempfile::tempdir().unwrap();
+    run(RunOptions::new(config, other.path())).unwrap();
 }

@@ -215,7 +215,10 @@ fn export_eval_and_init_from_check_their_inputs() {
         matches!(&err, TrainError::RunDirHoldsResults { found, .. } if found == &["metrics.jsonl"]),
         "{err}"
     );
-    assert_eq!(std::fs::read(early.path().join("metrics.jsonl")).unwrap(), log);
+    assert_eq!(
+        std::fs::read(early.path().join("metrics.jsonl")).unwrap(),
+        log
+    );
 
     let elsewhere = tempfile::tempdir().unwrap();
 

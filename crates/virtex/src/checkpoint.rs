@@ -43,10 +43,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn_store::{
-    ApplyError, ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore, TensorSnapshot,
-};
-use virtex_backbone::{BlockKind, ResNetConfig, WeightsFormat};
+use burn_store::{ModuleSnapshot, ModuleStore, SafetensorsStore, TensorSnapshot};
+use virtex_backbone::{accepts_dtype, conform_snapshot, BlockKind, ResNetConfig, WeightsFormat};
 use virtex_textual::{load_torch_decoder, load_torch_head, NormType, TextualHeadConfig};
 
 use crate::config::CaptioningModelConfig;
@@ -121,15 +119,10 @@ impl OfficialFile {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             });
         }
-        let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
-        let tensors = store
-            .get_all_snapshots()
-            .map_err(|err| VirtexError::Unreadable {
-                path: path.to_path_buf(),
-                format: "PyTorch",
-                message: err.to_string(),
-            })?
-            .clone();
+        // The backbone's reader tells a truncated zip from a pickle and names what a file is
+        // when it is neither (`BackboneError::DamagedArchive` / `Unreadable`).
+        let tensors = virtex_backbone::read_pytorch_snapshots(path)?;
+        check_sizes(path, &tensors)?;
         let prefix = ["model.", "", "module.", "model.module."]
             .into_iter()
             .find(|prefix| tensors.contains_key(&format!("{prefix}textual.embedding.words.weight")))
@@ -159,15 +152,27 @@ impl OfficialFile {
         })
     }
 
-    fn shape(&self, key: &str) -> Result<Vec<usize>> {
+    /// The shape of `key`, which must have `rank` dimensions (the architecture is read from
+    /// them; a damaged file must not make the reading index out of bounds).
+    fn shape(&self, key: &str, rank: usize) -> Result<Vec<usize>> {
         let full = format!("{}{key}", self.prefix);
-        self.tensors
+        let shape = self
+            .tensors
             .get(&full)
             .map(|snapshot| snapshot.shape.to_vec())
             .ok_or_else(|| VirtexError::MissingTensor {
                 path: self.path.clone(),
-                key: full,
-            })
+                key: full.clone(),
+            })?;
+        if shape.len() != rank || shape.contains(&0) {
+            return Err(VirtexError::NotACaptioningCheckpoint {
+                path: self.path.clone(),
+                message: format!(
+                    "`{full}` has shape {shape:?}, expected {rank} non-zero dimensions"
+                ),
+            });
+        }
+        Ok(shape)
     }
 
     /// The distinct `N` of `{prefix}{under}N.` keys, sorted.
@@ -190,9 +195,9 @@ impl OfficialFile {
 
     fn infer(&self, options: &ImportOptions) -> Result<(CaptioningModelConfig, bool)> {
         let backbone = self.infer_backbone()?;
-        let words = self.shape("textual.embedding.words.weight")?;
-        let positions = self.shape("textual.embedding.positions.weight")?;
-        let projection = self.shape("textual.visual_projection.weight")?;
+        let words = self.shape("textual.embedding.words.weight", 2)?;
+        let positions = self.shape("textual.embedding.positions.weight", 2)?;
+        let projection = self.shape("textual.visual_projection.weight", 2)?;
         let (vocab, hidden) = (words[0], words[1]);
         let layers = self.indices("textual.transformer.layers.");
         if layers.is_empty() || layers != (0..layers.len()).collect::<Vec<_>>() {
@@ -201,7 +206,7 @@ impl OfficialFile {
                 message: format!("decoder layer indices {layers:?} are not 0..L"),
             });
         }
-        let feedforward = self.shape("textual.transformer.layers.0.linear1.weight")?[0];
+        let feedforward = self.shape("textual.transformer.layers.0.linear1.weight", 2)?[0];
         let heads = match options.attention_heads {
             Some(heads) => heads,
             None if hidden.is_multiple_of(64) => hidden / 64,
@@ -243,7 +248,7 @@ impl OfficialFile {
     /// The torchvision ResNet under `visual.cnn.`: stem width, block kind, blocks per stage and
     /// bottleneck width.
     fn infer_backbone(&self) -> Result<ResNetConfig> {
-        let stem = self.shape("visual.cnn.conv1.weight")?[0];
+        let stem = self.shape("visual.cnn.conv1.weight", 4)?[0];
         let kind = if self.has("visual.cnn.layer1.0.conv3.weight") {
             BlockKind::Bottleneck
         } else {
@@ -258,7 +263,7 @@ impl OfficialFile {
         let mut config = ResNetConfig::new(kind, layers).with_stem_channels(stem);
         if kind == BlockKind::Bottleneck {
             // layer1.0.conv1: [planes · width_per_group / 64, stem, 1, 1] with planes = stem.
-            let width = self.shape("visual.cnn.layer1.0.conv1.weight")?[0];
+            let width = self.shape("visual.cnn.layer1.0.conv1.weight", 4)?[0];
             config = config.with_width_per_group(width * 64 / stem.max(1));
         }
         Ok(config)
@@ -378,6 +383,38 @@ impl OfficialFile {
     }
 }
 
+/// Every tensor's shape must fit in the file: the model is built from these shapes before any
+/// data is read, so a damaged shape (`[2^40, 512]`) must not size an allocation. A stored
+/// tensor can share its storage with others (views, tied weights) but never exceed the file.
+fn check_sizes(path: &Path, tensors: &BTreeMap<String, TensorSnapshot>) -> Result<()> {
+    let file_length = std::fs::metadata(path)
+        .map_err(|source| VirtexError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    for (key, snapshot) in tensors {
+        let bytes = snapshot
+            .shape
+            .iter()
+            .try_fold(snapshot.dtype.size() as u64, |count, &dim| {
+                count.checked_mul(dim as u64)
+            });
+        if bytes.is_none_or(|bytes| bytes > file_length) {
+            return Err(VirtexError::Unreadable {
+                path: path.to_path_buf(),
+                format: "PyTorch",
+                message: format!(
+                    "tensor `{key}` of shape {:?} would need more bytes than the file's \
+                     {file_length} (a damaged header)",
+                    snapshot.shape.as_slice()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Reads the architecture of an official checkpoint from its tensors. Returns the
 /// configuration and whether the file holds a backward decoder (a bicaptioning model).
 pub fn infer_official_config(
@@ -423,6 +460,7 @@ impl<B: Backend> CaptioningModel<B> {
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let path = path.as_ref();
         let config = read_saved_config(path)?;
+        check_config_fits(&config, path)?;
         let mut model = config.init(device)?;
         load_ours(&mut model, path)?;
         Ok(model)
@@ -557,6 +595,76 @@ fn read_saved_config(path: &Path) -> Result<CaptioningModelConfig> {
     serde_json::from_value(config).map_err(|err| unreadable(format!("`{CONFIG_KEY}`: {err}")))
 }
 
+/// The configuration in a file is read before its tensors and sizes the model that is built
+/// for them: a damaged one (`layers: [2^40, …]`, `vocab_size: 2^40`) must be refused before it
+/// sizes an allocation, which would abort the process. The model's weights, at 2 bytes each
+/// (float16, the smallest accepted), must fit in the file.
+fn check_config_fits(config: &CaptioningModelConfig, path: &Path) -> Result<()> {
+    let file_length = std::fs::metadata(path)
+        .map_err(|source| VirtexError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    let weights = minimum_weights(config);
+    if weights.saturating_mul(2) > u128::from(file_length) {
+        return Err(VirtexError::Unreadable {
+            path: path.to_path_buf(),
+            format: "virtex safetensors",
+            message: format!(
+                "`{CONFIG_KEY}` describes a model of at least {weights} weights, more than the \
+                 file's {file_length} bytes can hold (a damaged configuration)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A lower bound of the number of weights `config` describes: the convolution, linear and
+/// embedding matrices (biases and BatchNorm statistics left out), saturating instead of
+/// overflowing.
+fn minimum_weights(config: &CaptioningModelConfig) -> u128 {
+    let n = |value: usize| value as u128;
+    let product = |factors: &[u128]| {
+        factors
+            .iter()
+            .fold(1u128, |total, &factor| total.saturating_mul(factor))
+    };
+    let backbone = &config.backbone;
+    let expansion = n(backbone.block.expansion());
+    let stem = n(backbone.stem_channels);
+    let mut total = product(&[stem, 3, 49]);
+    let mut in_channels = stem;
+    for (stage, &blocks) in backbone.layers.iter().enumerate() {
+        let planes = stem.saturating_mul(1 << stage);
+        let width = product(&[planes, n(backbone.width_per_group)]) / 64;
+        let out = planes.saturating_mul(expansion);
+        let block = |input: u128| match backbone.block {
+            BlockKind::Basic => {
+                product(&[input, planes, 9]).saturating_add(product(&[planes, planes, 9]))
+            }
+            BlockKind::Bottleneck => product(&[input, width])
+                .saturating_add(product(&[width, width, 9]))
+                .saturating_add(product(&[width, out])),
+        };
+        let rest = product(&[n(blocks).saturating_sub(1), block(out)]);
+        total = total
+            .saturating_add(block(in_channels))
+            .saturating_add(rest);
+        in_channels = out;
+    }
+    let textual = &config.textual;
+    let (hidden, feedforward) = (n(textual.hidden_size), n(textual.feedforward_size));
+    // Self- and cross-attention (4 H×H each) and the two feed-forward matrices.
+    let layer = product(&[8, hidden, hidden]).saturating_add(product(&[2, hidden, feedforward]));
+    let stacks = if config.caption_backward { 2 } else { 1 };
+    total
+        .saturating_add(product(&[n(textual.vocab_size), hidden]))
+        .saturating_add(product(&[n(textual.max_caption_length), hidden]))
+        .saturating_add(product(&[n(textual.visual_feature_size), hidden]))
+        .saturating_add(product(&[stacks, n(textual.num_layers), layer]))
+}
+
 /// Errors on the first configuration key where `saved` and `configured` differ, ignoring the
 /// training settings that do not change what the weights compute: dropout, BatchNorm momentum
 /// and the zero-initialisation of residual branches.
@@ -614,51 +722,70 @@ fn first_difference(
     (found != expected).then(|| (key, found.to_string(), expected.to_string()))
 }
 
+/// Reads the file's tensors and applies them, every one checked against its parameter first
+/// (shape, dtype; see `virtex_backbone::conform_snapshot` for why nothing unchecked may reach
+/// burn-store's applier). Errors name the first mis-shaped or refused tensor in the model's
+/// order, then the first missing one, then the first the model has no place for.
 fn load_ours<B: Backend, M: ModuleSnapshot<B>>(model: &mut M, path: &Path) -> Result<()> {
-    let mut store = SafetensorsStore::from_file(path)
-        .allow_partial(true)
-        .validate(false);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|err| VirtexError::Unreadable {
-            path: path.to_path_buf(),
-            format: "virtex safetensors",
-            message: err.to_string(),
-        })?;
-    if let Some(error) = result.errors.first() {
-        return Err(match error {
-            ApplyError::ShapeMismatch {
-                path: key,
-                expected,
-                found,
-            } => VirtexError::ShapeMismatch {
+    let unreadable = |message: String| VirtexError::Unreadable {
+        path: path.to_path_buf(),
+        format: "virtex safetensors",
+        message,
+    };
+    let mut store = SafetensorsStore::from_file(path);
+    let mut stored: BTreeMap<String, TensorSnapshot> = store
+        .get_all_snapshots()
+        .map_err(|err| unreadable(err.to_string()))?
+        .clone();
+    let mut checked = Vec::with_capacity(stored.len());
+    let mut missing = Vec::new();
+    for target in model.collect(None, None, false) {
+        let key = target.full_path();
+        let Some(snapshot) = stored.remove(&key) else {
+            missing.push(key);
+            continue;
+        };
+        if snapshot.shape != target.shape {
+            return Err(VirtexError::ShapeMismatch {
                 path: path.to_path_buf(),
-                key: key.clone(),
-                expected: expected.to_vec(),
-                found: found.to_vec(),
-            },
-            other => VirtexError::Unreadable {
+                key,
+                expected: target.shape.to_vec(),
+                found: snapshot.shape.to_vec(),
+            });
+        }
+        if !accepts_dtype(snapshot.dtype, target.dtype) {
+            return Err(VirtexError::UnsupportedDType {
                 path: path.to_path_buf(),
-                format: "virtex safetensors",
-                message: other.to_string(),
-            },
-        });
+                key,
+                found: snapshot.dtype,
+                expected: target.dtype,
+            });
+        }
+        checked.push(conform_snapshot(&snapshot, target.dtype));
     }
-    let mut missing: Vec<&String> = result.missing.iter().map(|(key, _)| key).collect();
     missing.sort();
-    if let Some(key) = missing.first() {
+    if let Some(key) = missing.into_iter().next() {
         return Err(VirtexError::MissingTensor {
             path: path.to_path_buf(),
-            key: key.to_string(),
+            key,
         });
     }
-    let mut unused = result.unused.clone();
-    unused.sort();
-    if let Some(key) = unused.first() {
+    if let Some(key) = stored.into_keys().next() {
         return Err(VirtexError::UnexpectedTensor {
             path: path.to_path_buf(),
-            key: key.clone(),
+            key,
             message: "the configured model has no such tensor".into(),
+        });
+    }
+    let result = model.apply(checked, None, None, false);
+    // Only a read failure (a damaged data section) can remain after the checks above.
+    if let Some(error) = result.errors.first() {
+        return Err(unreadable(error.to_string()));
+    }
+    if let Some((key, _)) = result.missing.first() {
+        return Err(VirtexError::MissingTensor {
+            path: path.to_path_buf(),
+            key: key.clone(),
         });
     }
     Ok(())
@@ -695,6 +822,35 @@ mod tests {
                 ),
             ]),
         }
+    }
+
+    #[test]
+    fn the_weight_bound_is_a_lower_bound_within_half() {
+        use burn::backend::Flex;
+        let tiny = CaptioningModelConfig::new(
+            ResNetConfig::new(BlockKind::Bottleneck, [2, 1, 1, 1]).with_stem_channels(4),
+            TextualHeadConfig::new(128, 50, 16, 2, 2, 64),
+        );
+        let basic = CaptioningModelConfig::new(
+            ResNetConfig::new(BlockKind::Basic, [1, 2, 1, 1]).with_stem_channels(8),
+            TextualHeadConfig::new(64, 100, 32, 1, 4, 48),
+        )
+        .with_caption_backward(false);
+        for config in [tiny, basic] {
+            let model = config.init::<Flex>(&Default::default()).unwrap();
+            let actual = model.num_params() as u128;
+            let bound = minimum_weights(&config);
+            assert!(
+                bound <= actual && bound * 2 >= actual,
+                "{bound} vs {actual}"
+            );
+        }
+        let mut huge = CaptioningModelConfig::virtex();
+        huge.backbone.layers[2] = 1 << 40;
+        assert!(minimum_weights(&huge) > 1 << 50);
+        huge.textual.vocab_size = usize::MAX;
+        huge.backbone.stem_channels = usize::MAX;
+        assert_eq!(minimum_weights(&huge), u128::MAX);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 use std::path::PathBuf;
 
+use burn::tensor::DType;
+use virtex_backbone::dtype_name;
+
 use virtex_backbone::BackboneError;
 use virtex_textual::TextualError;
 
@@ -63,6 +66,24 @@ pub enum VirtexError {
         expected: Vec<usize>,
         /// Shape found in the file.
         found: Vec<usize>,
+    },
+    /// A tensor is stored with a dtype that cannot fill its parameter (integers, bool,
+    /// quantized). float16, bfloat16 and float64 are converted and never give this error.
+    #[error(
+        "`{path}`: tensor `{key}` is stored as {}, the model expects {} (float16, bfloat16 and \
+         float64 weights are converted; integer, bool and quantized tensors are refused)",
+        dtype_name(*found),
+        dtype_name(*expected)
+    )]
+    UnsupportedDType {
+        /// The file.
+        path: PathBuf,
+        /// The key in the file.
+        key: String,
+        /// The dtype stored in the file.
+        found: DType,
+        /// The dtype of the parameter it would fill.
+        expected: DType,
     },
     /// A tensor the model needs is absent.
     #[error("`{path}` does not hold the tensor `{key}`")]

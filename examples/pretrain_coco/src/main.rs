@@ -51,6 +51,10 @@ fn try_main(args: Args) -> Result<u8, TrainError> {
                     .into(),
             )
         })?;
+        if let Some(output) = &args.export_backbone {
+            // Before loading anything: an export onto its own checkpoint would destroy it.
+            source.check_output(output)?;
+        }
         read_model(&args, &devices[0], &source, config)?;
         return Ok(0);
     }
@@ -70,9 +74,10 @@ fn try_main(args: Args) -> Result<u8, TrainError> {
         ..RunOptions::new(config, run_dir.clone())
     };
     let interrupted = install_interrupt_flag();
-    let summary = with_backend_devices!(&devices, |B, burn_devices| {
-        train::<Autodiff<B>>(options, burn_devices, interrupted)?
+    let result = with_backend_devices!(&devices, |B, burn_devices| {
+        train::<Autodiff<B>>(options, burn_devices, interrupted)
     });
+    let summary = result.inspect_err(|err| say_what_is_left(err, &run_dir))?;
     let first = summary.losses.first().copied().unwrap_or(f64::NAN);
     let last = summary.losses.last().copied().unwrap_or(f64::NAN);
     let skipped_images = if summary.skipped_images > 0 {
@@ -126,3 +131,29 @@ fn read_model(
     Ok(())
 }
 
+/// After a training error that does not say it itself: what the run directory keeps.
+fn say_what_is_left(err: &TrainError, run_dir: &std::path::Path) {
+    if matches!(
+        err,
+        TrainError::Stopped { .. }
+            | TrainError::Diverged { .. }
+            | TrainError::RunDirLocked { .. }
+            | TrainError::RunDirHoldsResults { .. }
+            | TrainError::AlreadyComplete { .. }
+    ) || !run_dir.is_dir()
+    {
+        return;
+    }
+    match virtex_train::checkpoint::latest_checkpoint(run_dir) {
+        Ok(Some((iteration, path))) => eprintln!(
+            "the run directory keeps its newest checkpoint, iteration {iteration}: {} (continue \
+             with --resume {})",
+            path.display(),
+            run_dir.display()
+        ),
+        _ => eprintln!(
+            "the run directory {} holds no checkpoint",
+            run_dir.display()
+        ),
+    }
+}

@@ -70,3 +70,5 @@ pub fn assert_close(what: &str, actual: &TensorData, expected: &TensorData, tole
         "{what}: relative error {error:e} exceeds {tolerance:e}"
     );
 }
+
+pub mod files;
