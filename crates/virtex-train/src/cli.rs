@@ -10,7 +10,7 @@ use virtex_device::{DeviceError, DeviceSpec};
 
 use crate::config::PretrainConfig;
 use crate::error::TrainError;
-use crate::trainer::ResumeOverrides;
+use crate::trainer::{ResumeOverrides, RunOptions};
 
 /// VirTex pretraining (bicaptioning on COCO Captions).
 ///
@@ -79,6 +79,10 @@ pub struct Args {
     /// and optimizer state (for GPUs; overrides `train.precision`).
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// Print the resolved configuration (preset, `--config`, `--set` and the data and
+    /// precision flags; with `--resume`, the checkpoint's) as JSON and exit, writing nothing.
+    #[arg(long, conflicts_with_all = ["eval_only", "export_backbone"])]
+    pub print_config: bool,
 }
 
 /// A `--devices` list: comma-separated, non-empty, one backend, each device available
@@ -105,6 +109,20 @@ impl Args {
         config = config.apply_overrides(&self.overrides)?;
         self.resume_overrides().apply(&mut config);
         Ok(config)
+    }
+
+    /// The configuration this command line runs with: [`Args::config`] for a new run, the
+    /// newest checkpoint's (with [`Args::resume_overrides`]) for `--resume`. Reads, never
+    /// writes: what `--print-config` prints.
+    pub fn resolved_config(&self) -> Result<PretrainConfig, TrainError> {
+        match &self.resume {
+            Some(run_dir) => crate::trainer::run_config(&RunOptions {
+                resume: true,
+                resume_overrides: self.resume_overrides(),
+                ..RunOptions::new(PretrainConfig::base(), run_dir)
+            }),
+            None => self.config(),
+        }
     }
 
     /// What the command line changes in a resumed run's configuration: the data and

@@ -387,3 +387,53 @@ fn the_pixel_limit_comes_from_the_config() {
     let other = tempfile::tempdir().unwrap();
     run(RunOptions::new(config, other.path())).unwrap();
 }
+
+#[test]
+fn print_config_resolves_the_command_line_and_writes_nothing() {
+    use clap::Parser;
+    use virtex_train::cli::Args;
+    let args = Args::try_parse_from([
+        "pretrain_coco",
+        "--preset",
+        "bicaptioning_R_50_L1_H2048",
+        "--set",
+        "optim.batch_size=64",
+        "--print-config",
+    ])
+    .unwrap();
+    assert!(args.print_config);
+    let config = args.resolved_config().unwrap();
+    assert_eq!(config.optim.batch_size, 64);
+    assert_eq!(
+        config.model.textual,
+        PretrainConfig::preset("bicaptioning_R_50_L1_H2048")
+            .unwrap()
+            .model
+            .textual
+    );
+
+    // With --resume: the checkpoint's config, with the flags a resume may change.
+    let _exclusive = exclusive();
+    let run_dir = tempfile::tempdir().unwrap();
+    run(RunOptions {
+        stop_after: Some(1),
+        ..RunOptions::new(tiny_config(3, 1), run_dir.path())
+    })
+    .unwrap();
+    let before = snapshot(run_dir.path());
+    let dir = run_dir.path().to_str().unwrap();
+    let args = Args::try_parse_from([
+        "pretrain_coco",
+        "--resume",
+        dir,
+        "--precision",
+        "bf16",
+        "--print-config",
+    ])
+    .unwrap();
+    let config = args.resolved_config().unwrap();
+    assert_eq!(config.optim.num_iterations, 3);
+    assert_eq!(config.train.precision, virtex::Precision::Bf16);
+    assert_eq!(snapshot(run_dir.path()), before, "nothing may change");
+    assert!(Args::try_parse_from(["pretrain_coco", "--print-config", "--eval-only"]).is_err());
+}

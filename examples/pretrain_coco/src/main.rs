@@ -35,6 +35,13 @@ fn main() -> ExitCode {
 
 /// Runs the command; returns the exit status (0, or `128 + signal` after an interrupt).
 fn try_main(args: Args) -> Result<u8, TrainError> {
+    if args.print_config {
+        let config = args.resolved_config()?;
+        let text = serde_json::to_string_pretty(&config)
+            .map_err(|err| TrainError::Config(err.to_string()))?;
+        println!("{text}");
+        return Ok(0);
+    }
     let devices = args.training_devices()?;
     let config = args.config()?;
     // Evaluation and export read a model and write nothing into a run directory.
