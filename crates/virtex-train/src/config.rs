@@ -147,7 +147,8 @@ pub struct TrainLoopConfig {
     pub checkpoint_every: u64,
     /// Run validation every N iterations (upstream: with every checkpoint).
     pub val_every: u64,
-    /// Keep the newest K checkpoints.
+    /// Keep the newest K checkpoints (upstream's `CheckpointManager` keeps 200, the released
+    /// presets too: upstream picks the best checkpoint by VOC07 mAP among them).
     pub keep_last: usize,
     /// Batches of the validation split to evaluate (`None` = all).
     pub val_batches: Option<usize>,
@@ -214,7 +215,7 @@ impl PretrainConfig {
                 log_every: 20,
                 checkpoint_every: 2000,
                 val_every: 2000,
-                keep_last: 5,
+                keep_last: 200,
                 val_batches: None,
                 max_consecutive_skips: 100,
                 precision: Precision::F32,
@@ -500,6 +501,11 @@ mod tests {
             config.validate().unwrap();
         }
         let h2048 = PretrainConfig::preset("bicaptioning_R_50_L1_H2048").unwrap();
+        // Upstream's checkpoint cadence and retention.
+        assert_eq!(
+            (h2048.train.checkpoint_every, h2048.train.keep_last),
+            (2000, 200)
+        );
         assert_eq!(h2048.model.textual, "transdec_postnorm::L1_H2048_A32_F8192");
         let forward = PretrainConfig::preset("captioning_R_50_L1_H2048").unwrap();
         assert_eq!(forward.model.name, "captioning");
