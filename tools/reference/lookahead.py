@@ -21,8 +21,9 @@ weights after the last step). Paths are the burn module paths of the Rust test m
 (tests/common/mod.rs), so the no-decay regex sees the same strings on both sides. Everything is
 float32 like the Rust side; schedule multipliers are float64 in JSON.
 
-Lookahead, the param groups and the schedules are written here from the formulas of
-shared/docs/virtex-spec.md section 3; torch.optim.SGD / AdamW and clip_grad_norm_ are the reference.
+Lookahead, the param groups and the schedules are written here from the formulas of upstream's
+virtex/optim/ and scripts/pretrain_virtex.py (see docs/upstream.md); torch.optim.SGD / AdamW and
+clip_grad_norm_ are the reference.
 
 Usage:  ~/.venvs/ref/bin/python tools/reference/lookahead.py
 """
@@ -63,7 +64,7 @@ TINY = [
 
 
 class Lookahead:
-    """Lookahead from the spec: after every k-th inner step p <- a*p + (1-a)*slow; slow <- p."""
+    """Lookahead as upstream `virtex/optim/lookahead.py`: after every k-th inner step p <- a*p + (1-a)*slow; slow <- p."""
 
     def __init__(self, inner: torch.optim.Optimizer, k: int, alpha: float):
         self.inner, self.k, self.alpha = inner, k, alpha
@@ -248,7 +249,7 @@ def schedules():
 
 
 def virtex_param_groups():
-    """Counts per group of upstream's base model, built from the spec (section 1) on the meta
+    """Counts per group of upstream's base model, built from upstream's architecture (docs/upstream.md) on the meta
     device, with upstream's rules applied to torch names."""
     import torchvision
 

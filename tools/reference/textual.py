@@ -2,9 +2,9 @@
 """Reference fixtures for `virtex-textual`, `virtex-loss` and `virtex`, computed with PyTorch.
 
 Our own PyTorch implementation of VirTex's textual head, losses, captioning models and decoders,
-written from docs/virtex-spec.md (sections 1.2-1.7, 2, 5, 7.1) with `torch.nn.TransformerDecoder`
-and `nn.MultiheadAttention` as the reference for the decoder. CI never runs Python; the outputs
-are committed:
+written from upstream's code (kdexd/virtex; our differences from it: docs/upstream.md) with
+`torch.nn.TransformerDecoder` and `nn.MultiheadAttention` as the reference for the decoder. CI
+never runs Python; the outputs are committed:
 
 crates/virtex-textual/tests/fixtures/
   head_{postnorm,prenorm}.safetensors   state dict (`state.<torch key>`), inputs, eval logits,
@@ -56,7 +56,7 @@ BEAM_SEED = 90
 
 
 # --------------------------------------------------------------------------------------------
-# Model, from the spec
+# Model, from upstream's code (docs/upstream.md)
 # --------------------------------------------------------------------------------------------
 class WordAndPositionalEmbedding(nn.Module):
     def __init__(self, vocab_size, hidden_size, dropout, max_caption_length, padding_idx=PAD):
@@ -93,7 +93,7 @@ class TextualHead(nn.Module):
 
     @staticmethod
     def _init_weights(module):
-        # Weights only: the biases keep their constructors' values (spec 1.2).
+        # Weights only: the biases keep their constructors' values (upstream; docs/upstream.md).
         if isinstance(module, nn.Linear):
             module.weight.data.normal_(mean=0.0, std=0.02)
         elif isinstance(module, nn.MultiheadAttention):
@@ -178,7 +178,8 @@ def pad_reversed(captions):
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding, from spec section 5 (full recomputation at every step, as upstream)
+# Decoding, from upstream's beam search and nucleus sampling (docs/upstream.md); full
+# recomputation at every step, as upstream
 # --------------------------------------------------------------------------------------------
 def step_logprobs(head, features, partial):
     """log_softmax of the last position; features [N, C, h, w], partial [N, t]."""

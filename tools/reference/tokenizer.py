@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Parity fixtures for the SentencePiece-compatible tokenizer of `virtex-data`.
 
-Trains a small SentencePiece BPE model with upstream VirTex's trainer flags (spec §4.4:
+Trains a small SentencePiece BPE model with upstream VirTex's trainer flags (upstream `scripts/build_vocabulary.py`:
 `--model_type=bpe --character_coverage=1.0 --bos_id=-1 --eos_id=-1
 --control_symbols=[SOS],[EOS],[MASK]`, everything else default, so nmt_nfkc normalisation, the
 "▁" dummy prefix and unk id 0) on a caption corpus: the embedded sample's train captions plus a

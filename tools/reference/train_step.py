@@ -29,7 +29,7 @@ iterations 1-6 and 8, not in 7, 9 and 10.
 
 Writes (CI never runs Python; both files are committed):
 
-examples/pretrain_coco/tests/fixtures/
+crates/virtex-train/tests/fixtures/
   train_step_init.pth            official layout {"model": state_dict} (shared textual tensors
                                  duplicated under backward_textual.*, as upstream saves them)
   train_step_reference.safetensors
@@ -65,7 +65,7 @@ from textual import (  # noqa: E402
 from torchvision.models.resnet import Bottleneck  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "examples" / "pretrain_coco" / "tests" / "fixtures"
+OUT = ROOT / "crates" / "virtex-train" / "tests" / "fixtures"
 
 ITERATIONS = 10
 SETTINGS = {

@@ -93,9 +93,21 @@ pub struct ModelConfig {
 pub struct OptimConfig {
     /// Images per optimizer step (upstream `BATCH_SIZE`).
     pub batch_size: usize,
-    /// Split each step into this many micro-batches whose gradients are summed
-    /// (batch 256 on smaller memory). `batch_size` must be divisible by it.
+    /// Split each step into this many micro-batches whose gradients are averaged
+    /// (batch 256 on smaller memory). `batch_size` must be divisible by it. Set from
+    /// [`OptimConfig::batch_norm_batch`] when that is given.
     pub accumulation_steps: usize,
+    /// Images each BatchNorm normalises over, on each device: upstream trains with DDP on 8
+    /// GPUs × 32 images, so its BatchNorm statistics are over 32 images while the gradients
+    /// are averaged over all 256. When set, a run on `D` devices takes
+    /// `accumulation_steps = batch_size / (batch_norm_batch × D)` (which must divide
+    /// exactly), giving upstream's semantics on any number of devices; `null` leaves
+    /// `accumulation_steps` as written (BatchNorm over `batch_size / (accumulation_steps × D)`).
+    /// The released presets set 32. One difference remains: upstream's checkpointed running
+    /// statistics are rank 0's, updated once per iteration from its 32 images; accumulation
+    /// updates them once per micro-batch.
+    #[serde(default)]
+    pub batch_norm_batch: Option<usize>,
     /// SGD momentum.
     pub sgd_momentum: f64,
     /// Nesterov momentum (upstream: false).
@@ -193,6 +205,7 @@ impl PretrainConfig {
             optim: OptimConfig {
                 batch_size: 256,
                 accumulation_steps: 1,
+                batch_norm_batch: Some(32),
                 sgd_momentum: 0.9,
                 sgd_nesterov: false,
                 weight_decay: 1e-4,
@@ -259,6 +272,7 @@ impl PretrainConfig {
                 // The sample's SentencePiece vocabulary (`coco_sample.model`).
                 config.data.vocab_size = 400;
                 config.optim.batch_size = 8;
+                config.optim.batch_norm_batch = None;
                 config.optim.num_iterations = 150;
                 config.optim.warmup_steps = 10;
                 config.optim.cnn_lr = 0.05;
@@ -363,6 +377,26 @@ impl PretrainConfig {
         Ok(config)
     }
 
+    /// Sets `optim.accumulation_steps` from `optim.batch_norm_batch` for a run on `devices`
+    /// devices (nothing when it is `null`): `batch_size / (batch_norm_batch × devices)`
+    /// micro-batches, each device normalising `batch_norm_batch` images.
+    pub fn resolve_batch_norm_batch(&mut self, devices: usize) -> Result<(), TrainError> {
+        let Some(per_device) = self.optim.batch_norm_batch else {
+            return Ok(());
+        };
+        let per_micro_batch = per_device * devices.max(1);
+        if per_micro_batch == 0 || !self.optim.batch_size.is_multiple_of(per_micro_batch) {
+            return Err(TrainError::Config(format!(
+                "optim.batch_size {} is not a multiple of optim.batch_norm_batch {per_device} × \
+                 {devices} device(s): choose a batch size or device count that divides, or set \
+                 optim.batch_norm_batch=null to use optim.accumulation_steps",
+                self.optim.batch_size
+            )));
+        }
+        self.optim.accumulation_steps = self.optim.batch_size / per_micro_batch;
+        Ok(())
+    }
+
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), TrainError> {
         let fail = |message: String| Err(TrainError::Config(message));
@@ -400,6 +434,13 @@ impl PretrainConfig {
                 "data.max_caption_length must be at least 3 (SOS, one token, EOS); it is {}",
                 self.data.max_caption_length
             ));
+        }
+        if self.optim.batch_norm_batch == Some(0) {
+            return fail(
+                "optim.batch_norm_batch must be at least 1 (or null to keep \
+                 optim.accumulation_steps)"
+                    .into(),
+            );
         }
         if self.data.max_image_pixels == Some(0) {
             return fail(

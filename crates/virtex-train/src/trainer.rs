@@ -499,10 +499,12 @@ where
             return Err(TrainError::Config("no device to train on".into()));
         };
         let RunStart {
-            config,
+            mut config,
             resume_from,
             state,
         } = RunStart::of(&options)?;
+        // Upstream's BatchNorm batch on this many devices (the micro-batches of a step).
+        config.resolve_batch_norm_batch(devices.len())?;
         let run_dir = options.run_dir.clone();
         // This process holds the lock, so every `.partial-*` here is left by a process killed
         // while writing: remove them now rather than at the first checkpoint, and say so.
