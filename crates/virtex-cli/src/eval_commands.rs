@@ -5,7 +5,8 @@
 //! virtex eval-voc07 --weights bicaptioning_R_50_L1_H2048.pth --voc-root datasets/VOC2007 \
 //!     --device cuda --out voc07.json
 //! virtex eval-captions --predictions captions.json \
-//!     --annotations datasets/coco/annotations/captions_val2017.json --out scores.json
+//!     --annotations datasets/coco/annotations/captions_val2017.json --out scores.json \
+//!     [--spice-jar pycocoevalcap/spice/spice-1.0.jar]
 //! ```
 
 use std::collections::HashMap;
@@ -17,8 +18,9 @@ use virtex_backbone::WeightsFormat;
 use virtex_data::ImageTransforms;
 use virtex_device::{with_backend, write_atomically, DeviceSpec};
 use virtex_eval::{
-    evaluate_captions, evaluate_voc07, read_coco_annotations, read_predictions, CaptionEvaluation,
-    Features, ImageId, Voc07Result, Voc07Split, Voc07SvmConfig, SKLEARN_RANDOM_STATE_0_SEED,
+    evaluate_captions, evaluate_voc07, read_coco_annotations, read_predictions, spice_availability,
+    CaptionEvaluation, Features, ImageCaptionScore, ImageId, JarOrigin, Spice, SpiceUnavailable,
+    Voc07Result, Voc07Split, Voc07SvmConfig, SKLEARN_RANDOM_STATE_0_SEED, SPICE_JAR_ENV,
 };
 
 use crate::checks::{
@@ -211,7 +213,8 @@ impl EvalVoc07Args {
 }
 
 /// Arguments of `virtex eval-captions`: CIDEr-D and BLEU-1..4 of predicted captions against
-/// COCO references, tokenised as coco-caption does (no Java needed).
+/// COCO references, tokenised as coco-caption does (no Java needed), and SPICE when Stanford's
+/// SPICE jar and Java are available (skipped otherwise, saying why).
 #[derive(Debug, Args)]
 pub struct EvalCaptionsArgs {
     /// Predictions: `[{"image_id": …, "caption": "…"}, …]`.
@@ -224,7 +227,20 @@ pub struct EvalCaptionsArgs {
     /// Include per-image scores and tokenised predictions in the JSON report.
     #[arg(long)]
     pub per_image: bool,
-    /// Write the scores as JSON here (never one of the two inputs).
+    /// Stanford's SPICE jar (`spice-1.0.jar`, with its `lib/` of Stanford CoreNLP jars beside
+    /// it), run with `$JAVA_HOME/bin/java` or the `java` on PATH; default: $VIRTEX_SPICE_JAR.
+    /// Without a jar or without Java, SPICE is skipped ("SPICE skipped: <reason>" on stderr,
+    /// `"spice": null` in the report); a jar path that does not exist is an error.
+    #[arg(long)]
+    pub spice_jar: Option<PathBuf>,
+    /// Directory of SPICE's parse cache (created if missing; default: `cache/` next to the jar,
+    /// as pycocoevalcap). Repeated evaluations against the same references get much faster.
+    #[arg(long, conflicts_with = "spice_no_cache")]
+    pub spice_cache: Option<PathBuf>,
+    /// Run SPICE without its parse cache.
+    #[arg(long)]
+    pub spice_no_cache: bool,
+    /// Write the scores as JSON here (never one of the inputs, nor the SPICE jar).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -250,16 +266,65 @@ struct CaptionReport<'a> {
     images: usize,
     missing_predictions: usize,
     ignored_predictions: usize,
+    /// Mean SPICE F-score (`All.f` over images, coco-caption scale; VirTex prints `100 ×`
+    /// this); `null` when SPICE was skipped.
+    spice: Option<f64>,
+    /// Why SPICE was skipped; absent when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    per_image: Option<&'a [virtex_eval::ImageCaptionScore]>,
+    spice_skipped: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_image: Option<Vec<ImageReport<'a>>>,
+}
+
+/// One element of the report's `per_image`: the CIDEr-D/BLEU scores, and SPICE when it ran.
+#[derive(Debug, Serialize)]
+struct ImageReport<'a> {
+    #[serde(flatten)]
+    scores: &'a ImageCaptionScore,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spice: Option<f64>,
+}
+
+impl EvalCaptionsArgs {
+    /// The SPICE runner, or why SPICE is skipped; an error for a jar path that does not exist
+    /// (a typo should not silently drop a metric).
+    fn spice(&self) -> Result<Result<Spice, String>, CliError> {
+        match spice_availability(self.spice_jar.as_deref()) {
+            Ok(spice) => Ok(Ok(if self.spice_no_cache {
+                spice.with_cache_dir(None)
+            } else if let Some(cache) = &self.spice_cache {
+                spice.with_cache_dir(Some(cache.clone()))
+            } else {
+                spice
+            })),
+            Err(SpiceUnavailable::NoJar) => Ok(Err(format!(
+                "no SPICE jar given (pass --spice-jar or set {SPICE_JAR_ENV})"
+            ))),
+            Err(SpiceUnavailable::JarNotFound { path, origin }) => {
+                let (option, fix) = match origin {
+                    JarOrigin::Explicit => ("--spice-jar", "leave out --spice-jar"),
+                    JarOrigin::Environment => (SPICE_JAR_ENV, "unset it"),
+                };
+                Err(CliError::Input(format!(
+                    "the SPICE jar `{}` ({option}) does not exist or is not a file; fix the \
+                     path, or {fix} to skip SPICE",
+                    path.display()
+                )))
+            }
+            Err(other) => Ok(Err(other.to_string())),
+        }
+    }
 }
 
 impl EvalCaptionsArgs {
     /// Runs the command: reads both files, scores, prints and optionally writes JSON.
     pub fn run(self) -> Result<(), CliError> {
         if let Some(out) = &self.out {
-            check_output(out, &[&self.predictions, &self.annotations])?;
+            let mut inputs: Vec<&Path> = vec![&self.predictions, &self.annotations];
+            inputs.extend(self.spice_jar.as_deref());
+            check_output(out, &inputs)?;
         }
+        let spice = self.spice()?;
         let ground_truth = read_coco_annotations(&self.annotations)?;
         if ground_truth.is_empty() {
             return Err(CliError::Input(format!(
@@ -294,6 +359,34 @@ impl EvalCaptionsArgs {
         for (n, value) in evaluation.bleu.iter().enumerate() {
             println!("BLEU-{} {:.2}", n + 1, 100.0 * value);
         }
+        let spice = match spice {
+            Ok(spice) => {
+                eprintln!(
+                    "running SPICE (`{}` -jar `{}`) on {} images…",
+                    spice.java().display(),
+                    spice.jar().display(),
+                    evaluation.images
+                );
+                let scores = spice.evaluate(&predictions, &ground_truth)?;
+                println!(
+                    "SPICE {:.2}  (×100 as VirTex reports; coco-caption scale {:.4})",
+                    100.0 * scores.spice,
+                    scores.spice
+                );
+                if scores.spice.is_nan() {
+                    eprintln!(
+                        "warning: SPICE is NaN: {} images have a non-numeric All.f in the jar's \
+                         output (pycocoevalcap's mean is NaN then too)",
+                        scores.nan_images()
+                    );
+                }
+                Ok(scores)
+            }
+            Err(reason) => {
+                eprintln!("SPICE skipped: {reason}");
+                Err(reason)
+            }
+        };
         println!("images {}", evaluation.images);
         if let Some(out) = &self.out {
             let report = CaptionReport {
@@ -308,7 +401,25 @@ impl EvalCaptionsArgs {
                 images: evaluation.images,
                 missing_predictions: evaluation.missing_predictions,
                 ignored_predictions: evaluation.ignored_predictions,
-                per_image: self.per_image.then_some(evaluation.per_image.as_slice()),
+                spice: spice.as_ref().ok().map(|scores| scores.spice),
+                spice_skipped: spice.as_ref().err().map(String::as_str),
+                per_image: self.per_image.then(|| {
+                    // `Spice::evaluate` scores the ground-truth images in ground-truth order,
+                    // as `evaluate_captions` does.
+                    let spice_per_image = spice.as_ref().ok().map(|s| s.per_image.as_slice());
+                    evaluation
+                        .per_image
+                        .iter()
+                        .enumerate()
+                        .map(|(index, scores)| ImageReport {
+                            scores,
+                            spice: spice_per_image
+                                .and_then(|all| all.get(index))
+                                .filter(|image| image.image_id == scores.image_id)
+                                .map(|image| image.all.f),
+                        })
+                        .collect()
+                }),
             };
             write_json(out, &report)?;
             eprintln!("wrote {}", out.display());
@@ -415,6 +526,9 @@ mod tests {
             predictions,
             annotations,
             per_image: true,
+            spice_jar: None,
+            spice_cache: None,
+            spice_no_cache: false,
             out: Some(out.clone()),
         }
         .run()

@@ -10,7 +10,7 @@
 //! - [`TrainTokenizerArgs`], [`TokenizeArgs`]: a SentencePiece-compatible BPE vocabulary from
 //!   COCO captions; encoding and decoding with it.
 //! - [`EvalVoc07Args`], [`EvalCaptionsArgs`]: PASCAL VOC07 linear-SVM mAP of a backbone, and
-//!   CIDEr-D / BLEU of predicted captions.
+//!   CIDEr-D / BLEU (and SPICE, with Java and Stanford's jar) of predicted captions.
 //!
 //! Every command reads images with `virtex-data`'s one loader ([`virtex_data::load_image_batch`]
 //! or [`virtex_data::load_image`]: any colour type, EXIF orientation applied, truncated or corrupt

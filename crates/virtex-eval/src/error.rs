@@ -45,6 +45,35 @@ pub enum EvalError {
     /// A hyper-parameter is out of its domain.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// SPICE cannot run here: no jar given, the jar does not exist, or no Java.
+    #[error("SPICE cannot run: {0}")]
+    SpiceUnavailable(#[from] crate::captions::SpiceUnavailable),
+    /// The Java executable could not be started.
+    #[error("cannot start Java `{java}` for SPICE: {source}")]
+    SpiceJava {
+        /// The executable that was tried.
+        java: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The SPICE jar ran and exited with a failure status.
+    #[error("SPICE failed: `{command}` exited with {status}{}", stderr_section(.stderr_tail))]
+    SpiceFailed {
+        /// The command line that was run.
+        command: String,
+        /// Its exit status, as the OS reports it.
+        status: String,
+        /// The last lines the jar wrote to stderr (or stdout when stderr was empty).
+        stderr_tail: String,
+    },
+    /// The SPICE output file is missing or is not the jar's JSON.
+    #[error("SPICE output `{path}` is unusable: {message}")]
+    SpiceOutput {
+        /// The output file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The SVM cannot be trained on these labels (for instance a single class present).
     #[error("cannot train an SVM for {what}: {message}")]
     Training {
@@ -53,6 +82,14 @@ pub enum EvalError {
         /// Why.
         message: String,
     },
+}
+
+fn stderr_section(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        " and printed nothing".to_string()
+    } else {
+        format!("; its output ends with:\n{tail}")
+    }
 }
 
 /// Result type of this crate.

@@ -1,7 +1,7 @@
 //! # virtex-eval
 //!
 //! How VirTex ([Desai & Johnson, CVPR 2021](https://arxiv.org/abs/2006.06666)) is judged,
-//! without scikit-learn or Java:
+//! without scikit-learn or Java (except SPICE, which runs Stanford's jar when it is installed):
 //!
 //! - **PASCAL VOC07 linear SVMs** (upstream `scripts/clf_voc07.py`): [`Voc07Split`] reads the
 //!   VOCdevkit layout, [`evaluate_voc07`] runs the protocol on backbone features — per class,
@@ -12,6 +12,10 @@
 //! - **Caption metrics** (upstream `virtex/utils/metrics.py`, coco-caption): [`coco_tokenize`]
 //!   (a PTB-style tokenizer standing in for Stanford's `PTBTokenizer`), [`cider_d`], [`bleu`],
 //!   and [`evaluate_captions`] over COCO JSON files.
+//! - **SPICE** needs Stanford's Java jar (`spice-1.0.jar`), which this crate runs the way
+//!   pycocoevalcap does when it is there ([`spice_availability`], [`Spice`]): the input file
+//!   ([`spice_entries`], [`spice_input_json`]), the child process, and the output's mean
+//!   `All.f` ([`parse_spice_output`]).
 //!
 //! Features come from the backbone (`virtex-backbone`) through the `virtex` CLI; this crate
 //! only sees `f32`/`f64` matrices, so it has no Burn dependency.
@@ -77,9 +81,12 @@ mod svm;
 mod voc;
 
 pub use captions::{
-    bleu, cider_d, coco_tokenize, evaluate_captions, ptb_tokenize, read_coco_annotations,
-    read_predictions, BleuScores, CaptionEvaluation, CiderScores, ImageCaptionScore, ImageId,
-    COCO_PUNCTUATIONS,
+    bleu, cider_d, coco_tokenize, evaluate_captions, find_java, parse_spice_output, ptb_tokenize,
+    read_coco_annotations, read_predictions, read_spice_output, spice_availability,
+    spice_availability_in, spice_entries, spice_input_json, write_spice_input, BleuScores,
+    CaptionEvaluation, CiderScores, ImageCaptionScore, ImageId, JarOrigin, Spice, SpiceEntry,
+    SpiceEnvironment, SpiceImageScore, SpicePrf, SpiceScores, SpiceUnavailable, COCO_PUNCTUATIONS,
+    SPICE_DEFAULT_MAX_HEAP, SPICE_JAR_ENV,
 };
 pub use cv::{fold_indices, stratified_kfold};
 pub use error::{EvalError, Result};

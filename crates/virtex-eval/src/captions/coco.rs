@@ -1,5 +1,6 @@
 //! Reading COCO caption files and VirTex's captioning evaluation
-//! (`virtex/utils/metrics.py::CocoCaptionsEvaluator`, without SPICE).
+//! (`virtex/utils/metrics.py::CocoCaptionsEvaluator`; SPICE, which needs Java, is in
+//! `spice.rs`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -133,15 +134,26 @@ pub struct CaptionEvaluation {
     pub per_image: Vec<ImageCaptionScore>,
 }
 
-/// Scores predictions against references the way VirTex does: both sides PTB-tokenised with
-/// coco-caption's punctuation removal ([`coco_tokenize`]), predictions for images outside the
-/// ground truth dropped, ground-truth images without a prediction given an empty caption (the
-/// last prediction wins when an image has several), then CIDEr-D and BLEU over all
-/// ground-truth images.
-pub fn evaluate_captions(
+/// Captions as VirTex scores them: one tokenised candidate and the tokenised references per
+/// ground-truth image, in ground-truth order.
+pub(crate) struct PreparedCaptions {
+    /// One candidate per ground-truth image (empty without a prediction).
+    pub(crate) candidates: Vec<String>,
+    /// The references of each ground-truth image.
+    pub(crate) references: Vec<Vec<String>>,
+    /// Ground-truth images without a prediction.
+    pub(crate) missing_predictions: usize,
+    /// Predictions whose image is not in the ground truth.
+    pub(crate) ignored_predictions: usize,
+}
+
+/// VirTex's preprocessing (`CocoCaptionsEvaluator.evaluate`), shared by every metric: both
+/// sides [`coco_tokenize`]d, predictions outside the ground truth dropped, a missing prediction
+/// an empty caption, the last prediction of an image winning.
+pub(crate) fn prepare_captions(
     predictions: &[(ImageId, String)],
     ground_truth: &[(ImageId, Vec<String>)],
-) -> Result<CaptionEvaluation> {
+) -> PreparedCaptions {
     let mut predicted: HashMap<&ImageId, &str> = HashMap::new();
     for (id, caption) in predictions {
         predicted.insert(id, caption);
@@ -164,6 +176,29 @@ pub fn evaluate_captions(
         .iter()
         .map(|(_, refs)| refs.iter().map(|r| coco_tokenize(r)).collect())
         .collect();
+    PreparedCaptions {
+        candidates,
+        references,
+        missing_predictions,
+        ignored_predictions,
+    }
+}
+
+/// Scores predictions against references the way VirTex does: both sides PTB-tokenised with
+/// coco-caption's punctuation removal ([`coco_tokenize`]), predictions for images outside the
+/// ground truth dropped, ground-truth images without a prediction given an empty caption (the
+/// last prediction wins when an image has several), then CIDEr-D and BLEU over all
+/// ground-truth images. SPICE is separate ([`crate::Spice`]) because it runs Stanford's jar.
+pub fn evaluate_captions(
+    predictions: &[(ImageId, String)],
+    ground_truth: &[(ImageId, Vec<String>)],
+) -> Result<CaptionEvaluation> {
+    let PreparedCaptions {
+        candidates,
+        references,
+        missing_predictions,
+        ignored_predictions,
+    } = prepare_captions(predictions, ground_truth);
     let CiderScores {
         corpus: cider,
         per_image: cider_per_image,
