@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use burn::tensor::DType;
 
-use crate::conform::dtype_name;
+use virtex_device::dtype_name;
 
 /// Errors of the backbone crate. Every variant names the file or key at fault.
 #[derive(Debug, thiserror::Error)]

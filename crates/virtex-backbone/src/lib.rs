@@ -42,7 +42,6 @@
 mod batch_norm;
 mod block;
 mod config;
-mod conform;
 mod error;
 mod resnet;
 mod weights;
@@ -51,8 +50,8 @@ mod zip_check;
 pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use block::{Downsample, ResidualBlock};
 pub use config::{BlockKind, ResNetConfig};
-pub use conform::{accepts_dtype, conform_snapshot, dtype_name};
 pub use error::{BackboneError, Result};
 pub use resnet::{global_average_pool, l2_normalize, ResNet, ResNetFeatures};
+pub use virtex_device::{accepts_dtype, conform_snapshot, dtype_name};
 pub use virtex_kernels::{Precision, UnknownPrecision};
 pub use weights::{read_pytorch_snapshots, LoadReport, WeightsFormat};

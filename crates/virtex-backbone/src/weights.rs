@@ -43,10 +43,10 @@ use burn_store::{
     SafetensorsStore, TensorSnapshot,
 };
 
-use crate::conform::{accepts_dtype, conform_snapshot};
 use crate::error::{BackboneError, Result};
 use crate::resnet::ResNet;
 use crate::zip_check::zip_problem;
+use virtex_device::{accepts_dtype, conform_snapshot};
 
 /// torchvision name → burn path, for keys that differ (applied after the prefix is stripped).
 const TORCHVISION_TO_BURN: [(&str, &str); 2] = [

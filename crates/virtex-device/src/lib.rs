@@ -9,6 +9,11 @@
 //! (exit 101, inside cubecl's device thread) at the first tensor operation. [`DeviceSpec::check`]
 //! opens `libcuda` itself, counts the devices and returns a typed [`DeviceError`] instead.
 //!
+//! The crate is also the leaf every crate shares for file safety: [`write_atomically`] (every
+//! writer), [`check_output_path`] (no output over an input or a checkpoint) and
+//! [`conform_snapshot`] (every stored tensor checked and converted before burn-store applies
+//! it, so that a wrong dtype is an error, never a panic that aborts the process).
+//!
 //! ```
 //! use virtex_device::DeviceSpec;
 //!
@@ -20,10 +25,12 @@
 #![warn(missing_docs)]
 
 mod atomic;
+pub mod conform;
 pub mod output_guard;
 mod probe;
 
 pub use atomic::{write_atomically, PARTIAL_PREFIX};
+pub use conform::{accepts_dtype, conform_snapshot, dtype_name};
 pub use output_guard::{check_output_path, is_checkpoint_dir, OutputConflict};
 
 #[doc(hidden)]

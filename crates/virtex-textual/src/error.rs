@@ -1,6 +1,6 @@
 use burn::tensor::DType;
 
-use crate::weights::dtype_name;
+use virtex_device::dtype_name;
 
 /// Errors of the textual crate. Every variant names the value or key at fault.
 #[derive(Debug, thiserror::Error)]

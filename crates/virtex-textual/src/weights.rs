@@ -34,8 +34,9 @@ use std::rc::Rc;
 
 use burn::module::ParamId;
 use burn::prelude::*;
-use burn::tensor::{bf16, f16, BoolStore, DType};
-use burn_store::{ModuleSnapshot, TensorSnapshot, TensorSnapshotError};
+use burn::tensor::DType;
+use burn_store::{ModuleSnapshot, TensorSnapshot};
+use virtex_device::{accepts_dtype, conform_snapshot};
 
 use crate::decoder::TransformerDecoder;
 use crate::error::{Result, TextualError};
@@ -316,123 +317,6 @@ fn check_tied(
         });
     }
     Ok(())
-}
-
-// The checks below are `virtex_backbone::{dtype_name, accepts_dtype, conform_snapshot}`
-// (see `crates/virtex-backbone/src/conform.rs` for why they exist): this crate does not depend
-// on the backbone, so it keeps its own copy. Keep the two in step.
-
-/// PyTorch's name of a dtype (`float32`, `int64`, …), for error messages.
-pub(crate) fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F64 => "float64",
-        DType::F32 | DType::Flex32 => "float32",
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        DType::I64 => "int64",
-        DType::I32 => "int32",
-        DType::I16 => "int16",
-        DType::I8 => "int8",
-        DType::U64 => "uint64",
-        DType::U32 => "uint32",
-        DType::U16 => "uint16",
-        DType::U8 => "uint8",
-        DType::Bool(BoolStore::Native) => "bool",
-        DType::Bool(_) => "bool (packed)",
-        DType::QFloat(_) => "quantized float",
-    }
-}
-
-/// The same dtype, or float to float (f16, bf16 and f64 are converted; f64 is rounded).
-fn accepts_dtype(stored: DType, expected: DType) -> bool {
-    stored == expected || (stored.is_float() && expected.is_float())
-}
-
-/// `snapshot` as a tensor of dtype `expected`, converted when read; what the reader produces
-/// is checked (shape, byte length, dtype) so a damaged file is an error, not a panic inside
-/// burn-store's applier (where a panic aborts the process).
-fn conform_snapshot(snapshot: &TensorSnapshot, expected: DType) -> TensorSnapshot {
-    let original = snapshot.clone_data_fn();
-    let shape = snapshot.shape.to_vec();
-    let key = snapshot.full_path();
-    let read_shape = shape.clone();
-    let data_fn = Rc::new(move || {
-        let data = original()?;
-        conform_data(data, &read_shape, expected)
-            .map_err(|problem| TensorSnapshotError::DataError(format!("`{key}`: {problem}")))
-    });
-    let mut conformed = TensorSnapshot::from_closure(
-        data_fn,
-        expected,
-        shape.into(),
-        Vec::new(),
-        Vec::new(),
-        snapshot.tensor_id.unwrap_or_default(),
-    );
-    conformed.path_stack = snapshot.path_stack.clone();
-    conformed.container_stack = snapshot.container_stack.clone();
-    conformed
-}
-
-fn conform_data(
-    data: TensorData,
-    shape: &[usize],
-    expected: DType,
-) -> std::result::Result<TensorData, String> {
-    if data.shape.as_slice() != shape {
-        return Err(format!(
-            "the stored data has shape {:?}, its header says {shape:?}",
-            data.shape.as_slice()
-        ));
-    }
-    let elements = shape
-        .iter()
-        .try_fold(1usize, |count, &dim| count.checked_mul(dim))
-        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
-    let stored = data.dtype;
-    if matches!(
-        stored,
-        DType::QFloat(_) | DType::Bool(BoolStore::U8 | BoolStore::U32)
-    ) || Some(data.bytes.len()) != elements.checked_mul(stored.size())
-    {
-        return Err(format!(
-            "{} bytes of {} data for {elements} elements (the file is damaged)",
-            data.bytes.len(),
-            dtype_name(stored)
-        ));
-    }
-    if stored == expected {
-        return Ok(data);
-    }
-    if !accepts_dtype(stored, expected) {
-        return Err(format!(
-            "stored as {}, expected {}",
-            dtype_name(stored),
-            dtype_name(expected)
-        ));
-    }
-    // From little-endian bytes, not `TensorData::convert_dtype`, which needs aligned buffers.
-    let bytes = data.as_bytes();
-    let values: Vec<f32> = match stored {
-        DType::F32 | DType::Flex32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        DType::F64 => bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
-            .collect(),
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        DType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        _ => unreachable!("accepts_dtype admits only floats here"),
-    };
-    Ok(TensorData::new(values, shape.to_vec()).convert_dtype(expected))
 }
 
 #[cfg(test)]
