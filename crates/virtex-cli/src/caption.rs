@@ -1,5 +1,6 @@
 //! `virtex caption`: captions for images from a VirTex checkpoint, in the COCO results format.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
@@ -29,7 +30,9 @@ pub enum DecoderCompat {
 /// Arguments of `virtex caption`.
 #[derive(Debug, Args)]
 pub struct CaptionArgs {
-    /// A VirTex checkpoint: an official `.pth` (bicaptioning or captioning) or one of ours.
+    /// A VirTex checkpoint: an official `.pth` (bicaptioning or captioning) or one of ours; or
+    /// a checkpoint directory (`checkpoint_NNNNNNNN/`: its `model.safetensors`); or a training
+    /// run directory (its newest checkpoint, as `--resume` picks it).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// The tokenizer (SentencePiece `.model` or our `vocab.json`).
@@ -75,9 +78,70 @@ pub struct CaptionArgs {
     #[arg(long, value_parser = max_image_pixels_parser())]
     pub max_image_pixels: Option<u64>,
     /// Output JSON: `[{"image_id": …, "caption": "…"}]` (never one of the inputs, nor inside
-    /// one of the input directories or a training checkpoint).
+    /// one of the input directories or a training checkpoint). Without it, one JSON object
+    /// `{"image_id": …, "caption": "…"}` per line on stdout.
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
+}
+
+/// The model file `--checkpoint` names, and the checkpoint directory it was found in (when the
+/// argument was a directory).
+#[derive(Debug)]
+struct ResolvedCheckpoint {
+    file: PathBuf,
+    directory: Option<PathBuf>,
+}
+
+/// The file of a checkpoint in a directory.
+const MODEL_FILE: &str = "model.safetensors";
+
+/// `--checkpoint` as a model file: a file as given; a directory holding `model.safetensors`
+/// (a checkpoint directory) that file; otherwise the directory is a training run, and its newest
+/// `checkpoint_<digits>/` holding `model.safetensors` and `state.json` (the highest number) is
+/// used, as `pretrain_coco --resume` does.
+fn resolve_checkpoint(path: &Path) -> Result<ResolvedCheckpoint, CliError> {
+    if !path.is_dir() {
+        return Ok(ResolvedCheckpoint {
+            file: path.to_path_buf(),
+            directory: None,
+        });
+    }
+    let file = path.join(MODEL_FILE);
+    if file.is_file() {
+        return Ok(ResolvedCheckpoint {
+            file,
+            directory: Some(path.to_path_buf()),
+        });
+    }
+    let entries = std::fs::read_dir(path).map_err(|err| {
+        CliError::Input(format!(
+            "cannot read the directory `{}`: {err}",
+            path.display()
+        ))
+    })?;
+    let newest = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let number = name.to_str()?.strip_prefix("checkpoint_")?;
+            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let number: u128 = number.parse().ok()?;
+            let directory = entry.path();
+            (directory.join(MODEL_FILE).is_file() && directory.join("state.json").is_file())
+                .then_some((number, directory))
+        })
+        .max();
+    match newest {
+        Some((_, directory)) => Ok(ResolvedCheckpoint {
+            file: directory.join(MODEL_FILE),
+            directory: Some(directory),
+        }),
+        None => Err(CliError::NoCheckpoint {
+            directory: path.to_path_buf(),
+        }),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -123,21 +187,28 @@ impl CaptionArgs {
         check_image_sizes(self.short_side, self.crop)?;
         check_positive("--batch-size", self.batch_size)?;
         apply_image_limit(self.max_image_pixels)?;
-        let mut inputs = vec![self.checkpoint.as_path(), self.vocab.as_path()];
+        let checkpoint = resolve_checkpoint(&self.checkpoint)?;
+        let mut inputs = vec![checkpoint.file.as_path(), self.vocab.as_path()];
+        inputs.extend(checkpoint.directory.as_deref());
         inputs.extend(self.images.iter().map(PathBuf::as_path));
-        check_output(&self.out, &inputs)?;
+        if let Some(out) = &self.out {
+            check_output(out, &inputs)?;
+        }
+        if checkpoint.directory.is_some() {
+            eprintln!("using checkpoint {}", checkpoint.file.display());
+        }
         let files = collect_image_files(&self.images)?;
         let tokenizer = SentencePieceBpeTokenizer::from_file(&self.vocab)?;
         let transforms = ImageTransforms::downstream_val(self.short_side, self.crop)?;
         let results = with_backend!(device, |B, burn_device| {
-            let model = load_captioner::<B>(&self.checkpoint, self.attention_heads, &burn_device)?;
+            let model = load_captioner::<B>(&checkpoint.file, self.attention_heads, &burn_device)?;
             // Before any image is read: a wrong tokenizer decodes every caption wrongly.
             let checkpoint_vocab_size = model.config.textual.vocab_size;
             if tokenizer.vocab_size() != checkpoint_vocab_size {
                 return Err(CliError::VocabularyMismatch {
                     vocab: self.vocab.clone(),
                     vocab_size: tokenizer.vocab_size(),
-                    checkpoint: self.checkpoint.clone(),
+                    checkpoint: checkpoint.file.clone(),
                     checkpoint_vocab_size,
                 });
             }
@@ -160,31 +231,53 @@ impl CaptionArgs {
                     &burn_device,
                 );
                 let captions = model.decode(images, &decoding)?;
+                let first = results.len();
                 for (path, tokens) in batch.iter().zip(captions.trimmed(eos)) {
                     results.push(CaptionResult {
                         image_id: ImageId::from_file_stem(path),
                         caption: tokenizer.decode(&tokens)?,
                     });
                 }
+                if self.out.is_none() {
+                    // Each batch as soon as it is decoded; the progress bar is on stderr.
+                    progress.suspend(|| print_json_lines(&results[first..]))?;
+                }
                 progress.inc(batch.len() as u64);
             }
             progress.finish_and_clear();
             results
         });
+        let Some(out) = &self.out else {
+            eprintln!("captioned {} images", results.len());
+            return Ok(());
+        };
         let text = serde_json::to_string_pretty(&results).map_err(|err| CliError::Output {
-            path: self.out.clone(),
+            path: out.clone(),
             message: err.to_string(),
         })?;
-        write_atomically(&self.out, |temporary| {
-            std::fs::write(temporary, text + "\n")
-        })
-        .map_err(|err| CliError::Output {
-            path: self.out.clone(),
-            message: err.to_string(),
-        })?;
-        eprintln!("wrote {} captions to {}", results.len(), self.out.display());
+        write_atomically(out, |temporary| std::fs::write(temporary, text + "\n")).map_err(
+            |err| CliError::Output {
+                path: out.clone(),
+                message: err.to_string(),
+            },
+        )?;
+        eprintln!("wrote {} captions to {}", results.len(), out.display());
         Ok(())
     }
+}
+
+/// Writes `results` to stdout, one JSON object a line, and flushes.
+fn print_json_lines(results: &[CaptionResult]) -> Result<(), CliError> {
+    let stdout_error = |message: String| CliError::Output {
+        path: PathBuf::from("<stdout>"),
+        message,
+    };
+    let mut stdout = std::io::stdout().lock();
+    for result in results {
+        let line = serde_json::to_string(result).map_err(|err| stdout_error(err.to_string()))?;
+        writeln!(stdout, "{line}").map_err(|err| stdout_error(err.to_string()))?;
+    }
+    stdout.flush().map_err(|err| stdout_error(err.to_string()))
 }
 
 /// The forward captioner of any checkpoint (only the forward head decodes).

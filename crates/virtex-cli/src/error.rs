@@ -65,4 +65,15 @@ pub enum CliError {
         /// The vocabulary size of the checkpoint's textual head.
         checkpoint_vocab_size: usize,
     },
+    /// `--checkpoint` is a directory without a checkpoint: neither a checkpoint directory
+    /// (`model.safetensors`) nor a training run holding a `checkpoint_<digits>/` directory with
+    /// `model.safetensors` and `state.json`.
+    #[error(
+        "no checkpoint in the directory `{directory}`: expected `model.safetensors`, or \
+         `checkpoint_<digits>/` directories holding `model.safetensors` and `state.json`"
+    )]
+    NoCheckpoint {
+        /// The directory given.
+        directory: PathBuf,
+    },
 }

@@ -5,8 +5,9 @@
 //!
 //! - [`FeaturesArgs`]: backbone features (layer4 grid, pooled or L2-normalised) of image files,
 //!   written as safetensors; [`load_backbone`] and [`extract_features`] are its parts.
-//! - [`CaptionArgs`]: captions of image files from a VirTex checkpoint, in the COCO results
-//!   format (beam search, nucleus sampling or greedy decoding).
+//! - [`CaptionArgs`]: captions of image files from a VirTex checkpoint (a file, a checkpoint
+//!   directory, or a training run's newest checkpoint), in the COCO results format (beam search,
+//!   nucleus sampling or greedy decoding), to a file or as JSON lines on stdout.
 //! - [`TrainTokenizerArgs`], [`TokenizeArgs`]: a SentencePiece-compatible BPE vocabulary from
 //!   COCO captions; encoding and decoding with it.
 //! - [`EvalVoc07Args`], [`EvalCaptionsArgs`]: PASCAL VOC07 linear-SVM mAP of a backbone, and

@@ -91,3 +91,142 @@ fn captions_real_images_from_an_official_layout_checkpoint() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("000000000011.jpg"));
 }
+
+/// A 50-piece tokenizer for the tiny checkpoint, trained on the sample captions.
+fn vocab_50(directory: &std::path::Path) -> PathBuf {
+    let vocab = directory.join("vocab_50.json");
+    let trained = Command::new(env!("CARGO_BIN_EXE_virtex"))
+        .arg("train-tokenizer")
+        .arg("--captions")
+        .arg(workspace().join("crates/virtex-data/sample/annotations/captions_train2017.json"))
+        .args(["--vocab-size", "50", "--out"])
+        .arg(&vocab)
+        .output()
+        .unwrap();
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    vocab
+}
+
+/// `virtex caption --greedy` of the sample images from `checkpoint`, with `extra` arguments.
+fn caption(
+    checkpoint: &std::path::Path,
+    vocab: &std::path::Path,
+    extra: &[&std::path::Path],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_virtex"))
+        .args([
+            "caption",
+            "--short-side",
+            "64",
+            "--crop",
+            "64",
+            "--attention-heads",
+            "2",
+            "--greedy",
+            "--batch-size",
+            "2",
+        ])
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .arg("--vocab")
+        .arg(vocab)
+        .arg("--images")
+        .arg(workspace().join("crates/virtex-data/sample/val2017"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The JSON lines of a successful run's stdout.
+fn json_lines(output: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn captions_to_stdout_from_files_checkpoint_and_run_directories() {
+    let directory = tempfile::tempdir().unwrap();
+    let vocab = vocab_50(directory.path());
+    let fixture = workspace().join("crates/virtex/tests/fixtures/bicaptioning_tiny.pth");
+
+    // Without --out: one JSON object a line on stdout, the same fields as the --out file.
+    let from_file = json_lines(&caption(&fixture, &vocab, &[]));
+    let ids: Vec<u64> = from_file
+        .iter()
+        .map(|r| r["image_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![11, 12, 13]);
+    for result in &from_file {
+        let object = result.as_object().unwrap();
+        assert_eq!(object.len(), 2, "{result}");
+        assert!(result["caption"].is_string(), "{result}");
+    }
+    let out = directory.path().join("captions.json");
+    let output = caption(&fixture, &vocab, &["--out".as_ref(), out.as_path()]);
+    assert!(json_lines(&output).is_empty(), "--out keeps stdout empty");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(written, serde_json::Value::Array(from_file.clone()));
+
+    // A run directory: two checkpoints, and a newer directory without `state.json` that is
+    // no checkpoint (its garbage model would fail to load).
+    let run = directory.path().join("run");
+    for name in ["checkpoint_00000001", "checkpoint_00000002"] {
+        let checkpoint = run.join(name);
+        std::fs::create_dir_all(&checkpoint).unwrap();
+        std::fs::copy(&fixture, checkpoint.join("model.safetensors")).unwrap();
+        std::fs::write(checkpoint.join("state.json"), b"{}").unwrap();
+    }
+    let partial = run.join("checkpoint_00000003");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("model.safetensors"), b"not a model").unwrap();
+
+    let newest = run.join("checkpoint_00000002");
+    for checkpoint in [&newest, &run] {
+        let output = caption(checkpoint, &vocab, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            stderr.contains(&format!(
+                "using checkpoint {}",
+                newest.join("model.safetensors").display()
+            )),
+            "{stderr}"
+        );
+        assert_eq!(json_lines(&output), from_file, "{}", checkpoint.display());
+    }
+
+    // The output check sees the resolved checkpoint directory.
+    let inside = newest.join("captions.json");
+    let output = caption(&run, &vocab, &["--out".as_ref(), inside.as_path()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing") && stderr.contains("checkpoint_00000002"),
+        "{stderr}"
+    );
+    assert!(!inside.exists());
+
+    // A directory without a checkpoint: an error naming it.
+    let empty = directory.path().join("empty_run");
+    std::fs::create_dir(&empty).unwrap();
+    let output = caption(&empty, &vocab, &[]);
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no checkpoint") && stderr.contains("empty_run"),
+        "{stderr}"
+    );
+}
