@@ -394,7 +394,6 @@ pub fn read_pytorch_snapshots(path: &Path) -> Result<BTreeMap<String, TensorSnap
         message,
     };
     let mut file = File::open(path).map_err(io_error)?;
-    let length = file.metadata().map_err(io_error)?.len();
     let mut head = Vec::with_capacity(TAR_MAGIC_END);
     (&mut file)
         .take(TAR_MAGIC_END as u64)
@@ -403,7 +402,7 @@ pub fn read_pytorch_snapshots(path: &Path) -> Result<BTreeMap<String, TensorSnap
     let kind = sniff_pytorch(&head);
     match kind {
         PytorchKind::Zip => {
-            if let Some(problem) = zip_problem(&mut file, length).map_err(io_error)? {
+            if let Some(problem) = zip_problem(&mut file).map_err(io_error)? {
                 return Err(BackboneError::DamagedArchive {
                     path: path.to_path_buf(),
                     message: problem,
