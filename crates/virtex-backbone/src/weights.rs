@@ -46,7 +46,7 @@ use burn_store::{
 use crate::error::{BackboneError, Result};
 use crate::resnet::ResNet;
 use crate::zip_check::zip_problem;
-use virtex_device::{accepts_dtype, conform_snapshot};
+use virtex_device::{fit_snapshot, Unfit};
 
 /// torchvision name → burn path, for keys that differ (applied after the prefix is stripped).
 const TORCHVISION_TO_BURN: [(&str, &str); 2] = [
@@ -280,23 +280,24 @@ impl<B: Backend> ResNet<B> {
             let Some(snapshot) = by_path.remove(&burn_path) else {
                 continue;
             };
-            if snapshot.shape != target.shape {
-                return Err(BackboneError::ShapeMismatch {
-                    path: path.to_path_buf(),
-                    key: file_key(&burn_path),
-                    expected: target.shape.to_vec(),
-                    found: snapshot.shape.to_vec(),
-                });
-            }
-            if !accepts_dtype(snapshot.dtype, target.dtype) {
-                return Err(BackboneError::UnsupportedDType {
-                    path: path.to_path_buf(),
-                    key: file_key(&burn_path),
-                    found: snapshot.dtype,
-                    expected: target.dtype,
-                });
-            }
-            checked.push(conform_snapshot(&snapshot, target.dtype));
+            let fitted = fit_snapshot(&snapshot, &target.shape, target.dtype).map_err(|unfit| {
+                let (path, key) = (path.to_path_buf(), file_key(&burn_path));
+                match unfit {
+                    Unfit::Shape { expected, found } => BackboneError::ShapeMismatch {
+                        path,
+                        key,
+                        expected,
+                        found,
+                    },
+                    Unfit::DType { expected, found } => BackboneError::UnsupportedDType {
+                        path,
+                        key,
+                        found,
+                        expected,
+                    },
+                }
+            })?;
+            checked.push(fitted);
         }
         let result = self.apply(checked, None, None, false);
         check_result(path, file_key, &result)?;

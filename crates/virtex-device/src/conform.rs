@@ -58,6 +58,48 @@ pub fn accepts_dtype(stored: DType, expected: DType) -> bool {
     stored == expected || (stored.is_float() && expected.is_float())
 }
 
+/// Why a stored tensor cannot fill a parameter ([`fit_snapshot`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unfit {
+    /// The stored shape is not the parameter's (in the file's layout).
+    Shape {
+        /// The parameter's shape.
+        expected: Vec<usize>,
+        /// The stored shape.
+        found: Vec<usize>,
+    },
+    /// The stored dtype cannot be converted to the parameter's ([`accepts_dtype`]).
+    DType {
+        /// The parameter's dtype.
+        expected: DType,
+        /// The stored dtype.
+        found: DType,
+    },
+}
+
+/// The one gate before burn-store's applier: `snapshot` checked against a parameter of
+/// `shape` (as the file stores it) and `dtype`, then [`conform_snapshot`]ed. Every reader of
+/// the workspace maps [`Unfit`] to its own error, naming the file's key.
+pub fn fit_snapshot(
+    snapshot: &TensorSnapshot,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<TensorSnapshot, Unfit> {
+    if snapshot.shape.as_slice() != shape {
+        return Err(Unfit::Shape {
+            expected: shape.to_vec(),
+            found: snapshot.shape.to_vec(),
+        });
+    }
+    if !accepts_dtype(snapshot.dtype, dtype) {
+        return Err(Unfit::DType {
+            expected: dtype,
+            found: snapshot.dtype,
+        });
+    }
+    Ok(conform_snapshot(snapshot, dtype))
+}
+
 /// `snapshot` as a tensor of dtype `expected`, converted when its data is read.
 ///
 /// The caller has checked [`accepts_dtype`] and the shape against the parameter's; what the

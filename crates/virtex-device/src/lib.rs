@@ -30,7 +30,7 @@ pub mod output_guard;
 mod probe;
 
 pub use atomic::{write_atomically, PARTIAL_PREFIX};
-pub use conform::{accepts_dtype, conform_snapshot, dtype_name};
+pub use conform::{accepts_dtype, conform_snapshot, dtype_name, fit_snapshot, Unfit};
 pub use output_guard::{check_output_path, is_checkpoint_dir, OutputConflict};
 
 #[doc(hidden)]

@@ -36,7 +36,7 @@ use burn::module::ParamId;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_store::{ModuleSnapshot, TensorSnapshot};
-use virtex_device::{accepts_dtype, conform_snapshot};
+use virtex_device::{accepts_dtype, conform_snapshot, fit_snapshot, Unfit};
 
 use crate::decoder::TransformerDecoder;
 use crate::error::{Result, TextualError};
@@ -163,24 +163,21 @@ fn load_module<B: Backend, M: ModuleSnapshot<B>>(
                 expected: expected.len(),
             });
         };
-        // Stored in torch layout: compared as such, before anything is read.
-        let found = snapshot.shape.to_vec();
-        if found != torch_shape {
-            return Err(TextualError::ShapeMismatch {
-                key,
-                expected: torch_shape,
-                found,
-            });
-        }
-        if !accepts_dtype(snapshot.dtype, target.dtype) {
-            return Err(TextualError::UnsupportedDType {
-                key,
-                found: snapshot.dtype,
-                expected: target.dtype,
-            });
-        }
-        // Nothing that reaches burn-store's applier may panic there (see `conform_snapshot`).
-        let conformed = conform_snapshot(snapshot, target.dtype);
+        // Stored in torch layout: compared as such, before anything is read. Nothing that
+        // reaches burn-store's applier may panic there (see `conform_snapshot`).
+        let conformed =
+            fit_snapshot(snapshot, &torch_shape, target.dtype).map_err(|unfit| match unfit {
+                Unfit::Shape { expected, found } => TextualError::ShapeMismatch {
+                    key,
+                    expected,
+                    found,
+                },
+                Unfit::DType { expected, found } => TextualError::UnsupportedDType {
+                    key,
+                    found,
+                    expected,
+                },
+            })?;
         applied.push(relocate(&conformed, &path, transpose));
     }
     if let Some((key, _)) = by_path.values().min_by(|a, b| a.0.cmp(&b.0)) {

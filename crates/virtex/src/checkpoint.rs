@@ -44,7 +44,8 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn_store::{ModuleSnapshot, ModuleStore, SafetensorsStore, TensorSnapshot};
-use virtex_backbone::{accepts_dtype, conform_snapshot, BlockKind, ResNetConfig, WeightsFormat};
+use virtex_backbone::{BlockKind, ResNetConfig, WeightsFormat};
+use virtex_device::{fit_snapshot, Unfit};
 use virtex_textual::{load_torch_decoder, load_torch_head, NormType, TextualHeadConfig};
 
 use crate::config::CaptioningModelConfig;
@@ -745,23 +746,24 @@ fn load_ours<B: Backend, M: ModuleSnapshot<B>>(model: &mut M, path: &Path) -> Re
             missing.push(key);
             continue;
         };
-        if snapshot.shape != target.shape {
-            return Err(VirtexError::ShapeMismatch {
-                path: path.to_path_buf(),
-                key,
-                expected: target.shape.to_vec(),
-                found: snapshot.shape.to_vec(),
-            });
-        }
-        if !accepts_dtype(snapshot.dtype, target.dtype) {
-            return Err(VirtexError::UnsupportedDType {
-                path: path.to_path_buf(),
-                key,
-                found: snapshot.dtype,
-                expected: target.dtype,
-            });
-        }
-        checked.push(conform_snapshot(&snapshot, target.dtype));
+        let fitted = fit_snapshot(&snapshot, &target.shape, target.dtype).map_err(|unfit| {
+            let path = path.to_path_buf();
+            match unfit {
+                Unfit::Shape { expected, found } => VirtexError::ShapeMismatch {
+                    path,
+                    key,
+                    expected,
+                    found,
+                },
+                Unfit::DType { expected, found } => VirtexError::UnsupportedDType {
+                    path,
+                    key,
+                    found,
+                    expected,
+                },
+            }
+        })?;
+        checked.push(fitted);
     }
     missing.sort();
     if let Some(key) = missing.into_iter().next() {
