@@ -38,9 +38,9 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lookahead import Lookahead, multiplier  # noqa: E402
+from lookahead import multiplier  # noqa: E402
 from textual import EOS, SOS, pad_reversed  # noqa: E402
-from train_step import SETTINGS, build_model, param_groups  # noqa: E402
+from train_step import SETTINGS, build_model, optimizer_and_scheduler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "crates" / "virtex-train" / "tests" / "fixtures"
@@ -63,17 +63,7 @@ def batch(generator: torch.Generator):
 
 def train(model, images, caption, noitpac, lengths, groups_of: int):
     model.train()
-    groups = param_groups(model)
-    for group in groups:
-        group.pop("name")
-    inner = torch.optim.SGD(groups, lr=SETTINGS["lr"], momentum=SETTINGS["sgd_momentum"],
-                            nesterov=SETTINGS["sgd_nesterov"], foreach=False)
-    optimizer = Lookahead(inner, SETTINGS["lookahead_steps"], SETTINGS["lookahead_alpha"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        inner,
-        lambda s: multiplier(SETTINGS["lr_decay_name"], s, SETTINGS["warmup_steps"],
-                             SETTINGS["num_iterations"]),
-    )
+    inner, optimizer, scheduler = optimizer_and_scheduler(model)
     ranks = BATCH_SIZE // groups_of
     record = {k: [] for k in ("loss", "captioning_forward", "captioning_backward", "grad_norm",
                               "lr_multiplier")}

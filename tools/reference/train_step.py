@@ -123,9 +123,9 @@ def batch(generator: torch.Generator):
     return (images, *pad_reversed(captions))
 
 
-def train(model: CaptioningModel, images, caption, noitpac, lengths, verbose=False):
-    """ITERATIONS steps of upstream's loop; returns the per-iteration records."""
-    model.train()
+def optimizer_and_scheduler(model: CaptioningModel):
+    """Upstream's optimizer for `model` with SETTINGS: Lookahead(SGD) over `param_groups`, and
+    the warmup + decay schedule. Returns (inner SGD, Lookahead, scheduler)."""
     groups = param_groups(model)
     for group in groups:
         group.pop("name")
@@ -137,6 +137,13 @@ def train(model: CaptioningModel, images, caption, noitpac, lengths, verbose=Fal
         lambda s: multiplier(SETTINGS["lr_decay_name"], s, SETTINGS["warmup_steps"],
                              SETTINGS["num_iterations"]),
     )
+    return inner, optimizer, scheduler
+
+
+def train(model: CaptioningModel, images, caption, noitpac, lengths, verbose=False):
+    """ITERATIONS steps of upstream's loop; returns the per-iteration records."""
+    model.train()
+    inner, optimizer, scheduler = optimizer_and_scheduler(model)
     record = {k: [] for k in ("loss", "captioning_forward", "captioning_backward", "grad_norm",
                               "lr_multiplier")}
     for iteration in range(1, ITERATIONS + 1):
