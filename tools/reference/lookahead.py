@@ -9,6 +9,7 @@ Writes small files into crates/virtex-optim/tests/fixtures/ (committed; CI never
 - lookahead_adamw.safetensors             torch.optim.AdamW in Lookahead(k=4, a=0.5), 12 steps
 - grouped.safetensors + grouped.json  (2) VirTex-style groups (CNN LR / common LR / no-decay regex),
                                           warmup + cosine schedule, Lookahead, 14 steps
+- grouped_adamw.safetensors + .json       the same with torch.optim.AdamW in every group
 - clipping.safetensors + clipping.json (3) the same with global clip_grad_norm_ active and two steps
                                           with non-finite gradients (skipped, as GradScaler does)
 - schedules.json                      (4) every schedule's multipliers over warmup and decay
@@ -175,7 +176,13 @@ def grouped_run(name: str, seed: int, steps: int, config: dict, scales=None, bad
         wd = 0.0 if re.match(config["no_decay"], path) else config["weight_decay"]
         groups.append({"params": [p], "lr": lr, "weight_decay": wd})
         info[path] = {"group": group_name, "lr": lr, "weight_decay": wd}
-    inner = torch.optim.SGD(groups, lr=config["common_lr"], momentum=0.9, foreach=False)
+    if config.get("optimizer", "sgd") == "adamw":
+        # upstream's OptimizerFactory: AdamW(betas=(0.9, 0.999)), torch's eps 1e-8.
+        inner = torch.optim.AdamW(
+            groups, lr=config["common_lr"], betas=(0.9, 0.999), eps=1e-8, foreach=False
+        )
+    else:
+        inner = torch.optim.SGD(groups, lr=config["common_lr"], momentum=0.9, foreach=False)
     lookahead = Lookahead(inner, config["k"], config["alpha"])
     sched = config["schedule"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -339,6 +346,10 @@ def main():
     grouped_run(
         "grouped", 4, 14,
         dict(base, schedule={"decay": "cosine", "warmup": 3, "total": 16}),
+    )
+    grouped_run(
+        "grouped_adamw", 6, 14,
+        dict(base, optimizer="adamw", schedule={"decay": "cosine", "warmup": 3, "total": 16}),
     )
     # Norms of 13 unit-normal tensors (~10 at scale 1): scales straddle max_norm = 4.
     scales = [0.2, 1.0, 0.3, 2.0, 0.35, 1.5, 0.1, 3.0, 0.5, 1.0, 0.25, 0.8, 2.5, 0.4]

@@ -33,6 +33,7 @@ impl BatchNorm2dConfig {
             running_var: RunningState::new(Tensor::ones([channels], device)),
             momentum: self.momentum,
             epsilon: self.epsilon,
+            frozen: false,
         }
     }
 }
@@ -41,7 +42,8 @@ impl BatchNorm2dConfig {
 ///
 /// Mode follows burn's convention: on an autodiff backend (training) the batch statistics are
 /// used and the running statistics updated; on a plain backend (`model.valid()`, inference) the
-/// running statistics are used.
+/// running statistics are used. A [`frozen`](BatchNorm2d::frozen) BatchNorm uses the running
+/// statistics on every backend (torch's `eval()` kept for the whole run).
 #[derive(Module, Debug)]
 pub struct BatchNorm2d<B: Backend> {
     /// Scale γ, `[C]` (torch `weight`).
@@ -56,6 +58,9 @@ pub struct BatchNorm2d<B: Backend> {
     pub momentum: f64,
     /// Epsilon added to the variance.
     pub epsilon: f64,
+    /// Evaluation mode on every backend: the running statistics normalise and are never
+    /// updated (a frozen backbone, upstream's `MODEL.VISUAL.FROZEN`). Not saved in records.
+    pub frozen: bool,
 }
 
 impl<B: Backend> BatchNorm2d<B> {
@@ -65,7 +70,7 @@ impl<B: Backend> BatchNorm2d<B> {
     /// - `input`: `[B, C, H, W]`
     /// - returns: `[B, C, H, W]`
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
-        if B::ad_enabled(&input.device()) {
+        if B::ad_enabled(&input.device()) && !self.frozen {
             self.forward_train(input)
         } else {
             self.forward_eval(input)

@@ -185,6 +185,38 @@ impl<B: Backend> ResNet<B> {
         norms
     }
 
+    /// The network frozen, as upstream's `MODEL.VISUAL.FROZEN`: no parameter requires a
+    /// gradient (so optimizers leave them out and autodiff records nothing for them) and every
+    /// BatchNorm normalises with its running statistics, which stay as they are, also during
+    /// training (torch's `requires_grad = False` plus `eval()`).
+    pub fn frozen(mut self) -> Self {
+        self.bn1.frozen = true;
+        for block in [
+            &mut self.layer1,
+            &mut self.layer2,
+            &mut self.layer3,
+            &mut self.layer4,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            block.bn1.frozen = true;
+            block.bn2.frozen = true;
+            if let Some(bn3) = block.bn3.as_mut() {
+                bn3.frozen = true;
+            }
+            if let Some(shortcut) = block.downsample.as_mut() {
+                shortcut.bn.frozen = true;
+            }
+        }
+        self.no_grad()
+    }
+
+    /// Whether [`frozen`](Self::frozen) was applied (every BatchNorm in evaluation mode).
+    pub fn is_frozen(&self) -> bool {
+        self.batch_norms().iter().all(|norm| norm.frozen)
+    }
+
     /// Synchronises the running statistics of every BatchNorm (see
     /// [`BatchNorm2d::sync_running_statistics`]); savers call it before reading the weights.
     pub fn sync_running_statistics(&self) {

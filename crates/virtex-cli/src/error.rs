@@ -65,6 +65,34 @@ pub enum CliError {
         /// The vocabulary size of the checkpoint's textual head.
         checkpoint_vocab_size: usize,
     },
+    /// `eval-voc07 --run` names a directory that is not a training run (missing, a file, a
+    /// checkpoint directory, or a directory holding nothing a run writes).
+    #[error("`{directory}` is not a training run directory: {reason}")]
+    NotARunDirectory {
+        /// The directory given.
+        directory: PathBuf,
+        /// What it is instead, and what to pass.
+        reason: String,
+    },
+    /// A file `eval-voc07 --run` keeps in the run directory cannot be used: `voc07.jsonl`
+    /// with a damaged line or records made with other settings, or held by another
+    /// `eval-voc07 --run`.
+    #[error("`{path}`: {message}")]
+    RunFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// Evaluating one checkpoint of a run failed (an unreadable model file, an SVM that cannot
+    /// be trained on its features).
+    #[error("checkpoint `{checkpoint}`: {source}")]
+    Checkpoint {
+        /// The checkpoint directory.
+        checkpoint: PathBuf,
+        /// What went wrong.
+        source: Box<CliError>,
+    },
     /// `--checkpoint` is a directory without a checkpoint: neither a checkpoint directory
     /// (`model.safetensors`) nor a training run holding a `checkpoint_<digits>/` directory with
     /// `model.safetensors` and `state.json`.

@@ -4,6 +4,7 @@
 //! ```text
 //! virtex eval-voc07 --weights bicaptioning_R_50_L1_H2048.pth --voc-root datasets/VOC2007 \
 //!     --device cuda --out voc07.json
+//! virtex eval-voc07 --run runs/bicaptioning --voc-root datasets/VOC2007 --device cuda [--watch]
 //! virtex eval-captions --predictions captions.json \
 //!     --annotations datasets/coco/annotations/captions_val2017.json --out scores.json \
 //!     [--spice-jar pycocoevalcap/spice/spice-1.0.jar]
@@ -42,21 +43,50 @@ fn write_json<T: Serialize>(out: &Path, value: &T) -> Result<(), CliError> {
 }
 
 /// Arguments of `virtex eval-voc07`: PASCAL VOC07 classification with linear SVMs on
-/// L2-normalised global-average-pooled backbone features (upstream's protocol).
+/// L2-normalised global-average-pooled backbone features (upstream's protocol), of one weights
+/// file (`--weights`) or of every checkpoint of a training run (`--run`: one [`Voc07Record`]
+/// per checkpoint in `RUN/voc07.jsonl`, the best as [`Voc07Best`] in `RUN/voc07_best.json`).
+///
+/// [`Voc07Record`]: crate::Voc07Record
+/// [`Voc07Best`]: crate::Voc07Best
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["weights", "run"])))]
 pub struct EvalVoc07Args {
     /// Backbone weights: a full VirTex checkpoint, the torch-hub backbone, torchvision `.pth`,
     /// safetensors or burnpack (detected from the file).
     #[arg(long)]
-    pub weights: PathBuf,
+    pub weights: Option<PathBuf>,
+    /// A training run directory (`pretrain_coco --run-dir`): evaluate each of its
+    /// `checkpoint_NNNNNNNN/` not yet in `RUN/voc07.jsonl`, in iteration order, appending one
+    /// line per checkpoint, and mark the best in `RUN/voc07_best.json`. The architecture comes
+    /// from each checkpoint's `model.safetensors`.
+    #[arg(long, value_name = "RUN")]
+    pub run: Option<PathBuf>,
+    /// With `--run`: keep polling the run for new checkpoints every SECONDS (default 60) until
+    /// its trainer has exited (`RUN/.lock` no longer held) and every checkpoint is evaluated.
+    /// Ctrl-C stops cleanly (a checkpoint being evaluated is left for the next run).
+    #[arg(
+        long,
+        requires = "run",
+        value_name = "SECONDS",
+        num_args = 0..=1,
+        default_missing_value = "60",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub watch: Option<u64>,
+    /// With `--run`: MiB of decoded and transformed VOC images kept in memory between
+    /// checkpoints (the first batches of each split; 0: decode every image for every
+    /// checkpoint). At 224 × 224 an image takes 588 KiB.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_IMAGE_CACHE_MIB)]
+    pub image_cache_mib: usize,
     /// Force the weights format: pytorch | safetensors | burnpack.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "run")]
     pub weights_format: Option<WeightsFormat>,
     /// `VOCdevkit` or `VOCdevkit/VOC2007` (with `JPEGImages/` and `ImageSets/Main/`).
     #[arg(long)]
     pub voc_root: PathBuf,
-    /// Backbone architecture (torchvision name).
-    #[arg(long, default_value = "resnet50")]
+    /// Backbone architecture (torchvision name; with `--run` it comes from each checkpoint).
+    #[arg(long, default_value = "resnet50", conflicts_with = "run")]
     pub arch: String,
     /// Split the SVMs are trained (and cross-validated) on.
     #[arg(long, default_value = "trainval")]
@@ -86,9 +116,40 @@ pub struct EvalVoc07Args {
     #[arg(long, default_value_t = SKLEARN_RANDOM_STATE_0_SEED)]
     pub seed: u32,
     /// Write per-class results and mAP as JSON here (never the weights, nor inside the VOC root
-    /// or a training checkpoint).
-    #[arg(long)]
+    /// or a training checkpoint). With `--run` the results go to `RUN/voc07.jsonl`.
+    #[arg(long, conflicts_with = "run")]
     pub out: Option<PathBuf>,
+}
+
+/// The default of `--image-cache-mib`.
+pub const DEFAULT_IMAGE_CACHE_MIB: usize = 2048;
+
+/// Reads the train and test splits of `voc_root`, refusing an empty split or a listed image
+/// that does not exist.
+pub(crate) fn read_voc07_splits(
+    voc_root: &Path,
+    train_split: &str,
+    test_split: &str,
+) -> Result<(Voc07Split, Voc07Split), CliError> {
+    let train = Voc07Split::read(voc_root, train_split)?;
+    let test = Voc07Split::read(voc_root, test_split)?;
+    for split in [&train, &test] {
+        if split.is_empty() {
+            return Err(CliError::Input(format!(
+                "the `{}` split of `{}` lists no image",
+                split.split,
+                split.root.display()
+            )));
+        }
+        if let Some(missing) = split.image_paths().into_iter().find(|p| !p.is_file()) {
+            return Err(CliError::Input(format!(
+                "image `{}` of the `{}` split does not exist",
+                missing.display(),
+                split.split
+            )));
+        }
+    }
+    Ok((train, test))
 }
 
 /// What `eval-voc07 --out` writes.
@@ -108,38 +169,42 @@ struct Voc07Report<'a> {
 }
 
 impl EvalVoc07Args {
-    /// Runs the command: reads both splits, extracts features, trains and tests the SVMs,
-    /// prints a per-class table and the mAP, and writes the JSON report if `--out` is given.
+    /// Runs the command. With `--weights`: reads both splits, extracts features, trains and
+    /// tests the SVMs, prints a per-class table and the mAP, and writes the JSON report if
+    /// `--out` is given. With `--run`: evaluates the run's checkpoints not yet recorded (and,
+    /// with `--watch`, new ones until the trainer exits), then prints the table of all
+    /// records with the best marked; Ctrl-C stops it between feature batches or checkpoints.
     pub fn run(self) -> Result<(), CliError> {
+        if self.run.is_some() {
+            return crate::voc07_sweep::run_sweep(&self, &crate::voc07_sweep::interrupt_flag());
+        }
+        if self.watch.is_some() {
+            return Err(CliError::Usage(
+                "--watch needs --run RUN_DIRECTORY (it watches a training run for new \
+                 checkpoints)"
+                    .into(),
+            ));
+        }
+        self.run_weights()
+    }
+
+    /// `--weights`: one file.
+    fn run_weights(self) -> Result<(), CliError> {
         let device = self.device.check()?;
         check_image_sizes(self.short_side, self.crop)?;
         check_positive("--batch-size", self.batch_size)?;
         apply_image_limit(self.max_image_pixels)?;
+        let weights = self.weights.clone().ok_or_else(|| {
+            CliError::Usage("eval-voc07 needs --weights FILE or --run RUN_DIRECTORY".into())
+        })?;
         if let Some(out) = &self.out {
-            check_output(out, &[&self.weights, &self.voc_root])?;
+            check_output(out, &[&weights, &self.voc_root])?;
         }
-        let train = Voc07Split::read(&self.voc_root, &self.train_split)?;
-        let test = Voc07Split::read(&self.voc_root, &self.test_split)?;
-        for split in [&train, &test] {
-            if split.is_empty() {
-                return Err(CliError::Input(format!(
-                    "the `{}` split of `{}` lists no image",
-                    split.split,
-                    split.root.display()
-                )));
-            }
-            if let Some(missing) = split.image_paths().into_iter().find(|p| !p.is_file()) {
-                return Err(CliError::Input(format!(
-                    "image `{}` of the `{}` split does not exist",
-                    missing.display(),
-                    split.split
-                )));
-            }
-        }
+        let (train, test) = read_voc07_splits(&self.voc_root, &self.train_split, &self.test_split)?;
         let transforms = ImageTransforms::downstream_val(self.short_side, self.crop)?;
         let (train_features, test_features) = with_backend!(device, |B, burn_device| {
             let model =
-                load_backbone::<B>(&self.arch, &self.weights, self.weights_format, &burn_device)?;
+                load_backbone::<B>(&self.arch, &weights, self.weights_format, &burn_device)?;
             let extract = |split: &Voc07Split| -> Result<Features, CliError> {
                 let paths = split.image_paths();
                 let progress = progress_bar(paths.len(), &format!("{} features", split.split));
@@ -194,7 +259,7 @@ impl EvalVoc07Args {
 
         if let Some(out) = &self.out {
             let report = Voc07Report {
-                weights: &self.weights,
+                weights: &weights,
                 arch: &self.arch,
                 voc_root: &self.voc_root,
                 train_split: &self.train_split,
@@ -229,7 +294,7 @@ pub struct EvalCaptionsArgs {
     pub per_image: bool,
     /// Stanford's SPICE jar (`spice-1.0.jar`, with its `lib/` of Stanford CoreNLP jars beside
     /// it), run with `$JAVA_HOME/bin/java` or the `java` on PATH; default: $VIRTEX_SPICE_JAR.
-    /// Without a jar or without Java, SPICE is skipped ("SPICE skipped: <reason>" on stderr,
+    /// Without a jar or without Java, SPICE is skipped (`SPICE skipped: <reason>` on stderr,
     /// `"spice": null` in the report); a jar path that does not exist is an error.
     #[arg(long)]
     pub spice_jar: Option<PathBuf>,
@@ -563,7 +628,10 @@ mod tests {
         let (short_side, crop) = (64, 56);
         let transforms = ImageTransforms::downstream_val(short_side, crop).unwrap();
         EvalVoc07Args {
-            weights: weights.clone(),
+            weights: Some(weights.clone()),
+            run: None,
+            watch: None,
+            image_cache_mib: DEFAULT_IMAGE_CACHE_MIB,
             weights_format: None,
             voc_root: voc_root.clone(),
             arch: "resnet18".into(),
@@ -677,7 +745,10 @@ mod tests {
     #[test]
     fn eval_voc07_names_a_bad_voc_root() {
         let err = EvalVoc07Args {
-            weights: PathBuf::from("unused.pth"),
+            weights: Some(PathBuf::from("unused.pth")),
+            run: None,
+            watch: None,
+            image_cache_mib: DEFAULT_IMAGE_CACHE_MIB,
             weights_format: None,
             voc_root: PathBuf::from("/nonexistent/VOCdevkit"),
             arch: "resnet50".into(),

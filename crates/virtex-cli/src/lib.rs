@@ -12,6 +12,9 @@
 //!   COCO captions; encoding and decoding with it.
 //! - [`EvalVoc07Args`], [`EvalCaptionsArgs`]: PASCAL VOC07 linear-SVM mAP of a backbone, and
 //!   CIDEr-D / BLEU (and SPICE, with Java and Stanford's jar) of predicted captions.
+//!   `eval-voc07 --run RUN [--watch]` evaluates every checkpoint of a training run, resumably,
+//!   into `RUN/voc07.jsonl` ([`Voc07Record`] per line) and marks the best in
+//!   `RUN/voc07_best.json` ([`Voc07Best`]), to choose the checkpoint as upstream does.
 //!
 //! Every command reads images with `virtex-data`'s one loader ([`virtex_data::load_image_batch`]
 //! or [`virtex_data::load_image`]: any colour type, EXIF orientation applied, truncated or corrupt
@@ -45,18 +48,20 @@ mod error;
 mod eval_commands;
 mod features;
 mod tokenizer_commands;
+mod voc07_sweep;
 
 use clap::{Parser, Subcommand};
 
 pub use caption::{CaptionArgs, DecoderCompat};
 pub use checks::MAX_IMAGE_SIDE;
 pub use error::CliError;
-pub use eval_commands::{EvalCaptionsArgs, EvalVoc07Args};
+pub use eval_commands::{EvalCaptionsArgs, EvalVoc07Args, DEFAULT_IMAGE_CACHE_MIB};
 pub use features::{
     extract_features, load_backbone, progress_bar, write_features, FeatureKind, FeatureMatrix,
     FeaturesArgs,
 };
 pub use tokenizer_commands::{TokenizeArgs, TrainTokenizerArgs};
+pub use voc07_sweep::{Voc07Best, Voc07Record, Voc07Settings, BEST_FILE, RECORDS_FILE};
 
 /// The `virtex` command line.
 #[derive(Debug, Parser)]
@@ -84,7 +89,8 @@ pub enum Command {
     TrainTokenizer(TrainTokenizerArgs),
     /// Encode a caption to ids (JSON), or decode ids with --decode.
     Tokenize(TokenizeArgs),
-    /// PASCAL VOC2007 linear-SVM evaluation of a backbone (mAP).
+    /// PASCAL VOC2007 linear-SVM evaluation (mAP) of a backbone, or of every checkpoint of a
+    /// training run (--run), marking the best.
     EvalVoc07(EvalVoc07Args),
     /// CIDEr-D and BLEU of predicted captions against COCO annotations.
     EvalCaptions(EvalCaptionsArgs),

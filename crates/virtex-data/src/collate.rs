@@ -97,10 +97,21 @@ fn stack_images(images: &[&TransformedImage]) -> Result<(Vec<f32>, (usize, usize
     Ok((data, size))
 }
 
-/// Stacks samples into a batch, padding the token sequences on the right with 0.
+/// Stacks samples into a batch, padding the token sequences on the right with 0 (upstream's
+/// `pad_sequence(padding_value=0)`, its `<unk>` id).
 pub fn collate(
     samples: Vec<CaptioningSample>,
     skipped: Vec<SkippedImage>,
+) -> Result<CollatedBatch> {
+    collate_padded(samples, skipped, 0)
+}
+
+/// [`collate`], padding the token sequences on the right with `padding_index` (the id the
+/// model's loss ignores; [`crate::CaptioningDataset::padding_index`]).
+pub fn collate_padded(
+    samples: Vec<CaptioningSample>,
+    skipped: Vec<SkippedImage>,
+    padding_index: u32,
 ) -> Result<CollatedBatch> {
     let (images, image_size) = stack_images(&samples.iter().map(|s| &s.image).collect::<Vec<_>>())?;
     let t = samples
@@ -109,8 +120,8 @@ pub fn collate(
         .max()
         .unwrap_or(0);
     let b = samples.len();
-    let mut caption_tokens = vec![0i64; b * t];
-    let mut noitpac_tokens = vec![0i64; b * t];
+    let mut caption_tokens = vec![i64::from(padding_index); b * t];
+    let mut noitpac_tokens = vec![i64::from(padding_index); b * t];
     let mut caption_lengths = Vec::with_capacity(b);
     for (i, s) in samples.iter().enumerate() {
         for (j, &id) in s.tokens.caption_tokens.iter().enumerate() {

@@ -44,6 +44,7 @@ pub struct CaptioningDataset {
     transforms: ImageTransforms,
     caption_choice: CaptionChoice,
     max_caption_length: usize,
+    padding_index: u32,
 }
 
 impl CaptioningDataset {
@@ -56,12 +57,14 @@ impl CaptioningDataset {
         if transforms.output_size().is_none() {
             return Err(DataError::config(
                 "CaptioningDataset transforms",
-                "the pipeline must end in a fixed-size crop (random_resized_crop or center_crop) so images can be batched",
+                "the pipeline must end in a fixed-size crop or resize (random_resized_crop, center_crop or global_resize) so images can be batched",
             ));
         }
+        let tokenizer = tokenizer.into();
         Ok(Self {
             coco: coco.into(),
-            tokenizer: tokenizer.into(),
+            padding_index: tokenizer.special_ids().unk,
+            tokenizer,
             transforms,
             caption_choice: CaptionChoice::Random,
             max_caption_length: MAX_CAPTION_LENGTH,
@@ -84,6 +87,18 @@ impl CaptioningDataset {
         }
         self.max_caption_length = max;
         Ok(self)
+    }
+
+    /// Sets the token id that pads captions in a batch (default: the tokenizer's `<unk>`,
+    /// upstream's `DATA.UNK_INDEX`, which is what upstream's model ignores).
+    pub fn with_padding_index(mut self, padding_index: u32) -> Self {
+        self.padding_index = padding_index;
+        self
+    }
+
+    /// The token id that pads captions in a batch.
+    pub fn padding_index(&self) -> u32 {
+        self.padding_index
     }
 
     /// Number of images.

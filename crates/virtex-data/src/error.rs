@@ -184,6 +184,30 @@ pub enum DataError {
         /// What is wrong and what was expected.
         message: String,
     },
+    /// An image transform name in upstream's `name::{kwargs}` syntax cannot be read or used: a
+    /// syntax error, an unknown transform, a keyword argument of the wrong type or out of range.
+    #[error("image transform `{text}`: {message}")]
+    InvalidTransform {
+        /// The transform text as given, e.g. `random_resized_crop::{'scale': (0.5, 0.2)}`.
+        text: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// An image transform name has a keyword argument its transform does not take.
+    #[error(
+        "image transform `{text}`: `{transform}` takes no keyword argument '{kwarg}' (it accepts {})",
+        display_names(.accepted)
+    )]
+    UnknownTransformKwarg {
+        /// The transform text as given.
+        text: String,
+        /// The transform's name, e.g. `center_crop`.
+        transform: String,
+        /// The keyword argument that is not accepted.
+        kwarg: String,
+        /// The keyword arguments the transform accepts.
+        accepted: Vec<String>,
+    },
     /// A loader worker thread panicked.
     #[error("data loader worker panicked: {0}")]
     WorkerPanicked(String),
@@ -266,6 +290,17 @@ fn display_source(path: Option<&std::path::Path>) -> String {
         Some(path) => format!("image `{}`", path.display()),
         None => "the image".into(),
     }
+}
+
+fn display_names(names: &[String]) -> String {
+    if names.is_empty() {
+        return "none".into();
+    }
+    names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

@@ -15,7 +15,10 @@
 //! - Tokenizer: [`SentencePieceBpeTokenizer`] loads an official SentencePiece `.model` and encodes
 //!   to exactly sentencepiece's ids; trains and saves new vocabularies.
 //! - Transforms: [`ImageTransforms`] presets for pretraining (train/val), downstream and no
-//!   augmentation; the flip swaps "left"/"right" in the caption ([`FlipCaption`]).
+//!   augmentation, or upstream's config names with keyword arguments
+//!   ([`ImageTransforms::from_names`], `random_resized_crop::{'scale': (0.08, 1.0)}`); the flip
+//!   swaps "left"/"right" in the caption ([`FlipCaption`]); [`ResizeMode`] chooses torchvision's
+//!   anti-aliased resizing (default) or upstream's OpenCV resizing, bit for bit.
 //! - Batches: [`CaptioningDataset`] → [`DataLoader`] → [`CollatedBatch`] →
 //!   [`Batch`] `{ images [B,3,H,W], caption_tokens [B,T], noitpac_tokens [B,T], caption_lengths [B] }`.
 //! - Sample data: [`sample_data_root`], [`sample_vocab_path`].
@@ -48,10 +51,12 @@ mod error;
 mod image_files;
 mod image_io;
 mod loader;
+mod opencv_resize;
 mod planar;
 mod rng;
 mod sample;
 mod tokenizer;
+pub mod transform_spec;
 pub mod transforms;
 
 pub use caption::{normalize_caption, swap_left_right, FlipCaption};
@@ -59,7 +64,7 @@ pub use coco::{
     read_caption_file, CaptionedImage, CocoCaptions, CocoOptions, ImageDirectory, ImageId,
     SkippedImage, Split, IMAGE_EXTENSIONS,
 };
-pub use collate::{collate, collate_images, Batch, CollatedBatch, ImageBatch};
+pub use collate::{collate, collate_images, collate_padded, Batch, CollatedBatch, ImageBatch};
 pub use dataset::{load_directory_image, CaptionChoice, CaptioningDataset, CaptioningSample};
 pub use error::{DataError, Result};
 pub use image_files::{collect_image_files, load_image_batch};
@@ -73,4 +78,7 @@ pub use tokenizer::{
     CaptionTokens, Piece, PieceKind, SentencePieceBpeTokenizer, SpecialIds, TrainerConfig,
     EOS_PIECE, MASK_PIECE, MAX_CAPTION_LENGTH, SOS_PIECE, UNK_PIECE,
 };
-pub use transforms::{ColorJitter, ImageTransforms, Normalize, TransformStep, TransformedImage};
+pub use transform_spec::{PyValue, TransformSpec};
+pub use transforms::{
+    ColorJitter, ImageTransforms, Normalize, ResizeMode, TransformStep, TransformedImage,
+};

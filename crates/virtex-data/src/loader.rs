@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Serialize};
 
 use crate::coco::SkippedImage;
-use crate::collate::{collate, CollatedBatch};
+use crate::collate::{collate_padded, CollatedBatch};
 use crate::dataset::CaptioningDataset;
 use crate::error::{DataError, Result};
 use crate::rng::{mix_seed, SampleRng, STREAM_SHUFFLE};
@@ -269,7 +269,7 @@ impl Inner {
                 return Err(err);
             }
         }
-        collate(samples, skipped)
+        collate_padded(samples, skipped, self.dataset.padding_index())
     }
 }
 

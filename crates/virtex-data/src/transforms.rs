@@ -13,10 +13,20 @@
 //! | [`ImageTransforms::downstream_train`] | RandomResizedCrop(224, scale 0.08–1) → HorizontalFlip(0.5) → Normalize (ImageNet linear) |
 //! | [`ImageTransforms::no_augmentation`] | SmallestMaxSize(size) → CenterCrop(size) → Normalize |
 //!
-//! Resizing uses `fast_image_resize`'s convolution with the bilinear filter, which equals Pillow's
-//! (anti-aliased) bilinear resize; upstream's albumentations calls OpenCV's `INTER_LINEAR`, which
-//! does not anti-alias when shrinking. Colour jitter follows torchvision's tensor ops on `uint8`
-//! images, truncations included.
+//! [`ImageTransforms::from_names`] builds a pipeline from upstream's config names, keyword
+//! arguments included (`random_resized_crop::{'scale': (0.08, 1.0)}`, see
+//! [`crate::transform_spec`]); [`ImageTransforms::canonical_names`] writes them back.
+//!
+//! How images are resized and cropped is the pipeline's [`ResizeMode`]:
+//!
+//! | | [`ResizeMode::Torchvision`] (default) | [`ResizeMode::Upstream`] |
+//! |---|---|---|
+//! | resize filter | `fast_image_resize`'s bilinear convolution = Pillow's **anti-aliased** bilinear (torchvision on PIL images) | OpenCV `INTER_LINEAR`, no anti-aliasing, bit-exact (albumentations) |
+//! | SmallestMaxSize, longer side | `⌊size · long / short⌋` (torchvision `Resize`) | `round_half_even(long · (size / short))` (albumentations 0.4–1.x `py3round`) |
+//! | CenterCrop offset | `round_half_even((in − out) / 2)` (torchvision) | `⌊(in − out) / 2⌋` (albumentations) |
+//!
+//! Colour jitter follows torchvision's tensor ops on `uint8` images, truncations included, in
+//! both modes.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -29,8 +39,10 @@ use serde::{Deserialize, Serialize};
 use crate::caption::{swap_left_right, FlipCaption};
 use crate::error::{DataError, Result};
 use crate::image_io::{image_limits, ImageLimits};
+use crate::opencv_resize;
 use crate::planar::{chw_scale_shift, Planes};
 use crate::rng::SampleRng;
+use crate::transform_spec::{PyValue, TransformSpec};
 
 /// ImageNet mean, RGB, on the `[0, 1]` scale.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -125,14 +137,21 @@ pub enum TransformStep {
     },
     /// Colour jitter.
     ColorJitter(ColorJitter),
-    /// Resize so the shorter side is `size` (the longer side is `⌊size · long / short⌋`, as
-    /// torchvision's `Resize(size)`).
+    /// Resize so the shorter side is `size`; the longer side follows the aspect ratio, rounded
+    /// as the pipeline's [`ResizeMode`] says ([`ResizeMode::smallest_max_size`]).
     SmallestMaxSize {
         /// Target shorter side.
         size: u32,
     },
-    /// Central `size × size` crop (torchvision's `CenterCrop` offsets; zero-padded if smaller).
+    /// Central `size × size` crop (offsets per [`ResizeMode::center_crop_offset`]; zero-padded
+    /// if the image is smaller).
     CenterCrop {
+        /// Output side.
+        size: u32,
+    },
+    /// Resize the whole image to `size × size`, ignoring its aspect ratio (upstream's
+    /// `global_resize`, albumentations `Resize(size, size)`).
+    GlobalResize {
         /// Output side.
         size: u32,
     },
@@ -151,10 +170,155 @@ pub struct TransformedImage {
     pub width: u32,
 }
 
+/// How a pipeline resizes and crops: torchvision's conventions on PIL images (the default) or
+/// upstream's albumentations on OpenCV, bit for bit.
+///
+/// Applies to [`TransformStep::RandomResizedCrop`] (the resize of the crop),
+/// [`TransformStep::SmallestMaxSize`], [`TransformStep::CenterCrop`] and
+/// [`TransformStep::GlobalResize`]. The crop box of `RandomResizedCrop` is drawn the same way in
+/// both modes. Select it with [`ImageTransforms::with_resize_mode`]; in a serialised pipeline it
+/// is `"resize_mode": "upstream"` (absent means torchvision). Parses from `torchvision` and
+/// `upstream` (or `opencv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// Anti-aliased bilinear resize (`fast_image_resize`'s convolution = Pillow's, as torchvision
+    /// on PIL images), SmallestMaxSize's longer side `⌊size · long / short⌋` (torchvision
+    /// `Resize`), CenterCrop offsets `round_half_even((in − out) / 2)` (torchvision
+    /// `CenterCrop`).
+    #[default]
+    Torchvision,
+    /// Upstream's albumentations (0.4 to 1.x, which upstream's `albumentations>=0.5.0` pulled
+    /// in) on OpenCV: `cv2.resize(..., INTER_LINEAR)` without anti-aliasing, reproduced bit for
+    /// bit; SmallestMaxSize's sides `round_half_even(side · (size / short))` (`py3round`);
+    /// CenterCrop offsets `⌊(in − out) / 2⌋`. Where upstream raises (a centre crop larger than
+    /// the image) the image is zero-padded instead, as in the torchvision mode.
+    #[serde(alias = "opencv")]
+    Upstream,
+}
+
+impl ResizeMode {
+    fn is_torchvision(&self) -> bool {
+        *self == ResizeMode::Torchvision
+    }
+
+    /// Output `(width, height)` of [`TransformStep::SmallestMaxSize`] to `size`: the shorter
+    /// side becomes `size`; a longer side beyond `u32::MAX` saturates (the pipeline refuses
+    /// such sizes before resizing).
+    ///
+    /// - torchvision: `⌊size · long / short⌋` in integers. 640 × 480 to 224 gives 298 × 224.
+    /// - upstream: each side `round_half_even(side · (size / short))` in `f64`, unchanged when
+    ///   `size / short` is 1. 640 × 480 to 224 gives 299 × 224.
+    pub fn smallest_max_size(self, width: u32, height: u32, size: u32) -> (u32, u32) {
+        let (w, h) = self.smallest_max_size_u64(width, height, size);
+        (
+            u32::try_from(w).unwrap_or(u32::MAX),
+            u32::try_from(h).unwrap_or(u32::MAX),
+        )
+    }
+
+    /// [`ResizeMode::smallest_max_size`] without the cast, for the limit check: the longer
+    /// side can exceed `u32` (a 1 × 65535 strip to 100 000).
+    fn smallest_max_size_u64(self, width: u32, height: u32, size: u32) -> (u64, u64) {
+        match self {
+            ResizeMode::Torchvision => smallest_max_size_u64(width, height, size),
+            ResizeMode::Upstream => {
+                let short = width.min(height).max(1);
+                let scale = f64::from(size) / f64::from(short);
+                if scale == 1.0 {
+                    return (u64::from(width), u64::from(height));
+                }
+                // albumentations' `py3round` is Python 3's `round`: half to even.
+                let side = |x: u32| ((f64::from(x) * scale).round_ties_even() as u64).max(1);
+                (side(width), side(height))
+            }
+        }
+    }
+
+    /// Offset of a centre crop of `out` pixels from `inp` pixels (negative when the image is
+    /// smaller and gets padded): torchvision `round_half_even((inp − out) / 2)`, upstream
+    /// `⌊(inp − out) / 2⌋`. 299 → 224 gives 38 and 37.
+    pub fn center_crop_offset(self, inp: u32, out: u32) -> i64 {
+        let diff = i64::from(inp) - i64::from(out);
+        match self {
+            ResizeMode::Torchvision => (diff as f64 / 2.0).round_ties_even() as i64,
+            ResizeMode::Upstream => diff.div_euclid(2),
+        }
+    }
+
+    /// Resizes the `crop` region of `image` to `out_w × out_h`: [`resize_region`] (torchvision)
+    /// or [`resize_region_opencv`] (upstream).
+    pub fn resize_region(
+        self,
+        image: &RgbImage,
+        crop: CropBox,
+        out_w: u32,
+        out_h: u32,
+    ) -> RgbImage {
+        match self {
+            ResizeMode::Torchvision => resize_region(image, crop, out_w, out_h),
+            ResizeMode::Upstream => resize_region_opencv(image, crop, out_w, out_h),
+        }
+    }
+
+    /// Central `out_w × out_h` crop with this mode's offsets, zero-padded where the image is
+    /// smaller.
+    pub fn center_crop(self, image: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+        let (w, h) = image.dimensions();
+        if (w, h) == (out_w, out_h) {
+            return image.clone();
+        }
+        let (dx, dy) = (
+            self.center_crop_offset(w, out_w),
+            self.center_crop_offset(h, out_h),
+        );
+        let mut out = RgbImage::new(out_w, out_h);
+        for y in 0..out_h {
+            let sy = i64::from(y) + dy;
+            if sy < 0 || sy >= i64::from(h) {
+                continue;
+            }
+            for x in 0..out_w {
+                let sx = i64::from(x) + dx;
+                if sx >= 0 && sx < i64::from(w) {
+                    out.put_pixel(x, y, *image.get_pixel(sx as u32, sy as u32));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for ResizeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResizeMode::Torchvision => "torchvision",
+            ResizeMode::Upstream => "upstream",
+        })
+    }
+}
+
+impl std::str::FromStr for ResizeMode {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "torchvision" => Ok(ResizeMode::Torchvision),
+            "upstream" | "opencv" => Ok(ResizeMode::Upstream),
+            _ => Err(DataError::config(
+                "resize mode",
+                format!("`{s}` (expected torchvision or upstream)"),
+            )),
+        }
+    }
+}
+
 /// A validated transform pipeline (deserialising validates too, as [`ImageTransforms::new`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ImageTransforms {
     steps: Vec<TransformStep>,
+    #[serde(skip_serializing_if = "ResizeMode::is_torchvision")]
+    resize_mode: ResizeMode,
 }
 
 impl<'de> Deserialize<'de> for ImageTransforms {
@@ -163,9 +327,13 @@ impl<'de> Deserialize<'de> for ImageTransforms {
         #[derive(Deserialize)]
         struct Steps {
             steps: Vec<TransformStep>,
+            #[serde(default)]
+            resize_mode: ResizeMode,
         }
-        let Steps { steps } = Steps::deserialize(deserializer)?;
-        Self::new(steps).map_err(serde::de::Error::custom)
+        let Steps { steps, resize_mode } = Steps::deserialize(deserializer)?;
+        Ok(Self::new(steps)
+            .map_err(serde::de::Error::custom)?
+            .with_resize_mode(resize_mode))
     }
 }
 
@@ -202,68 +370,96 @@ fn check_prob(p: f64, what: &str) -> Result<()> {
     }
 }
 
+/// Checks one step's values (everything [`ImageTransforms::new`] checks but the position of
+/// `Normalize`).
+fn validate_step(step: &TransformStep) -> Result<()> {
+    match step {
+        TransformStep::RandomResizedCrop { size, scale, ratio } => {
+            check_side(*size, "RandomResizedCrop.size")?;
+            if !(scale.0 > 0.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
+                return Err(DataError::config(
+                    "RandomResizedCrop.scale",
+                    format!("{scale:?} must satisfy 0 < min <= max <= 1"),
+                ));
+            }
+            if !(ratio.0 > 0.0 && ratio.0 <= ratio.1 && ratio.1.is_finite()) {
+                return Err(DataError::config(
+                    "RandomResizedCrop.ratio",
+                    format!("{ratio:?} must satisfy 0 < min <= max"),
+                ));
+            }
+        }
+        TransformStep::HorizontalFlip { p, .. } => check_prob(*p, "HorizontalFlip.p")?,
+        TransformStep::ColorJitter(j) => {
+            check_prob(j.p, "ColorJitter.p")?;
+            for (name, v) in [
+                ("brightness", j.brightness),
+                ("contrast", j.contrast),
+                ("saturation", j.saturation),
+            ] {
+                if !(v >= 0.0 && v.is_finite()) {
+                    return Err(DataError::config(
+                        format!("ColorJitter.{name}"),
+                        format!("{v} must be >= 0"),
+                    ));
+                }
+            }
+            if !(0.0..=0.5).contains(&j.hue) {
+                return Err(DataError::config(
+                    "ColorJitter.hue",
+                    format!("{} must be in [0, 0.5]", j.hue),
+                ));
+            }
+        }
+        TransformStep::SmallestMaxSize { size } => {
+            check_side(*size, "SmallestMaxSize.size")?;
+        }
+        TransformStep::CenterCrop { size } => check_side(*size, "CenterCrop.size")?,
+        TransformStep::GlobalResize { size } => check_side(*size, "GlobalResize.size")?,
+        TransformStep::Normalize(n) => {
+            if n.mean.iter().any(|m| !m.is_finite()) {
+                return Err(DataError::config(
+                    "Normalize.mean",
+                    format!("{:?} must be finite", n.mean),
+                ));
+            }
+            if n.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
+                return Err(DataError::config(
+                    "Normalize.std",
+                    format!("{:?} has a zero", n.std),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl ImageTransforms {
     /// A pipeline from steps, validated: sizes positive with `size × size` within the pixel
     /// limit ([`crate::image_limits`]), probabilities in `[0, 1]`, ranges ordered and positive,
     /// hue ≤ 0.5, standard deviations non-zero, `Normalize` only last.
     pub fn new(steps: Vec<TransformStep>) -> Result<Self> {
         for (i, step) in steps.iter().enumerate() {
-            match step {
-                TransformStep::RandomResizedCrop { size, scale, ratio } => {
-                    check_side(*size, "RandomResizedCrop.size")?;
-                    if !(scale.0 > 0.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
-                        return Err(DataError::config(
-                            "RandomResizedCrop.scale",
-                            format!("{scale:?} must satisfy 0 < min <= max <= 1"),
-                        ));
-                    }
-                    if !(ratio.0 > 0.0 && ratio.0 <= ratio.1 && ratio.1.is_finite()) {
-                        return Err(DataError::config(
-                            "RandomResizedCrop.ratio",
-                            format!("{ratio:?} must satisfy 0 < min <= max"),
-                        ));
-                    }
-                }
-                TransformStep::HorizontalFlip { p, .. } => check_prob(*p, "HorizontalFlip.p")?,
-                TransformStep::ColorJitter(j) => {
-                    check_prob(j.p, "ColorJitter.p")?;
-                    for (name, v) in [
-                        ("brightness", j.brightness),
-                        ("contrast", j.contrast),
-                        ("saturation", j.saturation),
-                    ] {
-                        if !(v >= 0.0 && v.is_finite()) {
-                            return Err(DataError::config(
-                                format!("ColorJitter.{name}"),
-                                format!("{v} must be >= 0"),
-                            ));
-                        }
-                    }
-                    if !(0.0..=0.5).contains(&j.hue) {
-                        return Err(DataError::config(
-                            "ColorJitter.hue",
-                            format!("{} must be in [0, 0.5]", j.hue),
-                        ));
-                    }
-                }
-                TransformStep::SmallestMaxSize { size } => {
-                    check_side(*size, "SmallestMaxSize.size")?;
-                }
-                TransformStep::CenterCrop { size } => check_side(*size, "CenterCrop.size")?,
-                TransformStep::Normalize(n) => {
-                    if i + 1 != steps.len() {
-                        return Err(DataError::config("Normalize", "must be the last step"));
-                    }
-                    if n.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-                        return Err(DataError::config(
-                            "Normalize.std",
-                            format!("{:?} has a zero", n.std),
-                        ));
-                    }
-                }
+            validate_step(step)?;
+            if matches!(step, TransformStep::Normalize(_)) && i + 1 != steps.len() {
+                return Err(DataError::config("Normalize", "must be the last step"));
             }
         }
-        Ok(Self { steps })
+        Ok(Self {
+            steps,
+            resize_mode: ResizeMode::default(),
+        })
+    }
+
+    /// The pipeline with its resizes and crops done as `mode` says (see [`ResizeMode`]).
+    pub fn with_resize_mode(mut self, mode: ResizeMode) -> Self {
+        self.resize_mode = mode;
+        self
+    }
+
+    /// How the pipeline resizes and crops.
+    pub fn resize_mode(&self) -> ResizeMode {
+        self.resize_mode
     }
 
     /// Upstream pretraining, train split (`DATA.IMAGE_TRANSFORM_TRAIN`), with `crop` = 224.
@@ -319,9 +515,40 @@ impl ImageTransforms {
         Self::downstream_val(size, size)
     }
 
-    /// A pipeline from upstream's config names (`DATA.IMAGE_TRANSFORM_TRAIN/VAL`):
-    /// `random_resized_crop`, `horizontal_flip`, `color_jitter`, `normalize`, `smallest_resize`,
-    /// `center_crop`; every size is `crop` (upstream passes `DATA.IMAGE_CROP_SIZE` to all).
+    /// A pipeline from upstream's config names (`DATA.IMAGE_TRANSFORM_TRAIN/VAL`), each
+    /// `name` or `name::{kwargs}` as upstream's `ImageTransformsFactory.create` takes them
+    /// (syntax in [`crate::transform_spec`]); every size is `crop` (upstream passes
+    /// `DATA.IMAGE_CROP_SIZE` to all) unless a keyword argument sets it. The pipeline's
+    /// [`ResizeMode`] is the default; change it with [`ImageTransforms::with_resize_mode`].
+    ///
+    /// | name | step and defaults | keyword arguments |
+    /// |---|---|---|
+    /// | `random_resized_crop` | RandomResizedCrop(crop, scale (0.2, 1), ratio (3/4, 4/3)) | `scale`, `ratio`: (min, max); `size` / `height` / `width` |
+    /// | `center_crop` | CenterCrop(crop) | `size` / `height` / `width` |
+    /// | `smallest_resize` | SmallestMaxSize(crop) | `max_size` |
+    /// | `global_resize` | GlobalResize(crop) | `size` / `height` / `width` |
+    /// | `horizontal_flip` | HorizontalFlip(p 0.5, caption per `flip_caption`) | `p` |
+    /// | `color_jitter` | ColorJitter(0.4, 0.4, 0.4, 0.1, p 0.8) | `brightness`, `contrast`, `saturation`, `hue`, `p` |
+    /// | `normalize` | Normalize(ImageNet mean and std) | `mean`, `std`: 3 numbers or one; `max_pixel_value` |
+    ///
+    /// Every transform also takes albumentations' `p` and `always_apply`. Crops, resizes and
+    /// `normalize` run on every image here, so their `p` must be 1 (or `always_apply` True):
+    /// upstream would skip them at random, which for a crop gives images of varying size. Where
+    /// a resize happens `interpolation` is accepted when it is 1 (`cv2.INTER_LINEAR`; the filter
+    /// itself is the [`ResizeMode`]'s). Crops and resizes are square, as upstream's
+    /// `RandomResizedSquareCrop`, `CenterSquareCrop` and `SquareResize`: `size`, `height` and
+    /// `width` all set the side and must agree. (Upstream passes the size positionally, so there
+    /// these keys, and `max_size`, raise a `TypeError`; here they override `crop`, which lets one
+    /// list say `smallest_resize::{'max_size': 256}` then `center_crop`.) `color_jitter`'s
+    /// strengths are single numbers (a `(min, max)` range is refused). `normalize`'s
+    /// `max_pixel_value` m is folded into the mean and standard deviation (`mean · m / 255`,
+    /// `std · m / 255`). Ints are accepted for floats; tuples and lists are interchangeable.
+    ///
+    /// # Errors
+    /// [`DataError::InvalidTransform`] (naming the text) for a syntax error, an unknown name, a
+    /// value of the wrong type or out of range (the message says which and why);
+    /// [`DataError::UnknownTransformKwarg`] for a keyword argument the transform does not take,
+    /// listing those it does; [`DataError::InvalidConfig`] for a bad `crop` given to plain names.
     pub fn from_names<S: AsRef<str>>(
         names: &[S],
         crop: u32,
@@ -329,31 +556,20 @@ impl ImageTransforms {
     ) -> Result<Self> {
         let steps = names
             .iter()
-            .map(|name| {
-                Ok(match name.as_ref() {
-                    "random_resized_crop" => TransformStep::RandomResizedCrop {
-                        size: crop,
-                        scale: (0.2, 1.0),
-                        ratio: (0.75, 4.0 / 3.0),
-                    },
-                    "horizontal_flip" => TransformStep::HorizontalFlip { p: 0.5, caption: flip_caption },
-                    "color_jitter" => TransformStep::ColorJitter(ColorJitter::default()),
-                    "normalize" => TransformStep::Normalize(Normalize::default()),
-                    "smallest_resize" => TransformStep::SmallestMaxSize { size: crop },
-                    "center_crop" => TransformStep::CenterCrop { size: crop },
-                    other => {
-                        return Err(DataError::config(
-                            "image transform name",
-                            format!(
-                                "`{other}` (expected random_resized_crop, horizontal_flip, color_jitter, \
-                                 normalize, smallest_resize or center_crop)"
-                            ),
-                        ))
-                    }
-                })
-            })
+            .map(|name| step_from_name(name.as_ref(), crop, flip_caption))
             .collect::<Result<Vec<_>>>()?;
         Self::new(steps)
+    }
+
+    /// The pipeline as names [`ImageTransforms::from_names`] reads back to the same steps,
+    /// every value explicit, e.g. `random_resized_crop::{'size': 224, 'scale': (0.2, 1.0),
+    /// 'ratio': (0.75, 1.3333333333333333)}`, for printing a resolved config. Not in the text:
+    /// the flip's caption rule (`from_names`' `flip_caption`) and the [`ResizeMode`].
+    pub fn canonical_names(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|step| step.spec().to_string())
+            .collect()
     }
 
     /// The steps.
@@ -377,9 +593,9 @@ impl ImageTransforms {
     /// step is a crop), which batching requires.
     pub fn output_size(&self) -> Option<(u32, u32)> {
         self.steps.iter().rev().find_map(|s| match s {
-            TransformStep::RandomResizedCrop { size, .. } | TransformStep::CenterCrop { size } => {
-                Some(Some((*size, *size)))
-            }
+            TransformStep::RandomResizedCrop { size, .. }
+            | TransformStep::CenterCrop { size }
+            | TransformStep::GlobalResize { size } => Some(Some((*size, *size))),
             TransformStep::SmallestMaxSize { .. } => Some(None),
             _ => None,
         })?
@@ -452,6 +668,7 @@ impl ImageTransforms {
         // also the layout of the output.
         let mut current = Current::Source;
         let mut normalize = None;
+        let mode = self.resize_mode;
         for step in &self.steps {
             match step {
                 TransformStep::RandomResizedCrop { size, scale, ratio } => {
@@ -462,7 +679,7 @@ impl ImageTransforms {
                     let img = current.interleaved(image);
                     let crop =
                         random_resized_crop_params(img.width(), img.height(), *scale, *ratio, rng);
-                    current = Current::Rgb(resize_region(&img, crop, *size, *size));
+                    current = Current::Rgb(mode.resize_region(&img, crop, *size, *size));
                 }
                 TransformStep::HorizontalFlip { p, caption: mode } => {
                     if rng.bernoulli(*p) {
@@ -494,7 +711,7 @@ impl ImageTransforms {
                 TransformStep::SmallestMaxSize { size } => {
                     // The longer side follows the aspect ratio, unbounded by the step's size.
                     let (w, h) = current.dimensions(image);
-                    let (w, h) = smallest_max_size_u64(w, h, *size);
+                    let (w, h) = mode.smallest_max_size_u64(w, h, *size);
                     check(format!("SmallestMaxSize({size})"), w, h)?;
                     let (w, h) = (
                         u32::try_from(w).unwrap_or(u32::MAX),
@@ -508,7 +725,7 @@ impl ImageTransforms {
                             width: f64::from(img.width()),
                             height: f64::from(img.height()),
                         };
-                        current = Current::Rgb(resize_region(&img, full, w, h));
+                        current = Current::Rgb(mode.resize_region(&img, full, w, h));
                     } else if let Cow::Owned(img) = img {
                         current = Current::Rgb(img);
                     }
@@ -517,7 +734,23 @@ impl ImageTransforms {
                     let side = u64::from(*size);
                     check(format!("CenterCrop({size})"), side, side)?;
                     let img = current.interleaved(image);
-                    current = Current::Rgb(center_crop(&img, *size, *size));
+                    current = Current::Rgb(mode.center_crop(&img, *size, *size));
+                }
+                TransformStep::GlobalResize { size } => {
+                    let side = u64::from(*size);
+                    check(format!("GlobalResize({size})"), side, side)?;
+                    let img = current.interleaved(image);
+                    if img.dimensions() != (*size, *size) {
+                        let full = CropBox {
+                            left: 0.0,
+                            top: 0.0,
+                            width: f64::from(img.width()),
+                            height: f64::from(img.height()),
+                        };
+                        current = Current::Rgb(mode.resize_region(&img, full, *size, *size));
+                    } else if let Cow::Owned(img) = img {
+                        current = Current::Rgb(img);
+                    }
                 }
                 TransformStep::Normalize(n) => normalize = Some(*n),
             }
@@ -527,6 +760,389 @@ impl ImageTransforms {
             Current::Rgb(img) => to_chw(&img, normalize.as_ref()),
             Current::Planar(planes) => planes.to_chw(normalize.as_ref()),
         })
+    }
+}
+
+/// Names [`ImageTransforms::from_names`] knows.
+const TRANSFORM_NAMES: [&str; 7] = [
+    "random_resized_crop",
+    "center_crop",
+    "smallest_resize",
+    "global_resize",
+    "horizontal_flip",
+    "color_jitter",
+    "normalize",
+];
+
+/// One step from `name` or `name::{kwargs}` (see [`ImageTransforms::from_names`]).
+fn step_from_name(text: &str, crop: u32, flip_caption: FlipCaption) -> Result<TransformStep> {
+    let spec = TransformSpec::parse(text)?;
+    let has_kwargs = !spec.kwargs.is_empty();
+    let name = spec.name.clone();
+    let accepted: &[&str] = match name.as_str() {
+        "random_resized_crop" => &[
+            "size",
+            "height",
+            "width",
+            "scale",
+            "ratio",
+            "interpolation",
+            "p",
+            "always_apply",
+        ],
+        "center_crop" => &["size", "height", "width", "p", "always_apply"],
+        "smallest_resize" => &["max_size", "interpolation", "p", "always_apply"],
+        "global_resize" => &[
+            "size",
+            "height",
+            "width",
+            "interpolation",
+            "p",
+            "always_apply",
+        ],
+        "horizontal_flip" => &["p", "always_apply"],
+        "color_jitter" => &[
+            "brightness",
+            "contrast",
+            "saturation",
+            "hue",
+            "p",
+            "always_apply",
+        ],
+        "normalize" => &["mean", "std", "max_pixel_value", "p", "always_apply"],
+        other => {
+            return Err(DataError::InvalidTransform {
+                text: text.to_string(),
+                message: format!(
+                    "unknown transform `{other}` (expected {})",
+                    TRANSFORM_NAMES.join(", ")
+                ),
+            })
+        }
+    };
+    let kw = Kwargs::new(text, spec, accepted)?;
+    let step = match name.as_str() {
+        "random_resized_crop" => {
+            kw.always_applied()?;
+            kw.linear_interpolation()?;
+            TransformStep::RandomResizedCrop {
+                size: kw.square_side(crop)?,
+                scale: kw.pair("scale")?.unwrap_or((0.2, 1.0)),
+                ratio: kw.pair("ratio")?.unwrap_or((0.75, 4.0 / 3.0)),
+            }
+        }
+        "center_crop" => {
+            kw.always_applied()?;
+            TransformStep::CenterCrop {
+                size: kw.square_side(crop)?,
+            }
+        }
+        "smallest_resize" => {
+            kw.always_applied()?;
+            kw.linear_interpolation()?;
+            TransformStep::SmallestMaxSize {
+                size: kw.side("max_size")?.unwrap_or(crop),
+            }
+        }
+        "global_resize" => {
+            kw.always_applied()?;
+            kw.linear_interpolation()?;
+            TransformStep::GlobalResize {
+                size: kw.square_side(crop)?,
+            }
+        }
+        "horizontal_flip" => TransformStep::HorizontalFlip {
+            p: kw.probability(0.5)?,
+            caption: flip_caption,
+        },
+        "color_jitter" => {
+            let d = ColorJitter::default();
+            TransformStep::ColorJitter(ColorJitter {
+                brightness: kw.strength("brightness")?.unwrap_or(d.brightness),
+                contrast: kw.strength("contrast")?.unwrap_or(d.contrast),
+                saturation: kw.strength("saturation")?.unwrap_or(d.saturation),
+                hue: kw.strength("hue")?.unwrap_or(d.hue),
+                p: kw.probability(d.p)?,
+            })
+        }
+        "normalize" => {
+            kw.always_applied()?;
+            let d = Normalize::default();
+            let mean = kw.triple("mean")?;
+            let std = kw.triple("std")?;
+            let max_pixel_value = match kw.number("max_pixel_value")? {
+                Some(m) if !(m > 0.0 && m.is_finite()) => {
+                    return Err(kw.bad_value("max_pixel_value", "must be a positive number"))
+                }
+                Some(m) => m,
+                None => 255.0,
+            };
+            let fold = |given: Option<[f64; 3]>, default: [f32; 3]| -> [f32; 3] {
+                if max_pixel_value == 255.0 {
+                    return given.map_or(default, |v| v.map(|x| x as f32));
+                }
+                let v = given.unwrap_or(default.map(f64::from));
+                v.map(|x| (x * max_pixel_value / 255.0) as f32)
+            };
+            TransformStep::Normalize(Normalize {
+                mean: fold(mean, d.mean),
+                std: fold(std, d.std),
+            })
+        }
+        _ => unreachable!("names were matched above"),
+    };
+    match validate_step(&step) {
+        // A bad value that came from the text: name the text.
+        Err(e) if has_kwargs => Err(DataError::InvalidTransform {
+            text: text.to_string(),
+            message: e.to_string(),
+        }),
+        Err(e) => Err(e),
+        Ok(()) => Ok(step),
+    }
+}
+
+/// The keyword arguments of one transform text, all known to its transform.
+struct Kwargs<'a> {
+    text: &'a str,
+    values: Vec<(String, PyValue)>,
+}
+
+impl<'a> Kwargs<'a> {
+    fn new(text: &'a str, spec: TransformSpec, accepted: &[&str]) -> Result<Self> {
+        if let Some((key, _)) = spec
+            .kwargs
+            .iter()
+            .find(|(key, _)| !accepted.contains(&key.as_str()))
+        {
+            return Err(DataError::UnknownTransformKwarg {
+                text: text.to_string(),
+                transform: spec.name.clone(),
+                kwarg: key.clone(),
+                accepted: accepted.iter().map(|a| a.to_string()).collect(),
+            });
+        }
+        Ok(Self {
+            text,
+            values: spec.kwargs,
+        })
+    }
+
+    fn get(&self, key: &str) -> Option<&PyValue> {
+        self.values.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// [`DataError::InvalidTransform`] about `key`'s value.
+    fn bad_value(&self, key: &str, problem: impl std::fmt::Display) -> DataError {
+        let value = self.get(key).map(ToString::to_string).unwrap_or_default();
+        DataError::InvalidTransform {
+            text: self.text.to_string(),
+            message: format!("'{key}' = {value}: {problem}"),
+        }
+    }
+
+    /// A number (int or float; bools and `None` are refused).
+    fn number(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) => Ok(Some(x)),
+                None => {
+                    Err(self.bad_value(key, format!("expected a number, not {}", v.type_name())))
+                }
+            },
+        }
+    }
+
+    /// `(min, max)`: a tuple or list of two numbers.
+    fn pair(&self, key: &str) -> Result<Option<(f64, f64)>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match v
+            .as_sequence()
+            .map(|items| items.iter().map(PyValue::as_f64).collect::<Vec<_>>())
+        {
+            Some(items) if items.len() == 2 && items.iter().all(Option::is_some) => Ok(Some((
+                items[0].expect("checked"),
+                items[1].expect("checked"),
+            ))),
+            _ => Err(self.bad_value(key, "expected a (min, max) pair of numbers")),
+        }
+    }
+
+    /// Three numbers (one per RGB channel) or one number for all three.
+    fn triple(&self, key: &str) -> Result<Option<[f64; 3]>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        if let Some(x) = v.as_f64() {
+            return Ok(Some([x; 3]));
+        }
+        match v
+            .as_sequence()
+            .map(|items| items.iter().map(PyValue::as_f64).collect::<Vec<_>>())
+        {
+            Some(items) if items.len() == 3 && items.iter().all(Option::is_some) => Ok(Some([
+                items[0].expect("checked"),
+                items[1].expect("checked"),
+                items[2].expect("checked"),
+            ])),
+            _ => Err(self.bad_value(key, "expected three numbers (R, G, B) or one number")),
+        }
+    }
+
+    /// A side length: an int in `0..=u32::MAX` (zero is refused by the step's own check).
+    fn side(&self, key: &str) -> Result<Option<u32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(PyValue::Int(i)) => match u32::try_from(*i) {
+                Ok(side) => Ok(Some(side)),
+                Err(_) => Err(self.bad_value(key, "expected a positive number of pixels")),
+            },
+            Some(v) => Err(self.bad_value(
+                key,
+                format!("expected an int number of pixels, not {}", v.type_name()),
+            )),
+        }
+    }
+
+    /// The side of a square crop or resize: `size`, `height` and `width` if given (they must
+    /// agree), else `crop`.
+    fn square_side(&self, crop: u32) -> Result<u32> {
+        let mut side: Option<(&str, u32)> = None;
+        for key in ["size", "height", "width"] {
+            if let Some(v) = self.side(key)? {
+                match side {
+                    Some((first, s)) if s != v => {
+                        return Err(self.bad_value(
+                            key,
+                            format!(
+                                "differs from '{first}' = {s}; crops and resizes here are square \
+                                 (upstream's RandomResizedSquareCrop, CenterSquareCrop, \
+                                 SquareResize), so 'size', 'height' and 'width' must agree"
+                            ),
+                        ))
+                    }
+                    _ => side = Some((key, v)),
+                }
+            }
+        }
+        Ok(side.map_or(crop, |(_, s)| s))
+    }
+
+    fn flag(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(PyValue::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.bad_value(
+                key,
+                format!("expected True or False, not {}", v.type_name()),
+            )),
+        }
+    }
+
+    /// The probability of a random step: 1 under `always_apply`, else `p` or `default`.
+    fn probability(&self, default: f64) -> Result<f64> {
+        let p = self.number("p")?;
+        Ok(if self.flag("always_apply")? == Some(true) {
+            1.0
+        } else {
+            p.unwrap_or(default)
+        })
+    }
+
+    /// Refuses `p` other than 1 (unless `always_apply`) on a step that must always run.
+    fn always_applied(&self) -> Result<()> {
+        let p = self.number("p")?;
+        let always = self.flag("always_apply")? == Some(true);
+        match p {
+            Some(p) if p != 1.0 && !always => Err(self.bad_value(
+                "p",
+                "this step runs on every image here; upstream would skip it with probability \
+                 1 − p, leaving images uncropped or unresized (of varying size, which cannot be \
+                 batched) or unnormalised; only p = 1.0 is supported",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Accepts `interpolation` only when it is `cv2.INTER_LINEAR` (1).
+    fn linear_interpolation(&self) -> Result<()> {
+        match self.get("interpolation") {
+            None | Some(PyValue::Int(1)) => Ok(()),
+            Some(_) => Err(self.bad_value(
+                "interpolation",
+                "only 1 (cv2.INTER_LINEAR, bilinear) is supported; the exact filter is the \
+                 pipeline's resize mode (ResizeMode)",
+            )),
+        }
+    }
+
+    /// A colour-jitter strength: one number (albumentations' `(min, max)` form is refused).
+    fn strength(&self, key: &str) -> Result<Option<f32>> {
+        if self.get(key).is_some_and(|v| v.as_sequence().is_some()) {
+            return Err(self.bad_value(
+                key,
+                "a (min, max) range is not supported; give one strength x, drawn from \
+                 [max(0, 1 − x), 1 + x] (hue: [−x, x])",
+            ));
+        }
+        Ok(self.number(key)?.map(|x| x as f32))
+    }
+}
+
+/// `x` as the shortest decimal that reads back to the same `f32`, held in an `f64`.
+fn py_f32(x: f32) -> PyValue {
+    PyValue::Float(x.to_string().parse().unwrap_or(f64::from(x)))
+}
+
+impl TransformStep {
+    /// The step as upstream's `name::{kwargs}`, every value explicit (see
+    /// [`ImageTransforms::canonical_names`]). The flip's caption rule has no keyword.
+    pub fn spec(&self) -> TransformSpec {
+        let pair = |(a, b): (f64, f64)| PyValue::Tuple(vec![PyValue::Float(a), PyValue::Float(b)]);
+        let triple = |v: [f32; 3]| PyValue::Tuple(v.iter().map(|&x| py_f32(x)).collect());
+        let side = |s: u32| PyValue::Int(i64::from(s));
+        let (name, kwargs): (&str, Vec<(&str, PyValue)>) = match self {
+            TransformStep::RandomResizedCrop { size, scale, ratio } => (
+                "random_resized_crop",
+                vec![
+                    ("size", side(*size)),
+                    ("scale", pair(*scale)),
+                    ("ratio", pair(*ratio)),
+                ],
+            ),
+            TransformStep::HorizontalFlip { p, .. } => {
+                ("horizontal_flip", vec![("p", PyValue::Float(*p))])
+            }
+            TransformStep::ColorJitter(j) => (
+                "color_jitter",
+                vec![
+                    ("brightness", py_f32(j.brightness)),
+                    ("contrast", py_f32(j.contrast)),
+                    ("saturation", py_f32(j.saturation)),
+                    ("hue", py_f32(j.hue)),
+                    ("p", PyValue::Float(j.p)),
+                ],
+            ),
+            TransformStep::SmallestMaxSize { size } => {
+                ("smallest_resize", vec![("max_size", side(*size))])
+            }
+            TransformStep::CenterCrop { size } => ("center_crop", vec![("size", side(*size))]),
+            TransformStep::GlobalResize { size } => ("global_resize", vec![("size", side(*size))]),
+            TransformStep::Normalize(n) => (
+                "normalize",
+                vec![("mean", triple(n.mean)), ("std", triple(n.std))],
+            ),
+        };
+        TransformSpec {
+            name: name.to_string(),
+            kwargs: kwargs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
     }
 }
 
@@ -661,8 +1277,9 @@ pub fn random_resized_crop_params(
     }
 }
 
-/// Output size of [`TransformStep::SmallestMaxSize`]: `(width, height)`; a longer side beyond
-/// `u32::MAX` saturates (the pipeline refuses such sizes before resizing).
+/// Output size of [`TransformStep::SmallestMaxSize`] in the torchvision mode: `(width, height)`;
+/// a longer side beyond `u32::MAX` saturates (the pipeline refuses such sizes before resizing).
+/// [`ResizeMode::smallest_max_size`] gives either mode's.
 pub fn smallest_max_size(width: u32, height: u32, size: u32) -> (u32, u32) {
     let (w, h) = smallest_max_size_u64(width, height, size);
     (
@@ -708,31 +1325,31 @@ pub fn resize_region(image: &RgbImage, crop: CropBox, out_w: u32, out_h: u32) ->
     dst
 }
 
-/// torchvision's `CenterCrop`: offsets `round((in − out) / 2)`, zero padding when the image is
-/// smaller than the crop.
-pub fn center_crop(image: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+/// OpenCV's `cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_LINEAR)` of the
+/// `crop` region of `image`, bit for bit (no anti-aliasing; see [`ResizeMode::Upstream`]). As
+/// albumentations crops before resizing, the region is cut out first: its borders replicate its
+/// own edge pixels. The box is taken in whole pixels (fractions dropped) and clamped into the
+/// image.
+pub fn resize_region_opencv(image: &RgbImage, crop: CropBox, out_w: u32, out_h: u32) -> RgbImage {
     let (w, h) = image.dimensions();
-    if (w, h) == (out_w, out_h) {
-        return image.clone();
-    }
-    let offset = |inp: u32, out: u32| -> i64 {
-        ((f64::from(inp) - f64::from(out)) / 2.0).round_ties_even() as i64
+    let whole = |v: f64, max: u32| -> u32 {
+        if v.is_nan() || v <= 0.0 {
+            0
+        } else {
+            (v.trunc().min(f64::from(max))) as u32
+        }
     };
-    let (dx, dy) = (offset(w, out_w), offset(h, out_h));
-    let mut out = RgbImage::new(out_w, out_h);
-    for y in 0..out_h {
-        let sy = i64::from(y) + dy;
-        if sy < 0 || sy >= i64::from(h) {
-            continue;
-        }
-        for x in 0..out_w {
-            let sx = i64::from(x) + dx;
-            if sx >= 0 && sx < i64::from(w) {
-                out.put_pixel(x, y, *image.get_pixel(sx as u32, sy as u32));
-            }
-        }
-    }
-    out
+    let left = whole(crop.left, w);
+    let top = whole(crop.top, h);
+    let width = whole(crop.width, w - left);
+    let height = whole(crop.height, h - top);
+    opencv_resize::resize_region(image, (left, top, width, height), out_w, out_h)
+}
+
+/// torchvision's `CenterCrop`: offsets `round((in − out) / 2)`, zero padding when the image is
+/// smaller than the crop ([`ResizeMode::center_crop`] with [`ResizeMode::Torchvision`]).
+pub fn center_crop(image: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    ResizeMode::Torchvision.center_crop(image, out_w, out_h)
 }
 
 impl ColorJitter {

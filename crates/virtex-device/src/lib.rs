@@ -53,6 +53,14 @@ pub type CudaBackend = burn::backend::Cuda;
 #[cfg(feature = "cuda")]
 pub type CudaAutodiffBackend = burn::backend::Autodiff<CudaBackend>;
 
+/// Whether backend `B` runs on a CUDA GPU (burn's `cuda` backend, with or without autodiff
+/// and fusion), read from its device type, so nothing is initialised to answer. Library code
+/// generic over the backend uses it for device-dependent defaults such as
+/// `train.precision = auto`.
+pub fn runs_on_cuda<B: burn::tensor::backend::Backend>() -> bool {
+    std::any::type_name::<B::Device>().contains("Cuda")
+}
+
 /// Errors from parsing or checking a device request.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -314,6 +322,17 @@ macro_rules! __cuda_arm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_cuda_backend_runs_on_cuda() {
+        assert!(!runs_on_cuda::<CpuBackend>());
+        assert!(!runs_on_cuda::<CpuAutodiffBackend>());
+        #[cfg(feature = "cuda")]
+        {
+            assert!(runs_on_cuda::<CudaBackend>());
+            assert!(runs_on_cuda::<CudaAutodiffBackend>());
+        }
+    }
 
     #[test]
     fn parses_every_accepted_spelling() {

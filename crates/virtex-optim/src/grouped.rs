@@ -11,13 +11,14 @@ use burn::record::Record;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
+use crate::choice::{inner_optimizer, InnerOptimizer, OptimizerName, TorchAdamWConfig};
 use crate::clip::{clip_coefficient, grad_norm};
 use crate::error::{invalid, LookaheadError, Result};
 use crate::groups::{partition, GroupMatcher, ParamGroup, ParamGroupsConfig, ParamTable};
 use crate::lookahead::{FlatTensor, LookaheadConfig, SlowWeights};
 use crate::paths::{assign_param_ids, trainable_params, PathStack};
 use crate::schedule::{LrSchedule, LrScheduleConfig};
-use crate::sgd::{TorchSgd, TorchSgdConfig};
+use crate::sgd::TorchSgdConfig;
 
 /// Everything VirTex's optimisation needs, with upstream's values as defaults
 /// (`bicaptioning_R_50_L1_H2048`: SGD momentum 0.9, LRs 0.2/0.001, weight decay 1e-4 except the
@@ -27,9 +28,16 @@ pub struct GroupedOptimizerConfig {
     /// Parameter groups: LRs, weight decay, no-decay regex.
     #[config(default = "ParamGroupsConfig::new()")]
     pub groups: ParamGroupsConfig,
-    /// SGD settings used by [`GroupedOptimizerConfig::init`] (ignored by `init_with`).
+    /// The optimizer inside every group that [`GroupedOptimizerConfig::init`] builds
+    /// (upstream's `OPTIM.OPTIMIZER_NAME`; ignored by `init_with`).
+    #[config(default = "OptimizerName::Sgd")]
+    pub optimizer: OptimizerName,
+    /// SGD settings used by [`GroupedOptimizerConfig::init`] when `optimizer` is SGD.
     #[config(default = "TorchSgdConfig::new()")]
     pub sgd: TorchSgdConfig,
+    /// AdamW settings used by [`GroupedOptimizerConfig::init`] when `optimizer` is AdamW.
+    #[config(default = "TorchAdamWConfig::new()")]
+    pub adamw: TorchAdamWConfig,
     /// Lookahead around all groups together; `None` disables it (`OPTIM.LOOKAHEAD.USE`).
     #[config(default = "Some(LookaheadConfig::new())")]
     pub lookahead: Option<LookaheadConfig>,
@@ -43,15 +51,20 @@ pub struct GroupedOptimizerConfig {
 }
 
 impl GroupedOptimizerConfig {
-    /// Builds the optimizer with torch-exact SGD ([`TorchSgdConfig`], from `self.sgd`) in every
-    /// group. Slow weights are taken from `module` now.
-    pub fn init<B, M>(&self, module: &M) -> Result<GroupedOptimizer<TorchSgd<M, B>, M, B>>
+    /// Builds the optimizer with `self.optimizer` in every group: torch-exact SGD
+    /// ([`TorchSgdConfig`], from `self.sgd`) or AdamW ([`TorchAdamWConfig`], from
+    /// `self.adamw`), each with its group's weight decay. Slow weights are taken from `module`
+    /// now.
+    pub fn init<B, M>(&self, module: &M) -> Result<GroupedOptimizer<InnerOptimizer<M, B>, M, B>>
     where
         B: AutodiffBackend,
         M: AutodiffModule<B>,
     {
         self.sgd.validate()?;
-        self.init_with(module, |group| self.sgd.init(group.weight_decay))
+        self.adamw.validate()?;
+        self.init_with(module, |group| {
+            inner_optimizer(self.optimizer, &self.sgd, &self.adamw, group.weight_decay)
+        })
     }
 
     /// Builds the optimizer with any burn optimizer: `factory` makes one per group, given the

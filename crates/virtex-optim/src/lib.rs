@@ -6,7 +6,9 @@
 //! - [`Lookahead`]: Lookahead (k = 5, α = 0.5) around any burn [`Optimizer`](burn::optim::Optimizer),
 //!   itself an `Optimizer`; its record keeps the slow weights and the counter.
 //! - [`TorchSgdConfig`]: burn's SGD configured to be exactly `torch.optim.SGD` (coupled weight
-//!   decay, momentum buffer = first gradient, dampening 0, optional Nesterov).
+//!   decay, momentum buffer = first gradient, dampening 0, optional Nesterov);
+//!   [`TorchAdamWConfig`]: burn's AdamW with torch's defaults; [`OptimizerName`] /
+//!   [`InnerOptimizer`]: either one behind one type (upstream's `OPTIM.OPTIMIZER_NAME`).
 //! - [`ParamGroupsConfig`]: LR groups and weight decay chosen by regexes on parameter **paths**
 //!   (`visual.cnn.layer1.0.conv1.weight`), with [`ParamGroupsConfig::describe`] listing every
 //!   parameter's group, LR, decay and size.
@@ -47,6 +49,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod choice;
 mod clip;
 mod error;
 mod grouped;
@@ -56,6 +59,10 @@ mod paths;
 mod schedule;
 mod sgd;
 
+pub use choice::{
+    InnerOptimizer, InnerOptimizerItem, InnerOptimizerRecord, InnerRecord, OptimizerName,
+    TorchAdamW, TorchAdamWConfig,
+};
 pub use clip::{clip_grad_norm, grad_norm, ClipOutcome};
 pub use error::{LookaheadError, Result};
 pub use grouped::{

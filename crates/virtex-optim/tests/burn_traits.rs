@@ -13,12 +13,12 @@ use burn::tensor::backend::DeviceOps;
 use burn::tensor::{Device, TensorData};
 use common::*;
 use virtex_optim::{
-    trainable_params, GroupedOptimizer, GroupedOptimizerConfig, LookaheadError, LrDecay,
-    LrScheduleConfig, StepReport, TorchSgd,
+    trainable_params, GroupedOptimizer, GroupedOptimizerConfig, InnerOptimizer, LookaheadError,
+    LrDecay, LrScheduleConfig, StepReport,
 };
 
 type Recorder_ = BinBytesRecorder<FullPrecisionSettings>;
-type Grouped = GroupedOptimizer<TorchSgd<Tiny<AB>, AB>, Tiny<AB>, AB>;
+type Grouped = GroupedOptimizer<InnerOptimizer<Tiny<AB>, AB>, Tiny<AB>, AB>;
 type GroupedRecord = <Grouped as Optimizer<Tiny<AB>, AB>>::Record;
 
 /// The clipping fixture's configuration: LR groups `visual` 0.2 and `common` 0.05 (plus a

@@ -81,7 +81,7 @@ fn adamw_in_lookahead() {
 }
 
 /// Runs a grouped trajectory, checking every step's parameters and report.
-fn grouped_run(name: &str) {
+fn grouped_run(name: &str, param_tolerance: f32) {
     let fixture = tensors(&format!("{name}.safetensors"));
     let meta = json(&format!("{name}.json"));
     let mut model = tiny(&fixture, "init");
@@ -168,14 +168,14 @@ fn grouped_run(name: &str) {
         }
         let error = max_abs_diff(&values(&model), &fixture, &format!("param.{step}"));
         assert!(
-            error <= PARAM_TOLERANCE,
+            error <= param_tolerance,
             "{name}: step {step}: max |Δ| {error:e}"
         );
         worst_param = worst_param.max(error);
     }
     let slow_error = max_abs_diff(&values(&optim.with_slow_weights(model)), &fixture, "slow");
     assert!(
-        slow_error <= PARAM_TOLERANCE,
+        slow_error <= param_tolerance,
         "{name}: slow |Δ| {slow_error:e}"
     );
     eprintln!(
@@ -187,12 +187,20 @@ fn grouped_run(name: &str) {
 
 #[test]
 fn two_lr_groups_and_no_decay_group_under_warmup_cosine() {
-    grouped_run("grouped");
+    grouped_run("grouped", PARAM_TOLERANCE);
+}
+
+#[test]
+fn adamw_in_two_lr_groups_and_no_decay_group_under_warmup_cosine() {
+    // AdamW moves every parameter by about its LR (0.2 in the CNN group) whatever the gradient,
+    // so the parameters grow to |p| ≈ 2 and torch's `√v / √(1 − β₂ᵗ) + ε` against burn's
+    // `√(v / (1 − β₂ᵗ)) + ε` rounds differently: a few f32 ulps of |p|, not 1e-6 absolute.
+    grouped_run("grouped_adamw", 4e-6);
 }
 
 #[test]
 fn global_clipping_and_non_finite_steps() {
-    grouped_run("clipping");
+    grouped_run("clipping", PARAM_TOLERANCE);
 }
 
 #[test]

@@ -6,13 +6,13 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use common::*;
 use virtex_optim::{
-    GroupedOptimizerConfig, GroupedOptimizerRecord, LookaheadConfig, LookaheadError,
-    LookaheadRecord, LrScheduleConfig, TorchSgd, TorchSgdConfig,
+    GroupedOptimizerConfig, GroupedOptimizerRecord, InnerOptimizer, LookaheadConfig,
+    LookaheadError, LookaheadRecord, LrScheduleConfig, OptimizerName, TorchSgdConfig,
 };
 
 type Recorder_ = BinBytesRecorder<FullPrecisionSettings>;
 type GroupedRecord =
-    GroupedOptimizerRecord<<TorchSgd<Tiny<AB>, AB> as Optimizer<Tiny<AB>, AB>>::Record, AB>;
+    GroupedOptimizerRecord<<InnerOptimizer<Tiny<AB>, AB> as Optimizer<Tiny<AB>, AB>>::Record, AB>;
 
 fn config() -> GroupedOptimizerConfig {
     // VirTex's groups and Lookahead, a short warmup + cosine schedule, clipping active.
@@ -37,6 +37,29 @@ fn reloaded(model: &Tiny<AB>) -> Tiny<AB> {
 
 #[test]
 fn grouped_optimizer_resumes_exactly_from_a_mid_cycle_record() {
+    resumes_exactly(OptimizerName::Sgd);
+}
+
+#[test]
+fn grouped_adamw_resumes_exactly_from_a_mid_cycle_record() {
+    resumes_exactly(OptimizerName::AdamW);
+}
+
+#[test]
+#[should_panic(expected = "the optimizer state was saved by sgd, but this optimizer is adamw")]
+fn an_sgd_record_is_never_read_as_adamw() {
+    let fixture = tensors("clipping.safetensors");
+    let model = tiny(&fixture, "init");
+    let record = config().init(&model).unwrap().to_record();
+    let adamw = config().with_optimizer(OptimizerName::AdamW);
+    let _ = adamw
+        .init(&model)
+        .unwrap()
+        .load_record(record, model.clone());
+}
+
+fn resumes_exactly(optimizer: OptimizerName) {
+    let config = || config().with_optimizer(optimizer);
     // The clipping fixture provides 14 steps of gradients, two of them non-finite.
     let fixture = tensors("clipping.safetensors");
     let steps = 14;

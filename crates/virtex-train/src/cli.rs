@@ -114,15 +114,22 @@ impl Args {
     /// The configuration this command line runs with: [`Args::config`] for a new run, the
     /// newest checkpoint's (with [`Args::resume_overrides`]) for `--resume`. Reads, never
     /// writes: what `--print-config` prints.
+    /// `train.precision = auto` is resolved for the first training device, as the run would.
     pub fn resolved_config(&self) -> Result<PretrainConfig, TrainError> {
-        match &self.resume {
+        let mut config = match &self.resume {
             Some(run_dir) => crate::trainer::run_config(&RunOptions {
                 resume: true,
                 resume_overrides: self.resume_overrides(),
                 ..RunOptions::new(PretrainConfig::base(), run_dir)
-            }),
-            None => self.config(),
-        }
+            })?,
+            None => self.config()?,
+        };
+        let cuda = self
+            .training_devices()?
+            .first()
+            .is_some_and(|device| matches!(device, DeviceSpec::Cuda(_)));
+        config.resolve_precision(cuda);
+        Ok(config)
     }
 
     /// What the command line changes in a resumed run's configuration: the data and

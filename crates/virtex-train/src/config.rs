@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use virtex::Precision;
+use virtex_data::ResizeMode;
+use virtex_optim::OptimizerName;
 
 use crate::error::TrainError;
 
@@ -42,7 +44,19 @@ pub struct DataConfig {
     /// Training crop size (upstream `IMAGE_CROP_SIZE`).
     pub image_crop_size: u32,
     /// Train transforms, in order (upstream `IMAGE_TRANSFORM_TRAIN`); empty = no augmentation.
+    /// Each is a name, optionally with upstream's keyword arguments:
+    /// `random_resized_crop::{'scale': (0.08, 1.0)}` (see `virtex_data::ImageTransforms`).
     pub image_transform_train: Vec<String>,
+    /// Validation transforms, in order (upstream `IMAGE_TRANSFORM_VAL`), in the same syntax;
+    /// default `smallest_resize`, `center_crop`, `normalize` at `image_crop_size`.
+    #[serde(default = "default_val_transforms")]
+    pub image_transform_val: Vec<String>,
+    /// How resizes and centre crops compute, in both pipelines: `torchvision` (default:
+    /// antialiased bilinear, truncated long side, rounded crop offset, as torchvision on PIL
+    /// images) or `upstream` (albumentations on OpenCV: `INTER_LINEAR` without antialiasing,
+    /// rounded long side, floored crop offset, bit for bit).
+    #[serde(default)]
+    pub resize_mode: ResizeMode,
     /// Swap "left"/"right" by plain substring as upstream does ("bright" → "bleft") instead of
     /// by whole word.
     pub upstream_flip_substring_swap: bool,
@@ -60,6 +74,19 @@ pub struct DataConfig {
     /// huge images: a small file can claim a huge size.
     #[serde(default)]
     pub max_image_pixels: Option<u64>,
+    /// Token id of padding, ignored by the loss and zeroed in the embedding (upstream
+    /// `DATA.UNK_INDEX`: `<unk>`, 0). It must be the tokenizer's `<unk>` id: the run checks it
+    /// against the tokenizer, pads captions with it and builds the model with it.
+    #[serde(default)]
+    pub padding_index: u32,
+}
+
+fn default_val_transforms() -> Vec<String> {
+    vec![
+        "smallest_resize".into(),
+        "center_crop".into(),
+        "normalize".into(),
+    ]
 }
 
 impl DataConfig {
@@ -85,6 +112,17 @@ pub struct ModelConfig {
     pub textual: String,
     /// Dropout of the textual head.
     pub dropout: f64,
+    /// Initialise the visual backbone from these weights (upstream `MODEL.VISUAL.PRETRAINED`,
+    /// which downloads torchvision's ImageNet weights: here a torchvision `.pth` or
+    /// safetensors file, e.g. `resnet50-0676ba61.pth`); `null` = random initialisation. Only a
+    /// new run reads it (`--resume` continues from the checkpoint).
+    #[serde(default)]
+    pub visual_pretrained: Option<PathBuf>,
+    /// Freeze the visual backbone (upstream `MODEL.VISUAL.FROZEN`): its weights get no
+    /// gradient and stay fixed, and its BatchNorm normalises with the running statistics and
+    /// never updates them (evaluation mode for the whole run), while the textual head trains.
+    #[serde(default)]
+    pub visual_frozen: bool,
 }
 
 /// Upstream `OPTIM`.
@@ -108,6 +146,11 @@ pub struct OptimConfig {
     /// updates them once per micro-batch.
     #[serde(default)]
     pub batch_norm_batch: Option<usize>,
+    /// Optimizer inside every parameter group (upstream `OPTIM.OPTIMIZER_NAME`): `sgd` (every
+    /// released config) or `adamw` (torch's AdamW, betas 0.9/0.999, ε 1e-8, decoupled weight
+    /// decay `weight_decay`; the momentum keys are then unused).
+    #[serde(default)]
+    pub optimizer_name: OptimizerName,
     /// SGD momentum.
     pub sgd_momentum: f64,
     /// Nesterov momentum (upstream: false).
@@ -166,10 +209,58 @@ pub struct TrainLoopConfig {
     pub val_batches: Option<usize>,
     /// Stop after this many consecutive skipped (non-finite) steps.
     pub max_consecutive_skips: u64,
-    /// `f32` or `bf16`: bf16 convolutions and matrix products with f32 norms, softmax, losses,
-    /// master weights and optimizer state (see `virtex::Precision`). Meant for CUDA; on the CPU
-    /// bf16 is correct but slower than f32.
-    pub precision: Precision,
+    /// `auto`, `f32` or `bf16`: bf16 convolutions and matrix products with f32 norms, softmax,
+    /// losses, master weights and optimizer state (see `virtex::Precision`). `auto` (the
+    /// released presets) is bf16 on CUDA and f32 elsewhere, upstream's mixed precision where
+    /// it pays: on the CPU bf16 is correct but slower than f32.
+    pub precision: PrecisionChoice,
+}
+
+/// `train.precision`: a precision, or `auto`, which the run resolves for its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionChoice {
+    /// bf16 on CUDA, f32 elsewhere.
+    Auto,
+    /// Full precision.
+    F32,
+    /// bf16 convolutions and matrix products.
+    Bf16,
+}
+
+impl PrecisionChoice {
+    /// The precision on a device that is (`cuda = true`) or is not a CUDA GPU.
+    pub fn resolve(self, cuda: bool) -> Precision {
+        match self {
+            Self::Auto if cuda => Precision::Bf16,
+            Self::Auto | Self::F32 => Precision::F32,
+            Self::Bf16 => Precision::Bf16,
+        }
+    }
+
+    /// The precision when it does not depend on the device (`None` for `auto`).
+    pub fn fixed(self) -> Option<Precision> {
+        match self {
+            Self::Auto => None,
+            Self::F32 => Some(Precision::F32),
+            Self::Bf16 => Some(Precision::Bf16),
+        }
+    }
+}
+
+impl From<Precision> for PrecisionChoice {
+    fn from(precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => Self::F32,
+            Precision::Bf16 => Self::Bf16,
+        }
+    }
+}
+
+impl PartialEq<Precision> for PrecisionChoice {
+    fn eq(&self, other: &Precision) -> bool {
+        self.fixed() == Some(*other)
+    }
 }
 
 impl PretrainConfig {
@@ -189,23 +280,29 @@ impl PretrainConfig {
                     "color_jitter".into(),
                     "normalize".into(),
                 ],
+                image_transform_val: default_val_transforms(),
+                resize_mode: ResizeMode::Torchvision,
                 upstream_flip_substring_swap: false,
                 caption_choice: "random".into(),
                 shuffle: true,
                 num_workers: 4,
                 skip_bad_images: false,
                 max_image_pixels: None,
+                padding_index: 0,
             },
             model: ModelConfig {
                 name: "bicaptioning".into(),
                 visual: "torchvision::resnet50".into(),
                 textual: "transdec_postnorm::L1_H1024_A16_F4096".into(),
                 dropout: 0.1,
+                visual_pretrained: None,
+                visual_frozen: false,
             },
             optim: OptimConfig {
                 batch_size: 256,
                 accumulation_steps: 1,
                 batch_norm_batch: Some(32),
+                optimizer_name: OptimizerName::Sgd,
                 sgd_momentum: 0.9,
                 sgd_nesterov: false,
                 weight_decay: 1e-4,
@@ -231,7 +328,7 @@ impl PretrainConfig {
                 keep_last: 200,
                 val_batches: None,
                 max_consecutive_skips: 100,
-                precision: Precision::F32,
+                precision: PrecisionChoice::Auto,
             },
         }
     }
@@ -281,6 +378,8 @@ impl PretrainConfig {
                 config.train.checkpoint_every = 50;
                 config.train.val_every = 50;
                 config.train.keep_last = 2;
+                // A CPU preset: f32 also on a GPU, so its numbers compare across devices.
+                config.train.precision = PrecisionChoice::F32;
             }
             "bicaptioning_R_50_L1_H512" => config.model.textual = head(1, 512),
             "bicaptioning_R_50_L1_H768" => config.model.textual = head(1, 768),
@@ -397,6 +496,12 @@ impl PretrainConfig {
         Ok(())
     }
 
+    /// Resolves `train.precision = auto` for a run whose device is (`cuda = true`) or is not a
+    /// CUDA GPU; a fixed precision is left as it is.
+    pub fn resolve_precision(&mut self, cuda: bool) {
+        self.train.precision = self.train.precision.resolve(cuda).into();
+    }
+
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), TrainError> {
         let fail = |message: String| Err(TrainError::Config(message));
@@ -481,6 +586,19 @@ impl PretrainConfig {
                 "optim.batch_size {} is not divisible by optim.accumulation_steps {}",
                 self.optim.batch_size, self.optim.accumulation_steps
             ));
+        }
+        if self.data.padding_index as usize >= self.data.vocab_size {
+            return fail(format!(
+                "data.padding_index {} is outside the vocabulary of data.vocab_size {}",
+                self.data.padding_index, self.data.vocab_size
+            ));
+        }
+        if self.data.image_transform_val.is_empty() {
+            return fail(
+                "data.image_transform_val is empty: validation needs a fixed-size crop (upstream: \
+                 smallest_resize, center_crop, normalize)"
+                    .into(),
+            );
         }
         if !["random", "first"].contains(&self.data.caption_choice.as_str()) {
             return fail(format!(

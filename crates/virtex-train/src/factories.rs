@@ -49,7 +49,10 @@ pub fn model_config(
         config.data.max_caption_length,
         config.model.dropout,
     )
-    .map(|model| model.with_caption_backward(caption_backward))
+    .map(|mut model| {
+        model.textual.padding_idx = config.data.padding_index as usize;
+        model.with_caption_backward(caption_backward)
+    })
     .map_err(|err| TrainError::Config(format!("model: {err}")))
 }
 
@@ -78,6 +81,7 @@ pub fn optimizer_config(config: &PretrainConfig) -> Result<GroupedOptimizerConfi
                 .with_weight_decay(optim.weight_decay)
                 .with_no_decay(no_decay),
         )
+        .with_optimizer(optim.optimizer_name)
         .with_sgd(
             TorchSgdConfig::new()
                 .with_momentum(optim.sgd_momentum)
@@ -198,6 +202,15 @@ impl<'a> Loaders<'a> {
                 tokenizer.vocab_size()
             )));
         }
+        let unk = tokenizer.special_ids().unk;
+        if unk != config.data.padding_index {
+            return Err(TrainError::Config(format!(
+                "data.padding_index is {} but the tokenizer `{}` has `<unk>` (the padding \
+                 token) at id {unk}; set data.padding_index={unk}",
+                config.data.padding_index,
+                tokenizer_path.display(),
+            )));
+        }
         let options = CocoOptions {
             skip_bad_images: config.data.skip_bad_images,
             ..CocoOptions::default()
@@ -221,12 +234,19 @@ impl<'a> Loaders<'a> {
             ImageTransforms::no_augmentation(data.image_crop_size)
         } else {
             ImageTransforms::from_names(&data.image_transform_train, data.image_crop_size, flip)
-        }?;
+        }?
+        .with_resize_mode(data.resize_mode);
         self.loader(Split::Train, transforms, data.shuffle, true)
     }
 
     fn val(&self) -> Result<DataLoader, TrainError> {
-        let transforms = ImageTransforms::pretrain_val(self.config.data.image_crop_size)?;
+        let data = &self.config.data;
+        let transforms = ImageTransforms::from_names(
+            &data.image_transform_val,
+            data.image_crop_size,
+            FlipCaption::WholeWord,
+        )?
+        .with_resize_mode(data.resize_mode);
         self.loader(Split::Val, transforms, false, false)
     }
 
@@ -256,7 +276,8 @@ impl<'a> Loaders<'a> {
         }
         let dataset = CaptioningDataset::new(coco, self.tokenizer.clone(), transforms)?
             .with_caption_choice(choice)
-            .with_max_caption_length(config.data.max_caption_length)?;
+            .with_max_caption_length(config.data.max_caption_length)?
+            .with_padding_index(config.data.padding_index);
         Ok(DataLoader::new(
             dataset,
             LoaderConfig {

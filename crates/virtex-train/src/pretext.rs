@@ -40,6 +40,11 @@ pub trait PretextModel<B: Backend>: Module<B> + Sized {
     /// The model with its convolutions and matrix products in `precision` (not saved in
     /// checkpoints: the loop sets it from `train.precision` after building or loading).
     fn with_precision(self, precision: Precision) -> Self;
+    /// The model with its visual backbone frozen (`model.visual_frozen`): no gradient, and
+    /// BatchNorm in evaluation mode (not saved: the loop sets it after building or loading).
+    fn with_frozen_visual(self) -> Self;
+    /// Loads torchvision-layout weights into the visual backbone (`model.visual_pretrained`).
+    fn load_visual_weights(&mut self, path: &Path) -> Result<(), VirtexError>;
 }
 
 impl<B: Backend> PretextModel<B> for CaptioningModel<B> {
@@ -68,6 +73,14 @@ impl<B: Backend> PretextModel<B> for CaptioningModel<B> {
 
     fn save(&self, path: &Path) -> Result<(), VirtexError> {
         CaptioningModel::save(self, path)
+    }
+
+    fn with_frozen_visual(self) -> Self {
+        CaptioningModel::with_frozen_visual(self)
+    }
+
+    fn load_visual_weights(&mut self, path: &Path) -> Result<(), VirtexError> {
+        CaptioningModel::load_visual_weights(self, path)
     }
 
     fn load(path: &Path, device: &B::Device) -> Result<Self, VirtexError> {

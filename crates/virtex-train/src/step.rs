@@ -8,14 +8,14 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use virtex_data::Batch;
-use virtex_optim::{GroupedOptimizer, StepReport, TorchSgd};
+use virtex_optim::{GroupedOptimizer, InnerOptimizer, StepReport};
 
 use crate::error::TrainError;
 use crate::pretext::{Objective, PretextModel};
 
-/// The optimizer the trainer uses: [`crate::optimizer_config`]'s groups, torch-exact SGD,
-/// Lookahead, schedule and global clipping.
-pub type Optim<M, B> = GroupedOptimizer<TorchSgd<M, B>, M, B>;
+/// The optimizer the trainer uses: [`crate::optimizer_config`]'s groups, torch-exact SGD or
+/// AdamW (`optim.optimizer_name`), Lookahead, schedule and global clipping.
+pub type Optim<M, B> = GroupedOptimizer<InnerOptimizer<M, B>, M, B>;
 
 /// Loss values of a step or of a validation pass: the total and the model's named components
 /// (for captioning `captioning_forward` and, with a backward head, `captioning_backward`).

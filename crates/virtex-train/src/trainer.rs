@@ -91,7 +91,7 @@ impl ResumeOverrides {
         if let Some(precision) = self.precision {
             if config.train.precision != precision {
                 changed.push(format!("train.precision = {precision:?}"));
-                config.train.precision = precision;
+                config.train.precision = precision.into();
             }
         }
         changed
@@ -329,8 +329,23 @@ where
             (model, config, 0)
         }
     };
-    let model = model.with_precision(config.train.precision);
+    let model = with_run_settings(model, &config);
     Ok((model, config, iteration))
+}
+
+/// What a model of a run takes from its config after being built or loaded (and is not saved
+/// with the weights): the precision (`auto` resolved for backend `B`) and a frozen backbone.
+fn with_run_settings<B: Backend, M: PretextModel<B>>(model: M, config: &PretrainConfig) -> M {
+    let precision = config
+        .train
+        .precision
+        .resolve(virtex_device::runs_on_cuda::<B>());
+    let model = model.with_precision(precision);
+    if config.model.visual_frozen {
+        model.with_frozen_visual()
+    } else {
+        model
+    }
 }
 
 fn newest_checkpoint(run_dir: &Path) -> Result<(u64, PathBuf), TrainError> {
@@ -505,6 +520,8 @@ where
         } = RunStart::of(&options)?;
         // Upstream's BatchNorm batch on this many devices (the micro-batches of a step).
         config.resolve_batch_norm_batch(devices.len())?;
+        // `train.precision = auto`: bf16 on CUDA, f32 elsewhere (recorded resolved).
+        config.resolve_precision(virtex_device::runs_on_cuda::<B>());
         let run_dir = options.run_dir.clone();
         // This process holds the lock, so every `.partial-*` here is left by a process killed
         // while writing: remove them now rather than at the first checkpoint, and say so.
@@ -527,14 +544,18 @@ where
         B::seed(&device, config.random_seed);
         let model: M = match (&resume_from, &options.init_from) {
             (Some((_, path)), _) => M::load(&path.join("model.safetensors"), &device)?,
-            (None, Some(init)) => {
+            (None, init) => {
                 let mut model = M::from_config(&config, &device)?;
-                model.load_weights(init)?;
+                if let Some(weights) = &config.model.visual_pretrained {
+                    model.load_visual_weights(weights)?;
+                }
+                if let Some(init) = init {
+                    model.load_weights(init)?;
+                }
                 model
             }
-            (None, None) => M::from_config(&config, &device)?,
         };
-        let model = model.with_precision(config.train.precision);
+        let model = with_run_settings(model, &config);
         let data = training_data(&config)?;
         for skipped in data.train.dataset().coco().skipped() {
             eprintln!(
@@ -566,8 +587,7 @@ where
         let replicas = devices[1..]
             .iter()
             .map(|replica_device| {
-                let replica = replicate::<B, M>(&model, replica_device)
-                    .with_precision(config.train.precision);
+                let replica = with_run_settings(replicate::<B, M>(&model, replica_device), &config);
                 let (replica, optimizer) =
                     build_optimizer(&optimizer_config, replica, checkpoint, replica_device)?;
                 Ok((replica_device.clone(), replica, optimizer))

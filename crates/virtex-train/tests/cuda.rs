@@ -45,7 +45,7 @@ mod on_cuda {
         config.train.checkpoint_every = 1000;
         config.train.val_every = 1000;
         config.train.val_batches = Some(1);
-        config.train.precision = precision;
+        config.train.precision = precision.into();
         config
     }
 

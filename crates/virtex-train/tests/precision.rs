@@ -145,7 +145,7 @@ fn tiny_config(precision: Precision) -> PretrainConfig {
     config.train.checkpoint_every = 4;
     config.train.val_every = 2;
     config.train.val_batches = Some(1);
-    config.train.precision = precision;
+    config.train.precision = precision.into();
     config
 }
 

@@ -1,9 +1,11 @@
 //! The captioning model (`virtex/models/captioning.py`): upstream's `CaptioningModel`, whose
 //! `caption_backward` flag adds the right-to-left head of `BidirectionalCaptioningModel`.
 
+use std::path::Path;
+
 use burn::prelude::*;
 use virtex_backbone::{Precision, ResNet};
-use virtex_loss::{captioning_loss, PADDING_INDEX};
+use virtex_loss::captioning_loss;
 use virtex_textual::{TransformerDecoder, TransformerDecoderTextualHead};
 
 use crate::config::CaptioningModelConfig;
@@ -172,6 +174,29 @@ impl<B: Backend> CaptioningModel<B> {
         }
     }
 
+    /// The model with a frozen visual backbone ([`ResNet::frozen`](virtex_backbone::ResNet::frozen),
+    /// upstream's `MODEL.VISUAL.FROZEN`): the CNN gets no gradient, so an optimizer built
+    /// afterwards leaves it out, and its BatchNorm stays in evaluation mode while the textual
+    /// heads train. Not saved with the weights: set it after building or loading a model.
+    pub fn with_frozen_visual(mut self) -> Self {
+        self.visual.cnn = self.visual.cnn.frozen();
+        self
+    }
+
+    /// Whether [`CaptioningModel::with_frozen_visual`] was applied.
+    pub fn is_visual_frozen(&self) -> bool {
+        self.visual.cnn.is_frozen()
+    }
+
+    /// Loads torchvision-layout weights (a `.pth` state dict, safetensors or burnpack, as
+    /// [`ResNet::load_weights`](virtex_backbone::ResNet::load_weights) reads them) into the
+    /// visual backbone: upstream's `MODEL.VISUAL.PRETRAINED` (ImageNet weights). Every CNN
+    /// tensor must be present with its shape; `fc.*` is ignored.
+    pub fn load_visual_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        self.visual.cnn.load_weights(path)?;
+        Ok(())
+    }
+
     /// The precision set by [`CaptioningModel::with_precision`].
     pub fn precision(&self) -> Precision {
         self.textual.precision
@@ -210,7 +235,13 @@ impl<B: Backend> CaptioningModel<B> {
             noitpac_tokens.clone(),
             caption_lengths,
         );
-        losses(forward, caption_tokens, backward, noitpac_tokens)
+        losses(
+            forward,
+            caption_tokens,
+            backward,
+            noitpac_tokens,
+            self.config.textual.padding_idx,
+        )
     }
 
     /// Teacher-forced evaluation: the losses, the logits of each head and the forward argmax
@@ -237,6 +268,7 @@ impl<B: Backend> CaptioningModel<B> {
             caption_tokens,
             backward_logits.clone(),
             noitpac_tokens,
+            self.config.textual.padding_idx,
         );
         let predictions = forward_logits.clone().argmax(2).squeeze_dim(2);
         CaptioningOutput {
@@ -316,16 +348,18 @@ impl<B: Backend> CaptioningModel<B> {
 }
 
 /// Upstream's `loss` and `loss_components`: the forward loss, plus the backward loss when there
-/// are backward logits.
+/// are backward logits; targets equal to `padding` (the textual head's `padding_idx`) are
+/// ignored.
 fn losses<B: Backend>(
     forward_logits: Tensor<B, 3>,
     caption_tokens: Tensor<B, 2, Int>,
     backward_logits: Option<Tensor<B, 3>>,
     noitpac_tokens: Tensor<B, 2, Int>,
+    padding: usize,
 ) -> CaptioningLosses<B> {
-    let captioning_forward = captioning_loss(forward_logits, caption_tokens, PADDING_INDEX);
+    let captioning_forward = captioning_loss(forward_logits, caption_tokens, padding);
     let captioning_backward =
-        backward_logits.map(|logits| captioning_loss(logits, noitpac_tokens, PADDING_INDEX));
+        backward_logits.map(|logits| captioning_loss(logits, noitpac_tokens, padding));
     let loss = match &captioning_backward {
         Some(backward) => captioning_forward.clone() + backward.clone(),
         None => captioning_forward.clone(),

@@ -12,7 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde_json::Value;
 use virtex_optim::{
     trainable_params, GroupRule, GroupedOptimizerConfig, LookaheadConfig, LrDecay,
-    LrScheduleConfig, ParamGroupsConfig,
+    LrScheduleConfig, OptimizerName, ParamGroupsConfig,
 };
 
 pub type Inner = burn::backend::Flex;
@@ -287,4 +287,8 @@ pub fn python_config(meta: &Value) -> GroupedOptimizerConfig {
                 .with_total_steps(schedule["total"].as_u64().unwrap() as usize),
         )
         .with_clip_grad_norm(c.get("max_norm").and_then(Value::as_f64))
+        .with_optimizer(
+            OptimizerName::from_name(c.get("optimizer").and_then(Value::as_str).unwrap_or("sgd"))
+                .unwrap(),
+        )
 }
