@@ -232,19 +232,11 @@ fn validation_transforms_come_from_the_config() {
     assert!(err.to_string().contains("sharpen"), "{err}");
 
     // Without `normalize` the validation images differ, and so does the validation loss.
+    let path = write_model(&config);
     let loss_with = |transforms: Vec<String>| {
         let mut config = config.clone();
         config.data.image_transform_val = transforms;
-        let (model, config, _) = virtex_train::load_model::<Flex, CaptioningModel<Flex>>(
-            &virtex_train::ModelSource::File(write_model(&config)),
-            config,
-            &Default::default(),
-            &Default::default(),
-        )
-        .unwrap();
-        virtex_train::evaluate::<Flex, _>(&model, &config, &Default::default())
-            .unwrap()
-            .loss
+        validation_loss(&path, &config)
     };
     let standard = loss_with(vec![
         "smallest_resize".into(),
@@ -254,6 +246,20 @@ fn validation_transforms_come_from_the_config() {
     let unnormalised = loss_with(vec!["smallest_resize".into(), "center_crop".into()]);
     assert!(standard.is_finite() && unnormalised.is_finite());
     assert_ne!(standard, unnormalised);
+}
+
+/// The validation loss of the model in `path` under `config`'s validation data.
+fn validation_loss(path: &Path, config: &PretrainConfig) -> f64 {
+    let (model, config, _) = virtex_train::load_model::<Flex, CaptioningModel<Flex>>(
+        &virtex_train::ModelSource::File(path.to_path_buf()),
+        config.clone(),
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    virtex_train::evaluate::<Flex, _>(&model, &config, &Default::default())
+        .unwrap()
+        .loss
 }
 
 fn write_model(config: &PretrainConfig) -> std::path::PathBuf {
@@ -286,19 +292,10 @@ fn upstreams_resize_mode_is_one_key_and_changes_the_validation_images() {
         .unwrap_err();
     assert!(err.to_string().contains("data.resize_mode"), "{err}");
     let path = write_model(&config);
-    let loss = |config: &PretrainConfig| {
-        let (model, config, _) = virtex_train::load_model::<Flex, CaptioningModel<Flex>>(
-            &virtex_train::ModelSource::File(path.clone()),
-            config.clone(),
-            &Default::default(),
-            &Default::default(),
-        )
-        .unwrap();
-        virtex_train::evaluate::<Flex, _>(&model, &config, &Default::default())
-            .unwrap()
-            .loss
-    };
-    let (torchvision, opencv) = (loss(&config), loss(&upstream));
+    let (torchvision, opencv) = (
+        validation_loss(&path, &config),
+        validation_loss(&path, &upstream),
+    );
     assert!(torchvision.is_finite() && opencv.is_finite());
     assert_ne!(torchvision, opencv);
 }
