@@ -30,7 +30,7 @@ committed file was made with opencv-python-headless 4.10.0.84 (`PYTHONPATH` to a
 --target` of it); 5.1.0.95 writes the same tensors.
 
 With `--features DUMP`, instead measures how much the resize mode moves ResNet-50 features: DUMP is
-what `cargo test --release -p virtex-data --test upstream_resize -- --ignored dump_resize_modes`
+what `cargo run --release -p virtex-data --example dump_resize_modes`
 writes (the sample JPEGs decoded by the `image` crate, and their SmallestMaxSize(224) +
 CenterCrop(224) and RandomResizedCrop(224) outputs in both resize modes).
 
