@@ -17,6 +17,10 @@
 //!   converted to the model's f32; integer, bool and quantized tensors are refused with
 //!   [`BackboneError::UnsupportedDType`] naming the tensor ([`conform_snapshot`] says why every
 //!   tensor is checked before burn-store applies it).
+//! - Exports to PyTorch (`torch.save` files that `torch.load(..., weights_only=True)` reads):
+//!   a torchvision `state_dict` ([`ResNet::save_torchvision_pth`]) and the Detectron2 backbone
+//!   of upstream's `detectron2_backbone_state_dict()` ([`ResNet::save_detectron2_pth`], names
+//!   in [`DETECTRON2_RENAMES`]), through a small writer of torch's format ([`save_torch`]).
 //!
 //! Mixed precision: [`ResNet::with_precision`]`(`[`Precision::Bf16`]`)` runs the convolutions
 //! in bf16 and everything else (BatchNorm, ReLU, residual adds, parameters, gradients) in f32.
@@ -43,7 +47,9 @@ mod batch_norm;
 mod block;
 mod config;
 mod error;
+mod export;
 mod resnet;
+mod torch_save;
 mod weights;
 mod zip_check;
 
@@ -51,7 +57,9 @@ pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use block::{Downsample, ResidualBlock};
 pub use config::{BlockKind, ResNetConfig};
 pub use error::{BackboneError, Result};
+pub use export::{detectron2_key, DETECTRON2_AUTHOR, DETECTRON2_RENAMES};
 pub use resnet::{global_average_pool, l2_normalize, ResNet, ResNetFeatures};
+pub use torch_save::{save_torch, torch_save_bytes, TorchValue};
 pub use virtex_device::{accepts_dtype, conform_snapshot, dtype_name};
 pub use virtex_kernels::{Precision, UnknownPrecision};
 pub use weights::{read_pytorch_snapshots, LoadReport, WeightsFormat};

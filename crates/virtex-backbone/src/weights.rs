@@ -329,32 +329,18 @@ impl<B: Backend> ResNet<B> {
     /// torch when `momentum=None`, which VirTex never uses.
     pub fn save_torchvision_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        self.sync_running_statistics();
-        let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-        for snapshot in self.collect(None, None, false) {
-            let name = burn_to_torchvision(&snapshot.full_path());
-            let data = snapshot
-                .to_data()
-                .map_err(|err| BackboneError::Write {
-                    path: path.to_path_buf(),
-                    message: format!("cannot read tensor `{name}`: {err:?}"),
-                })?
-                .convert_dtype(DType::F32);
-            if let Some(module) = name.strip_suffix("running_mean") {
-                tensors.push((
-                    format!("{module}num_batches_tracked"),
-                    safetensors::Dtype::I64,
-                    Vec::new(),
-                    0i64.to_le_bytes().to_vec(),
-                ));
-            }
-            tensors.push((
-                name,
-                safetensors::Dtype::F32,
-                data.shape.to_vec(),
-                data.as_bytes().to_vec(),
-            ));
-        }
+        // The same keys, order and values as `save_torchvision_pth` (crate::export).
+        let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = self
+            .torchvision_state_dict(path)?
+            .into_iter()
+            .map(|(name, data)| {
+                let dtype = match data.dtype {
+                    DType::I64 => safetensors::Dtype::I64,
+                    _ => safetensors::Dtype::F32,
+                };
+                (name, dtype, data.shape.to_vec(), data.as_bytes().to_vec())
+            })
+            .collect();
         let views = tensors
             .iter()
             .map(|(name, dtype, shape, bytes)| {
@@ -609,7 +595,7 @@ fn select_backbone(snapshots: Vec<TensorSnapshot>, prefix: &str) -> (Vec<TensorS
     (kept, ignored)
 }
 
-fn burn_to_torchvision(path: &str) -> String {
+pub(crate) fn burn_to_torchvision(path: &str) -> String {
     BURN_TO_TORCHVISION
         .iter()
         .fold(path.to_string(), |key, (from, to)| key.replace(from, to))
@@ -671,7 +657,7 @@ fn check_result(
 }
 
 /// [`virtex_device::write_atomically`] for the weight writers, whose failures are strings.
-fn write_atomically(
+pub(crate) fn write_atomically(
     path: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), String>,
 ) -> Result<()> {

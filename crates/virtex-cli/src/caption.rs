@@ -8,9 +8,12 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use virtex::{BeamSearchMode, CaptioningModel, DecodingConfig, DecodingStrategy, ImportOptions};
 use virtex_backbone::WeightsFormat;
-use virtex_data::{collect_image_files, ImageId, ImageTransforms, SentencePieceBpeTokenizer};
+use virtex_data::{
+    collect_image_files, ImageId, ImageTransforms, Normalize, SentencePieceBpeTokenizer,
+};
 use virtex_device::{with_backend, write_atomically, DeviceSpec};
 
+use crate::attention_maps::{denormalize, write_figures, write_gallery, AttentionFigure};
 use crate::checks::{
     apply_image_limit, check_image_sizes, check_output, check_positive, image_side_parser,
     max_image_pixels_parser, positive_count_parser,
@@ -32,7 +35,9 @@ pub enum DecoderCompat {
 pub struct CaptionArgs {
     /// A VirTex checkpoint: an official `.pth` (bicaptioning or captioning) or one of ours; or
     /// a checkpoint directory (`checkpoint_NNNNNNNN/`: its `model.safetensors`); or a training
-    /// run directory (its newest checkpoint, as `--resume` picks it).
+    /// run directory (its newest checkpoint, as `--resume` picks it); or a released name
+    /// (`virtex weights list`, e.g. `bicaptioning_R_50_L1_H2048`), taken from the weights cache
+    /// and downloaded first if absent.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// The tokenizer (SentencePiece `.model` or our `vocab.json`).
@@ -82,6 +87,15 @@ pub struct CaptionArgs {
     /// `{"image_id": …, "caption": "…"}` per line on stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also draw where the textual head looked for each word: a PNG per image in this directory
+    /// (the centre crop, then one heat map per word, averaged over heads and layers, upsampled
+    /// from the backbone's grid). Never one of the inputs or inside them.
+    #[arg(long, value_name = "DIR")]
+    pub attention: Option<PathBuf>,
+    /// With --attention: also one PNG per word and an `index.html` gallery (image, caption,
+    /// per-word maps) in that directory.
+    #[arg(long, requires = "attention")]
+    pub html: bool,
 }
 
 /// The model file `--checkpoint` names, and the checkpoint directory it was found in (when the
@@ -102,7 +116,7 @@ const MODEL_FILE: &str = "model.safetensors";
 fn resolve_checkpoint(path: &Path) -> Result<ResolvedCheckpoint, CliError> {
     if !path.is_dir() {
         return Ok(ResolvedCheckpoint {
-            file: path.to_path_buf(),
+            file: crate::weights::resolve_weights(path)?,
             directory: None,
         });
     }
@@ -191,9 +205,10 @@ impl CaptionArgs {
         let mut inputs = vec![checkpoint.file.as_path(), self.vocab.as_path()];
         inputs.extend(checkpoint.directory.as_deref());
         inputs.extend(self.images.iter().map(PathBuf::as_path));
-        if let Some(out) = &self.out {
-            check_output(out, &inputs)?;
+        for output in [&self.out, &self.attention].into_iter().flatten() {
+            check_output(output, &inputs)?;
         }
+        let decoding = decoding.with_attention(self.attention.is_some());
         if checkpoint.directory.is_some() {
             eprintln!("using checkpoint {}", checkpoint.file.display());
         }
@@ -215,8 +230,10 @@ impl CaptionArgs {
             let eos = model.config.eos_index;
             let progress = progress_bar(files.len(), "captions");
             let mut results = Vec::with_capacity(files.len());
+            let mut gallery = Vec::new();
             for batch in files.chunks(self.batch_size.max(1)) {
                 let mut pixels = Vec::new();
+                let mut crops = Vec::new();
                 let mut size = (0, 0);
                 for path in batch {
                     let image = virtex_data::load_image(path)?;
@@ -224,6 +241,9 @@ impl CaptionArgs {
                     let transformed =
                         transforms.try_apply_image(&image, &mut rng, Some(path.as_path()))?;
                     size = (transformed.height as usize, transformed.width as usize);
+                    if self.attention.is_some() {
+                        crops.push(denormalize(&transformed, &Normalize::default()));
+                    }
                     pixels.extend_from_slice(&transformed.data);
                 }
                 let images = Tensor::<B, 4>::from_data(
@@ -232,11 +252,31 @@ impl CaptionArgs {
                 );
                 let captions = model.decode(images, &decoding)?;
                 let first = results.len();
-                for (path, tokens) in batch.iter().zip(captions.trimmed(eos)) {
+                let trimmed = captions.trimmed(eos);
+                for (path, tokens) in batch.iter().zip(&trimmed) {
                     results.push(CaptionResult {
                         image_id: ImageId::from_file_stem(path),
-                        caption: tokenizer.decode(&tokens)?,
+                        caption: tokenizer.decode(tokens)?,
                     });
+                }
+                if let (Some(directory), Some(maps)) = (&self.attention, &captions.attention) {
+                    let mut figures = Vec::with_capacity(batch.len());
+                    for (index, (path, crop)) in batch.iter().zip(crops).enumerate() {
+                        let map = &maps[index];
+                        let words = trimmed[index]
+                            .iter()
+                            .enumerate()
+                            .map(|(t, &token)| Ok((word(&tokenizer, token)?, map.layer_mean(t))))
+                            .collect::<Result<Vec<_>, CliError>>()?;
+                        figures.push(AttentionFigure {
+                            source: path.clone(),
+                            crop,
+                            caption: results[first + index].caption.clone(),
+                            words,
+                            grid: (map.height, map.width),
+                        });
+                    }
+                    gallery.extend(write_figures(directory, &figures, first, self.html)?);
                 }
                 if self.out.is_none() {
                     // Each batch as soon as it is decoded; the progress bar is on stderr.
@@ -245,6 +285,16 @@ impl CaptionArgs {
                 progress.inc(batch.len() as u64);
             }
             progress.finish_and_clear();
+            if let (Some(directory), true) = (&self.attention, self.html) {
+                write_gallery(directory, &gallery)?;
+            }
+            if let Some(directory) = &self.attention {
+                eprintln!(
+                    "wrote attention maps of {} images to {}",
+                    results.len(),
+                    directory.display()
+                );
+            }
             results
         });
         let Some(out) = &self.out else {
@@ -263,6 +313,18 @@ impl CaptionArgs {
         )?;
         eprintln!("wrote {} captions to {}", results.len(), out.display());
         Ok(())
+    }
+}
+
+/// The text of one generated token as it appears in the caption (SentencePiece's word-start
+/// mark `▁` dropped), or its piece when it decodes to nothing.
+fn word(tokenizer: &SentencePieceBpeTokenizer, token: u32) -> Result<String, CliError> {
+    let text = tokenizer.decode(&[token])?;
+    let text = text.trim();
+    if text.is_empty() {
+        Ok(tokenizer.id_to_piece(token).unwrap_or_default().to_string())
+    } else {
+        Ok(text.to_string())
     }
 }
 

@@ -104,4 +104,54 @@ pub enum CliError {
         /// The directory given.
         directory: PathBuf,
     },
+    /// A `--weights` argument that is neither an existing file nor the name of released
+    /// weights (`virtex weights list`).
+    #[error(
+        "`{argument}` is neither a file nor a released weights name; `virtex weights list` \
+         prints the released names (e.g. `bicaptioning_R_50_L1_H2048`)"
+    )]
+    UnknownWeights {
+        /// The argument given.
+        argument: PathBuf,
+    },
+    /// Downloading released weights: the server answered with an HTTP error status.
+    #[error("downloading `{url}`: the server answered HTTP {status} {reason}")]
+    WeightsHttp {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The status line's reason phrase.
+        reason: String,
+    },
+    /// Downloading released weights: the connection failed or was cut (what arrived is kept as
+    /// `NAME.pth.part` and the next fetch resumes from it).
+    #[error("downloading `{url}`: {message}")]
+    WeightsNetwork {
+        /// The URL requested.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A weights file whose SHA-256 is not the expected one (recorded at its first download or
+    /// pinned with `--sha256`).
+    #[error("`{path}` has SHA-256 {actual}, expected {expected}: {hint}")]
+    ChecksumMismatch {
+        /// The file checked.
+        path: PathBuf,
+        /// The expected digest (64 lowercase hex digits).
+        expected: String,
+        /// The file's digest.
+        actual: String,
+        /// Where the expected digest came from, what was done with the file, what to do.
+        hint: String,
+    },
+    /// A file of the released-weights cache cannot be read or written.
+    #[error("weights cache `{path}`: {message}")]
+    WeightsCache {
+        /// The file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }

@@ -30,6 +30,7 @@ use crate::checks::{
 };
 use crate::error::CliError;
 use crate::features::{extract_features, load_backbone, progress_bar, FeatureKind};
+use crate::weights::resolve_weights;
 
 /// Writes `value` as pretty JSON with a final newline, atomically.
 fn write_json<T: Serialize>(out: &Path, value: &T) -> Result<(), CliError> {
@@ -53,7 +54,9 @@ fn write_json<T: Serialize>(out: &Path, value: &T) -> Result<(), CliError> {
 #[command(group(clap::ArgGroup::new("source").required(true).args(["weights", "run"])))]
 pub struct EvalVoc07Args {
     /// Backbone weights: a full VirTex checkpoint, the torch-hub backbone, torchvision `.pth`,
-    /// safetensors or burnpack (detected from the file).
+    /// safetensors or burnpack (detected from the file); or a released name (`virtex weights
+    /// list`, e.g. `bicaptioning_R_50_L1_H2048`), taken from the weights cache and downloaded
+    /// first if absent.
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// A training run directory (`pretrain_coco --run-dir`): evaluate each of its
@@ -201,6 +204,15 @@ impl EvalVoc07Args {
             check_output(out, &[&weights, &self.voc_root])?;
         }
         let (train, test) = read_voc07_splits(&self.voc_root, &self.train_split, &self.test_split)?;
+        // A released name is resolved (and possibly downloaded) only once the splits are known
+        // to be readable; the cached file it names is then checked against --out like any input.
+        let weights = {
+            let resolved = resolve_weights(&weights)?;
+            if let (Some(out), true) = (&self.out, resolved != weights) {
+                check_output(out, &[resolved.as_path()])?;
+            }
+            resolved
+        };
         let transforms = ImageTransforms::downstream_val(self.short_side, self.crop)?;
         let (train_features, test_features) = with_backend!(device, |B, burn_device| {
             let model =

@@ -15,12 +15,15 @@ use crate::checks::{
     max_image_pixels_parser, positive_count_parser,
 };
 use crate::error::CliError;
+use crate::weights::resolve_weights;
 
 /// Arguments of `virtex features`.
 #[derive(Debug, Args)]
 pub struct FeaturesArgs {
     /// Backbone weights: torchvision `.pth`, safetensors, the VirTex hub backbone, a full VirTex
-    /// checkpoint, or burnpack. The kind is detected from the file.
+    /// checkpoint, or burnpack (the kind is detected from the file); or a released name
+    /// (`virtex weights list`, e.g. `bicaptioning_R_50_L1_H2048`), taken from the weights cache
+    /// and downloaded first if absent.
     #[arg(long)]
     pub weights: PathBuf,
     /// Force the weights format instead of detecting it: pytorch | safetensors | burnpack.
@@ -192,6 +195,12 @@ impl FeaturesArgs {
         inputs.extend(self.images.iter().map(PathBuf::as_path));
         check_output(&self.out, &inputs)?;
         let files = collect_image_files(&self.images)?;
+        // A released name is resolved (and possibly downloaded) only once the cheap checks have
+        // passed; the cached file it names is then checked against --out like any input.
+        let weights = resolve_weights(&self.weights)?;
+        if weights != self.weights {
+            check_output(&self.out, &[weights.as_path()])?;
+        }
         let kind = match (self.pooled, self.l2_normalize) {
             (_, true) => FeatureKind::PooledL2,
             (true, false) => FeatureKind::Pooled,
@@ -200,7 +209,7 @@ impl FeaturesArgs {
         let transforms = ImageTransforms::downstream_val(self.short_side, self.crop)?;
         let features = with_backend!(device, |B, burn_device| {
             let model =
-                load_backbone::<B>(&self.arch, &self.weights, self.weights_format, &burn_device)?;
+                load_backbone::<B>(&self.arch, &weights, self.weights_format, &burn_device)?;
             let progress = progress_bar(files.len(), "features");
             let features = extract_features(
                 &model,

@@ -7,7 +7,9 @@
 //!   written as safetensors; [`load_backbone`] and [`extract_features`] are its parts.
 //! - [`CaptionArgs`]: captions of image files from a VirTex checkpoint (a file, a checkpoint
 //!   directory, or a training run's newest checkpoint), in the COCO results format (beam search,
-//!   nucleus sampling or greedy decoding), to a file or as JSON lines on stdout.
+//!   nucleus sampling or greedy decoding), to a file or as JSON lines on stdout; with
+//!   `--attention DIR [--html]`, each word's cross-attention map over the image as PNGs and an
+//!   HTML gallery.
 //! - [`TrainTokenizerArgs`], [`TokenizeArgs`]: a SentencePiece-compatible BPE vocabulary from
 //!   COCO captions; encoding and decoding with it.
 //! - [`EvalVoc07Args`], [`EvalCaptionsArgs`]: PASCAL VOC07 linear-SVM mAP of a backbone, and
@@ -15,6 +17,16 @@
 //!   `eval-voc07 --run RUN [--watch]` evaluates every checkpoint of a training run, resumably,
 //!   into `RUN/voc07.jsonl` ([`Voc07Record`] per line) and marks the best in
 //!   `RUN/voc07_best.json` ([`Voc07Best`]), to choose the checkpoint as upstream does.
+//! - [`WeightsArgs`]: `virtex weights list` and `virtex weights fetch NAME [--sha256 HEX]
+//!   [--force]`: upstream's released checkpoints ([`RELEASED_WEIGHTS`]) in a local cache
+//!   ([`WeightsCache`]: `$VIRTEX_CACHE_DIR`, else XDG), downloads that resume and show progress,
+//!   a mirror (`$VIRTEX_WEIGHTS_MIRROR`), SHA-256 recorded at the first download and verified on
+//!   every use. Wherever `--weights` takes a file, a released name is accepted too
+//!   ([`resolve_weights`]).
+//! - [`ExportArgs`]: `virtex export --weights W --format torchvision|detectron2 --out F.pth`: a
+//!   backbone back to PyTorch, as torchvision's `state_dict` or as the Detectron2 checkpoint of
+//!   upstream's `detectron2_backbone_state_dict()` (`torch.load(..., weights_only=True)` reads
+//!   both).
 //!
 //! Every command reads images with `virtex-data`'s one loader ([`virtex_data::load_image_batch`]
 //! or [`virtex_data::load_image`]: any colour type, EXIF orientation applied, truncated or corrupt
@@ -42,13 +54,16 @@
 //! ```
 #![warn(missing_docs)]
 
+mod attention_maps;
 mod caption;
 mod checks;
 mod error;
 mod eval_commands;
+mod export_command;
 mod features;
 mod tokenizer_commands;
 mod voc07_sweep;
+mod weights;
 
 use clap::{Parser, Subcommand};
 
@@ -56,12 +71,18 @@ pub use caption::{CaptionArgs, DecoderCompat};
 pub use checks::MAX_IMAGE_SIDE;
 pub use error::CliError;
 pub use eval_commands::{EvalCaptionsArgs, EvalVoc07Args, DEFAULT_IMAGE_CACHE_MIB};
+pub use export_command::{ExportArgs, ExportFormat};
 pub use features::{
     extract_features, load_backbone, progress_bar, write_features, FeatureKind, FeatureMatrix,
     FeaturesArgs,
 };
-pub use tokenizer_commands::{TokenizeArgs, TrainTokenizerArgs};
+pub use tokenizer_commands::{CaptionsFormat, TokenizeArgs, TrainTokenizerArgs};
 pub use voc07_sweep::{Voc07Best, Voc07Record, Voc07Settings, BEST_FILE, RECORDS_FILE};
+pub use weights::{
+    format_list, released_weights, resolve_weights, sha256_file, CacheEntry, FetchOptions,
+    ReleasedKind, ReleasedWeights, WeightsArgs, WeightsCache, WeightsCommand, WeightsFetchArgs,
+    CACHE_DIR_ENV, MIRROR_ENV, RELEASED_WEIGHTS,
+};
 
 /// The `virtex` command line.
 #[derive(Debug, Parser)]
@@ -94,6 +115,12 @@ pub enum Command {
     EvalVoc07(EvalVoc07Args),
     /// CIDEr-D and BLEU of predicted captions against COCO annotations.
     EvalCaptions(EvalCaptionsArgs),
+    /// Released VirTex checkpoints: list them, or download one into the cache (resumable,
+    /// SHA-256 recorded and verified; mirror with VIRTEX_WEIGHTS_MIRROR).
+    Weights(WeightsArgs),
+    /// Write a backbone back to PyTorch: a torchvision state_dict, or the Detectron2 backbone
+    /// of upstream's detectron2_backbone_state_dict() for MODEL.WEIGHTS.
+    Export(ExportArgs),
 }
 
 impl Command {
@@ -107,6 +134,8 @@ impl Command {
             Command::Tokenize(args) => args.run().map_err(CliError::from),
             Command::EvalVoc07(args) => args.run(),
             Command::EvalCaptions(args) => args.run(),
+            Command::Weights(args) => args.run(),
+            Command::Export(args) => args.run(),
         }
     }
 }

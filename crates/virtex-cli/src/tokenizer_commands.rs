@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! virtex train-tokenizer --captions captions_train2017.json [--vocab-size 10000] --out vocab.json
+//! virtex train-tokenizer --captions train.jsonl --out vocab.json   # or train.tsv, --format tsv
 //! virtex tokenize --vocab vocab.json "a dog on a couch"          # → [12, 7, 99, 4] (JSON)
 //! virtex tokenize --vocab coco_10k.model --decode "[45, 9, 310]"  # → "a dog on a couch"
 //! ```
@@ -9,22 +10,52 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use virtex_data::{
-    normalize_caption, read_caption_file, DataError, SentencePieceBpeTokenizer, TrainerConfig,
+    normalize_caption, read_caption_file, read_plain_captions, DataError, PlainFormat,
+    SentencePieceBpeTokenizer, TrainerConfig,
 };
 
 use crate::checks::check_output;
 use crate::error::CliError;
 
-/// Train a SentencePiece-compatible BPE vocabulary on COCO captions (upstream
+/// The syntax of `train-tokenizer --captions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CaptionsFormat {
+    /// A COCO captions file (`{"annotations": [{"caption": ...}, ...]}`).
+    Coco,
+    /// JSON lines: `{"image": PATH, "caption": TEXT}` or `"captions": [TEXT, ...]` per line.
+    Jsonl,
+    /// `PATH<TAB>CAPTION` per line, with an optional `image<TAB>caption` header.
+    Tsv,
+}
+
+impl CaptionsFormat {
+    /// The format a file's extension names: `.jsonl` / `.ndjson` and `.tsv` are plain
+    /// captions files, anything else is read as COCO JSON (as before plain files existed).
+    pub fn from_path(path: &std::path::Path) -> Self {
+        match PlainFormat::from_path(path) {
+            Ok(PlainFormat::JsonLines) => Self::Jsonl,
+            Ok(PlainFormat::Tsv) => Self::Tsv,
+            Err(_) => Self::Coco,
+        }
+    }
+}
+
+/// Train a SentencePiece-compatible BPE vocabulary on COCO captions or a plain captions file
+/// (JSON lines or TSV, as `data.format = plain` reads them) (upstream
 /// `scripts/build_vocabulary.py`: captions lower-cased and accent-stripped, special ids
 /// `<unk>` 0, `[SOS]` 1, `[EOS]` 2, `[MASK]` 3).
 #[derive(Debug, Clone, Args)]
 pub struct TrainTokenizerArgs {
-    /// A COCO captions file (`captions_train2017.json`).
+    /// A COCO captions file (`captions_train2017.json`) or a plain captions file (`.jsonl`,
+    /// `.ndjson`, `.tsv`); the images are not read.
     #[arg(long)]
     pub captions: PathBuf,
+    /// The captions file's syntax; by default from its extension (`.jsonl` / `.ndjson` → jsonl,
+    /// `.tsv` → tsv, anything else → coco).
+    #[arg(long, value_enum)]
+    pub format: Option<CaptionsFormat>,
     /// Vocabulary size, special pieces included.
     #[arg(long, default_value_t = 10_000)]
     pub vocab_size: usize,
@@ -43,7 +74,16 @@ impl TrainTokenizerArgs {
     /// Runs the command, writing the summary line to `log`.
     pub fn run_to(self, log: &mut dyn Write) -> Result<(), CliError> {
         check_output(&self.out, &[&self.captions])?;
-        let captions = read_caption_file(&self.captions)?;
+        let format = self
+            .format
+            .unwrap_or_else(|| CaptionsFormat::from_path(&self.captions));
+        let captions = match format {
+            CaptionsFormat::Coco => read_caption_file(&self.captions)?,
+            CaptionsFormat::Jsonl => {
+                read_plain_captions(&self.captions, Some(PlainFormat::JsonLines))?
+            }
+            CaptionsFormat::Tsv => read_plain_captions(&self.captions, Some(PlainFormat::Tsv))?,
+        };
         let config = TrainerConfig {
             vocab_size: self.vocab_size,
             ..TrainerConfig::default()

@@ -230,3 +230,81 @@ fn captions_to_stdout_from_files_checkpoint_and_run_directories() {
         "{stderr}"
     );
 }
+
+/// Every `src="…"` / `href="…"` target of an HTML page.
+fn links(page: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for attribute in ["src=\"", "href=\""] {
+        let mut rest = page;
+        while let Some(start) = rest.find(attribute) {
+            rest = &rest[start + attribute.len()..];
+            let end = rest.find('"').expect("attribute closed");
+            found.push(rest[..end].to_string());
+            rest = &rest[end..];
+        }
+    }
+    found
+}
+
+#[test]
+fn attention_maps_and_their_gallery() {
+    let directory = tempfile::tempdir().unwrap();
+    let vocab = vocab_50(directory.path());
+    let fixture = workspace().join("crates/virtex/tests/fixtures/bicaptioning_tiny.pth");
+    let maps = directory.path().join("maps");
+    let output = caption(
+        &fixture,
+        &vocab,
+        &["--attention".as_ref(), maps.as_path(), "--html".as_ref()],
+    );
+    let captions = json_lines(&output);
+    assert_eq!(captions.len(), 3, "captions still go to stdout");
+
+    // One strip per image: the 64² crop and one tile per word, 6 tiles a row, each with a
+    // 22-pixel band for its word.
+    let page = std::fs::read_to_string(maps.join("index.html")).unwrap();
+    for (index, stem) in ["000000000011", "000000000012", "000000000013"]
+        .iter()
+        .enumerate()
+    {
+        let name = format!("{index:04}_{stem}");
+        let strip = image::open(maps.join(format!("{name}.png")))
+            .unwrap()
+            .to_rgb8();
+        let words: Vec<_> = std::fs::read_dir(maps.join(&name))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|file| file != "crop.png")
+            .collect();
+        let tiles = 1 + words.len() as u32;
+        assert_eq!(
+            strip.dimensions(),
+            (64 * tiles.min(6), (64 + 22) * tiles.div_ceil(6)),
+            "{name}: {words:?}"
+        );
+        let caption = captions[index]["caption"].as_str().unwrap();
+        assert!(page.contains(caption), "the gallery shows `{caption}`");
+        assert!(page.contains(&format!("{name}/crop.png")));
+    }
+    // Every link resolves to a PNG that decodes.
+    let targets = links(&page);
+    assert!(targets.len() >= 6, "{targets:?}");
+    for target in &targets {
+        let file = maps.join(target);
+        image::open(&file).unwrap_or_else(|err| panic!("{}: {err}", file.display()));
+    }
+
+    // --html needs --attention; the maps directory may not lie inside an input.
+    let output = caption(&fixture, &vocab, &["--html".as_ref()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--attention"));
+    let inside = workspace().join("crates/virtex-data/sample/val2017/maps");
+    let output = caption(
+        &fixture,
+        &vocab,
+        &["--attention".as_ref(), inside.as_path()],
+    );
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("refusing"));
+    assert!(!inside.exists());
+}

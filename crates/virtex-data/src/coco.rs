@@ -234,20 +234,12 @@ impl CocoCaptions {
                 });
             }
             let path = image_dir.join(file_name);
-            let check = match std::fs::metadata(&path) {
-                Err(_) => Err(DataError::MissingImage {
+            let check =
+                check_image_file(&path, options.verify_images, || DataError::MissingImage {
                     annotations: annotations.to_path_buf(),
                     image_id: image_id.clone(),
                     path: path.clone(),
-                }),
-                Ok(meta) if meta.is_dir() => Err(DataError::CorruptImage {
-                    path: path.clone(),
-                    message: "a directory, not an image file".into(),
-                }),
-                Ok(meta) if meta.len() == 0 => Err(DataError::EmptyImage { path: path.clone() }),
-                Ok(_) if options.verify_images => load_image(&path).map(|_| ()),
-                Ok(_) => Ok(()),
-            };
+                });
             match check {
                 Ok(()) => images.push(CaptionedImage {
                     image_id,
@@ -326,6 +318,27 @@ impl CocoCaptions {
     /// The annotation file.
     pub fn annotations_path(&self) -> &Path {
         &self.annotations
+    }
+}
+
+/// The up-front check of one annotated image file, shared by the COCO and plain readers: it
+/// exists (else `missing()`), is a non-empty file, and with `verify` decodes.
+pub(crate) fn check_image_file(
+    path: &Path,
+    verify: bool,
+    missing: impl FnOnce() -> DataError,
+) -> Result<()> {
+    match std::fs::metadata(path) {
+        Err(_) => Err(missing()),
+        Ok(meta) if meta.is_dir() => Err(DataError::CorruptImage {
+            path: path.to_path_buf(),
+            message: "a directory, not an image file".into(),
+        }),
+        Ok(meta) if meta.len() == 0 => Err(DataError::EmptyImage {
+            path: path.to_path_buf(),
+        }),
+        Ok(_) if verify => load_image(path).map(|_| ()),
+        Ok(_) => Ok(()),
     }
 }
 

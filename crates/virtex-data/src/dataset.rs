@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::coco::{CocoCaptions, ImageDirectory, ImageId};
+use crate::coco::{ImageDirectory, ImageId};
 use crate::error::{DataError, Result};
 use crate::image_io::load_image;
+use crate::plain_captions::CaptionSource;
 use crate::rng::SampleRng;
 use crate::tokenizer::{CaptionTokens, SentencePieceBpeTokenizer, MAX_CAPTION_LENGTH};
 use crate::transforms::{ImageTransforms, TransformedImage};
@@ -36,10 +37,11 @@ pub struct CaptioningSample {
     pub tokens: CaptionTokens,
 }
 
-/// COCO Captions + tokenizer + transforms: everything needed to produce training samples.
+/// Captioned images (COCO or a plain captions file, [`CaptionSource`]) + tokenizer + transforms:
+/// everything needed to produce training samples.
 #[derive(Debug, Clone)]
 pub struct CaptioningDataset {
-    coco: Arc<CocoCaptions>,
+    source: Arc<CaptionSource>,
     tokenizer: Arc<SentencePieceBpeTokenizer>,
     transforms: ImageTransforms,
     caption_choice: CaptionChoice,
@@ -49,8 +51,10 @@ pub struct CaptioningDataset {
 
 impl CaptioningDataset {
     /// A dataset with upstream's defaults: random caption per visit, at most 30 tokens.
+    /// `source` is a [`crate::CocoCaptions`], a [`crate::PlainCaptions`] or a
+    /// [`CaptionSource`].
     pub fn new(
-        coco: impl Into<Arc<CocoCaptions>>,
+        source: impl Into<Arc<CaptionSource>>,
         tokenizer: impl Into<Arc<SentencePieceBpeTokenizer>>,
         transforms: ImageTransforms,
     ) -> Result<Self> {
@@ -62,7 +66,7 @@ impl CaptioningDataset {
         }
         let tokenizer = tokenizer.into();
         Ok(Self {
-            coco: coco.into(),
+            source: source.into(),
             padding_index: tokenizer.special_ids().unk,
             tokenizer,
             transforms,
@@ -103,17 +107,23 @@ impl CaptioningDataset {
 
     /// Number of images.
     pub fn len(&self) -> usize {
-        self.coco.len()
+        self.source.len()
     }
 
     /// Whether the dataset is empty (never true once loaded).
     pub fn is_empty(&self) -> bool {
-        self.coco.is_empty()
+        self.source.is_empty()
     }
 
-    /// The COCO annotations.
-    pub fn coco(&self) -> &CocoCaptions {
-        &self.coco
+    /// The captioned images (COCO or plain).
+    pub fn source(&self) -> &CaptionSource {
+        &self.source
+    }
+
+    /// The captioned images: the same as [`CaptioningDataset::source`], under the name it had
+    /// when COCO was the only source.
+    pub fn coco(&self) -> &CaptionSource {
+        &self.source
     }
 
     /// The tokenizer.
@@ -134,10 +144,10 @@ impl CaptioningDataset {
     /// Processes dataset image `index` for visit `(seed, epoch)`. The result is a pure function
     /// of `(seed, epoch, index)` and the files.
     pub fn get(&self, index: usize, seed: u64, epoch: u64) -> Result<CaptioningSample> {
-        let entry = self.coco.get(index).ok_or_else(|| {
+        let entry = self.source.get(index).ok_or_else(|| {
             DataError::config(
                 "dataset index",
-                format!("{index} is out of range (len {})", self.coco.len()),
+                format!("{index} is out of range (len {})", self.source.len()),
             )
         })?;
         let mut rng = SampleRng::for_sample(seed, epoch, index as u64);

@@ -5,6 +5,24 @@ use crate::ImageId;
 /// Errors of the data crate. Every variant names the file, key or value at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// The classes or labels of a classification dataset cannot be determined.
+    #[error("`{path}`: {message}")]
+    Classes {
+        /// The directory or file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A line of a classification label file cannot be used.
+    #[error("`{path}`:{line}: {message}")]
+    LabelLine {
+        /// The label file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with the line.
+        message: String,
+    },
     /// A file or directory could not be opened, read or written.
     #[error("cannot access `{path}`: {source}")]
     Io {
@@ -44,6 +62,36 @@ pub enum DataError {
         image_id: ImageId,
         /// The expected image path.
         path: PathBuf,
+    },
+    /// A line of a plain captions file (JSON lines or TSV) cannot be used.
+    #[error("`{path}`:{line}: {problem}")]
+    CaptionLine {
+        /// The captions file.
+        path: PathBuf,
+        /// 1-based line number in the file.
+        line: usize,
+        /// What is wrong with the line.
+        problem: CaptionLineProblem,
+    },
+    /// An image that a plain captions file lists does not exist.
+    #[error("`{captions}`:{line}: image `{path}` does not exist (use skip_bad_images to skip such images)")]
+    MissingListedImage {
+        /// The captions file.
+        captions: PathBuf,
+        /// 1-based line of the image's first occurrence.
+        line: usize,
+        /// The image path, resolved against the image root.
+        path: PathBuf,
+    },
+    /// A directory of plain captions files has no file for a split.
+    #[error("no captions file for split `{split}` in `{dir}` (expected one of {})", display_paths(.tried))]
+    MissingSplitFile {
+        /// The directory searched.
+        dir: PathBuf,
+        /// The split name, e.g. `train`.
+        split: String,
+        /// The file names looked for.
+        tried: Vec<PathBuf>,
     },
     /// An image file is empty (zero bytes).
     #[error("image `{path}` is empty (0 bytes)")]
@@ -260,6 +308,7 @@ impl DataError {
         matches!(
             self,
             Self::MissingImage { .. }
+                | Self::MissingListedImage { .. }
                 | Self::EmptyImage { .. }
                 | Self::TruncatedImage { .. }
                 | Self::CorruptImage { .. }
@@ -268,6 +317,38 @@ impl DataError {
                 | Self::TransformTooLarge { .. }
         ) || matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
+}
+
+/// What is wrong with one line of a plain captions file ([`DataError::CaptionLine`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaptionLineProblem {
+    /// The line is not a JSON object of the expected shape (syntax error, or a field of the wrong
+    /// type, e.g. `"captions": "a dog"` instead of a list).
+    #[error("invalid JSON line (column {column}): {message}")]
+    InvalidJson {
+        /// 1-based column within the line (0 when unknown).
+        column: usize,
+        /// What the parser reported.
+        message: String,
+    },
+    /// A JSON line lacks a required field (`image`, or `caption` / `captions`).
+    #[error("no `{field}` field (each line needs \"image\" and \"caption\" or a non-empty \"captions\" list)")]
+    MissingField {
+        /// The field, e.g. `image`.
+        field: &'static str,
+    },
+    /// The image path is empty.
+    #[error("the image path is empty")]
+    EmptyImagePath,
+    /// A caption is empty or only white space.
+    #[error("the caption is empty")]
+    EmptyCaption,
+    /// A TSV line has no tab between the image path and the caption.
+    #[error("no tab on this line (TSV lines are `path<TAB>caption`)")]
+    MissingTab,
+    /// The line is not valid UTF-8.
+    #[error("the line is not valid UTF-8")]
+    NotUtf8,
 }
 
 /// Longest message taken over from a parser or decoder, in characters.

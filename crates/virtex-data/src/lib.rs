@@ -9,6 +9,9 @@
 //!   inference, [`load_image`] (any colour type → RGB8, typed errors for missing, empty,
 //!   truncated and corrupt files); [`collect_image_files`] and [`load_image_batch`] for image
 //!   files and directories given on a command line.
+//! - Your own data: [`PlainCaptions`] reads JSON lines (`{"image": PATH, "caption": TEXT}`) or
+//!   TSV (`PATH<TAB>CAPTION`) files, one per split, into the same records; a
+//!   [`CaptionSource`] is either, and [`read_plain_captions`] feeds vocabulary training.
 //! - Limits: one pixel limit, [`ImageLimits`] (PIL's decompression-bomb threshold by default,
 //!   process-wide through [`set_image_limits`]), bounds every decode, file read and resize;
 //!   annotation `file_name`s must stay inside the image directory.
@@ -44,6 +47,7 @@
 #![warn(missing_docs)]
 
 mod caption;
+mod classification;
 mod coco;
 mod collate;
 mod dataset;
@@ -52,6 +56,7 @@ mod image_files;
 mod image_io;
 mod loader;
 mod opencv_resize;
+mod plain_captions;
 mod planar;
 mod rng;
 mod sample;
@@ -60,18 +65,22 @@ pub mod transform_spec;
 pub mod transforms;
 
 pub use caption::{normalize_caption, swap_left_right, FlipCaption};
+pub use classification::{ClassificationDataset, LabelledImage};
 pub use coco::{
     read_caption_file, CaptionedImage, CocoCaptions, CocoOptions, ImageDirectory, ImageId,
     SkippedImage, Split, IMAGE_EXTENSIONS,
 };
 pub use collate::{collate, collate_images, collate_padded, Batch, CollatedBatch, ImageBatch};
 pub use dataset::{load_directory_image, CaptionChoice, CaptioningDataset, CaptioningSample};
-pub use error::{DataError, Result};
+pub use error::{CaptionLineProblem, DataError, Result};
 pub use image_files::{collect_image_files, load_image_batch};
 pub use image_io::{
     decode_image, decode_image_with_limits, image_limits, load_image, set_image_limits, ImageLimits,
 };
 pub use loader::{BatchIter, DataLoader, LoaderConfig, LoaderPosition};
+pub use plain_captions::{
+    read_plain_captions, CaptionSource, PlainCaptions, PlainFormat, PlainOptions,
+};
 pub use rng::SampleRng;
 pub use sample::{sample_data_root, sample_vocab_path};
 pub use tokenizer::{

@@ -137,7 +137,7 @@ impl<B: Backend> MultiheadAttention<B> {
             Some(past) if !past.is_empty() => past.append(current),
             _ => current,
         };
-        let output = self.attend(query, &key_value, mask);
+        let (output, _) = self.attend(query, &key_value, mask);
         (output, key_value)
     }
 
@@ -167,6 +167,23 @@ impl<B: Backend> MultiheadAttention<B> {
     /// - `memory`: from [`MultiheadAttention::memory_key_value`]
     /// - returns: `[N, T, H]`
     pub fn cross_attention(&self, input: Tensor<B, 3>, memory: &KeyValue<B>) -> Tensor<B, 3> {
+        self.cross_attention_with_weights(input, memory).0
+    }
+
+    /// [`MultiheadAttention::cross_attention`] that also returns the attention weights of every
+    /// head, as `torch.nn.MultiheadAttention(..., need_weights=True,
+    /// average_attn_weights=False)` does (after dropout, which is off in evaluation). They are
+    /// computed anyway; returning them costs nothing.
+    ///
+    /// # Shapes
+    /// - `input`: `[N, T, H]`
+    /// - `memory`: from [`MultiheadAttention::memory_key_value`], `S` positions
+    /// - returns: `[N, T, H]` and the weights `[N, A, T, S]` (each row sums to 1 over `S`)
+    pub fn cross_attention_with_weights(
+        &self,
+        input: Tensor<B, 3>,
+        memory: &KeyValue<B>,
+    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let h = self.hidden_size();
         let weight = self.in_proj_weight.val().narrow(0, 0, h);
         let bias = self.in_proj_bias.val().narrow(0, 0, h);
@@ -174,13 +191,14 @@ impl<B: Backend> MultiheadAttention<B> {
         self.attend(query, memory, None)
     }
 
-    /// `softmax(q kᵀ / √d, masked with −∞)`, dropout on the weights, weights · v, `out_proj`.
+    /// `softmax(q kᵀ / √d, masked with −∞)`, dropout on the weights, weights · v, `out_proj`;
+    /// also returns the (dropped-out) weights `[N, A, T, S]`.
     fn attend(
         &self,
         query: Tensor<B, 4>,
         key_value: &KeyValue<B>,
         mask: Option<Tensor<B, 4, Bool>>,
-    ) -> Tensor<B, 3> {
+    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let [n, heads, t, d] = query.dims();
         let s = key_value.len();
         let scores = self.precision.matmul(
@@ -189,9 +207,14 @@ impl<B: Backend> MultiheadAttention<B> {
         );
         let mask = mask.map(|mask| mask.expand([n, heads, t, s]));
         let weights = self.dropout.forward(masked_softmax(scores, mask));
-        let context = self.precision.matmul(weights, key_value.value.clone());
+        let context = self
+            .precision
+            .matmul(weights.clone(), key_value.value.clone());
         let context = context.swap_dims(1, 2).reshape([n, t, heads * d]);
-        self.precision.forward_linear(&self.out_proj, context)
+        (
+            self.precision.forward_linear(&self.out_proj, context),
+            weights,
+        )
     }
 
     /// `[N, T, H]` → `[N, A, T, H/A]`.

@@ -72,9 +72,23 @@ pub struct DecodingState<B: Backend> {
     pub layers: Vec<LayerState<B>>,
     /// Positions consumed so far; the next token sits at this position.
     pub position: usize,
+    /// Whether [`TransformerDecoder::forward_incremental`] keeps each layer's cross-attention
+    /// weights in [`DecodingState::cross_attention`] (off by default: decoding for captions
+    /// alone does not need them).
+    pub record_cross_attention: bool,
+    /// With [`DecodingState::record_cross_attention`] on, the cross-attention weights of the
+    /// positions fed by the latest call, one `[N, A, T, S]` tensor per layer; empty otherwise.
+    pub cross_attention: Vec<Tensor<B, 4>>,
 }
 
 impl<B: Backend> DecodingState<B> {
+    /// The state with cross-attention recording switched on or off (see
+    /// [`DecodingState::cross_attention`]).
+    pub fn recording_cross_attention(mut self, record: bool) -> Self {
+        self.record_cross_attention = record;
+        self
+    }
+
     /// Number of rows `N` (batch × beams).
     pub fn batch_size(&self) -> usize {
         self.layers
@@ -98,6 +112,12 @@ impl<B: Backend> DecodingState<B> {
                 })
                 .collect(),
             position: self.position,
+            record_cross_attention: self.record_cross_attention,
+            cross_attention: self
+                .cross_attention
+                .into_iter()
+                .map(|weights| weights.select(0, indices.clone()))
+                .collect(),
         }
     }
 
@@ -162,34 +182,49 @@ impl<B: Backend> TransformerDecoderLayer<B> {
         mask: Option<Tensor<B, 4, Bool>>,
         past: Option<KeyValue<B>>,
     ) -> (Tensor<B, 3>, KeyValue<B>) {
+        let (x, key_value, _) = self.forward_with_attention(x, memory, mask, past);
+        (x, key_value)
+    }
+
+    /// [`TransformerDecoderLayer::forward`] that also returns the cross-attention weights of
+    /// every head over the memory (what the paper's attention figures show).
+    ///
+    /// # Shapes
+    /// - as [`TransformerDecoderLayer::forward`]
+    /// - returns: `[N, T, H]`, the self-attention keys/values, and the cross-attention weights
+    ///   `[N, A, T, S]`
+    pub fn forward_with_attention(
+        &self,
+        x: Tensor<B, 3>,
+        memory: &KeyValue<B>,
+        mask: Option<Tensor<B, 4, Bool>>,
+        past: Option<KeyValue<B>>,
+    ) -> (Tensor<B, 3>, KeyValue<B>, Tensor<B, 4>) {
         if self.norm_first {
             let (attended, key_value) =
                 self.self_attn
                     .self_attention(self.norm1.forward(x.clone()), past, mask);
             let x = x + self.dropout.forward(attended);
-            let x = x.clone()
-                + self.dropout.forward(
-                    self.multihead_attn
-                        .cross_attention(self.norm2.forward(x), memory),
-                );
+            let (crossed, weights) = self
+                .multihead_attn
+                .cross_attention_with_weights(self.norm2.forward(x.clone()), memory);
+            let x = x + self.dropout.forward(crossed);
             let x = x.clone()
                 + self
                     .dropout
                     .forward(self.feed_forward(self.norm3.forward(x)));
-            (x, key_value)
+            (x, key_value, weights)
         } else {
             let (attended, key_value) = self.self_attn.self_attention(x.clone(), past, mask);
             let x = self.norm1.forward(x + self.dropout.forward(attended));
-            let x = self.norm2.forward(
-                x.clone()
-                    + self
-                        .dropout
-                        .forward(self.multihead_attn.cross_attention(x, memory)),
-            );
+            let (crossed, weights) = self
+                .multihead_attn
+                .cross_attention_with_weights(x.clone(), memory);
+            let x = self.norm2.forward(x + self.dropout.forward(crossed));
             let x = self
                 .norm3
                 .forward(x.clone() + self.dropout.forward(self.feed_forward(x)));
-            (x, key_value)
+            (x, key_value, weights)
         }
     }
 
@@ -269,6 +304,8 @@ impl<B: Backend> TransformerDecoder<B> {
                 })
                 .collect(),
             position: 0,
+            record_cross_attention: false,
+            cross_attention: Vec::new(),
         }
     }
 
@@ -286,10 +323,15 @@ impl<B: Backend> TransformerDecoder<B> {
     ) -> Tensor<B, 3> {
         let steps = x.dims()[1];
         let mut x = x;
+        state.cross_attention.clear();
         for (layer, layer_state) in self.layers.iter().zip(state.layers.iter_mut()) {
             let past = layer_state.self_attn.take();
-            let (y, key_value) = layer.forward(x, &layer_state.memory, mask.clone(), past);
+            let (y, key_value, weights) =
+                layer.forward_with_attention(x, &layer_state.memory, mask.clone(), past);
             layer_state.self_attn = Some(key_value);
+            if state.record_cross_attention {
+                state.cross_attention.push(weights);
+            }
             x = y;
         }
         state.position += steps;

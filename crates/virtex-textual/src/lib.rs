@@ -61,5 +61,6 @@ pub use head::{TiedOutput, TransformerDecoderTextualHead};
 pub use layer_norm::TorchLayerNorm;
 pub use virtex_kernels::{Precision, UnknownPrecision};
 pub use weights::{
-    load_torch_decoder, load_torch_head, torch_key_to_burn, HeadLoadReport, TorchKey,
+    load_torch_decoder, load_torch_decoder_matching, load_torch_head, load_torch_head_matching,
+    torch_key_to_burn, HeadLoadReport, MatchingLoadReport, TorchKey,
 };

@@ -79,6 +79,19 @@ pub struct HeadLoadReport {
     pub tied_output_checked: bool,
 }
 
+/// What a [`load_torch_head_matching`] or [`load_torch_decoder_matching`] did, by PyTorch key
+/// (with the prefix).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MatchingLoadReport {
+    /// Keys of the module found in the state dict and loaded.
+    pub loaded: Vec<String>,
+    /// Keys of the module the state dict lacks: they keep their fresh initialisation.
+    pub initialised: Vec<String>,
+    /// Keys of the state dict under the prefix that the module has no parameter for (e.g. the
+    /// layers of a deeper checkpoint): not used.
+    pub unused: Vec<String>,
+}
+
 /// Loads the head from a PyTorch state dict whose head keys start with `prefix` (`"textual."`
 /// in a VirTex checkpoint, `""` for a bare head). Keys outside the prefix are ignored.
 ///
@@ -88,6 +101,66 @@ pub fn load_torch_head<B: Backend>(
     state_dict: &BTreeMap<String, TensorSnapshot>,
     prefix: &str,
 ) -> Result<HeadLoadReport> {
+    let tied = check_tied_output(head, state_dict, prefix)?;
+    let applied = load_module(head, state_dict, prefix, "", Loading::Strict)?
+        .loaded
+        .len();
+    Ok(HeadLoadReport {
+        applied,
+        tied_output_checked: tied,
+    })
+}
+
+/// Loads what matches of a PyTorch state dict into a head of another depth (fine-tuning a
+/// released L1 checkpoint as an L2 captioner, say): every parameter present with the right
+/// shape is loaded, a parameter the file lacks keeps its initialisation, and a key the head has
+/// no place for is left out; the report names all three lists.
+///
+/// A present key with another shape is still an error ([`TextualError::ShapeMismatch`]): a
+/// different width, vocabulary or caption length is not a matter of depth.
+pub fn load_torch_head_matching<B: Backend>(
+    head: &mut TransformerDecoderTextualHead<B>,
+    state_dict: &BTreeMap<String, TensorSnapshot>,
+    prefix: &str,
+) -> Result<MatchingLoadReport> {
+    check_tied_output(head, state_dict, prefix)?;
+    let mut report = load_module(head, state_dict, prefix, "", Loading::Matching)?;
+    // The tied output weight is loaded as `embedding.words.weight`.
+    report
+        .unused
+        .retain(|key| *key != format!("{prefix}output.weight"));
+    Ok(report)
+}
+
+/// [`load_torch_decoder`] loading what matches, as [`load_torch_head_matching`] does.
+pub fn load_torch_decoder_matching<B: Backend>(
+    decoder: &mut TransformerDecoder<B>,
+    state_dict: &BTreeMap<String, TensorSnapshot>,
+    prefix: &str,
+) -> Result<MatchingLoadReport> {
+    load_module(
+        decoder,
+        state_dict,
+        prefix,
+        "transformer.",
+        Loading::Matching,
+    )
+}
+
+/// Whether loading must find every parameter and use every key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loading {
+    Strict,
+    Matching,
+}
+
+/// A tied `output.weight`, when the file has one, must equal `embedding.words.weight`; returns
+/// whether it was there.
+fn check_tied_output<B: Backend>(
+    head: &TransformerDecoderTextualHead<B>,
+    state_dict: &BTreeMap<String, TensorSnapshot>,
+    prefix: &str,
+) -> Result<bool> {
     let tied = match state_dict.get(&format!("{prefix}output.weight")) {
         Some(output) => {
             let words = state_dict.get(&format!("{prefix}embedding.words.weight"));
@@ -102,11 +175,7 @@ pub fn load_torch_head<B: Backend>(
         }
         None => false,
     };
-    let applied = load_module(head, state_dict, prefix, "")?;
-    Ok(HeadLoadReport {
-        applied,
-        tied_output_checked: tied,
-    })
+    Ok(tied)
 }
 
 /// Loads a decoder stack from keys `"{prefix}layers.{i}.…"` (e.g. the backward stack of a
@@ -116,7 +185,11 @@ pub fn load_torch_decoder<B: Backend>(
     state_dict: &BTreeMap<String, TensorSnapshot>,
     prefix: &str,
 ) -> Result<usize> {
-    load_module(decoder, state_dict, prefix, "transformer.")
+    Ok(
+        load_module(decoder, state_dict, prefix, "transformer.", Loading::Strict)?
+            .loaded
+            .len(),
+    )
 }
 
 /// `namespace` is the module's place inside a head, so that [`torch_key_to_burn`] sees
@@ -126,7 +199,8 @@ fn load_module<B: Backend, M: ModuleSnapshot<B>>(
     state_dict: &BTreeMap<String, TensorSnapshot>,
     prefix: &str,
     namespace: &str,
-) -> Result<usize> {
+    loading: Loading,
+) -> Result<MatchingLoadReport> {
     let expected: Vec<TensorSnapshot> = module.collect(None, None, false);
     // key in the state dict and the stored snapshot, by burn path.
     let mut by_path: HashMap<String, (String, &TensorSnapshot)> = HashMap::new();
@@ -150,6 +224,7 @@ fn load_module<B: Backend, M: ModuleSnapshot<B>>(
         .filter(|target| by_path.contains_key(&target.full_path()))
         .count();
     let mut applied = Vec::with_capacity(expected.len());
+    let mut report = MatchingLoadReport::default();
     for target in &expected {
         let path = target.full_path();
         let transpose = torch_key_to_burn(&format!("{namespace}{path}"))
@@ -157,12 +232,17 @@ fn load_module<B: Backend, M: ModuleSnapshot<B>>(
             .unwrap_or(false);
         let torch_shape = torch_layout(&target.shape.to_vec(), transpose);
         let Some((key, snapshot)) = by_path.remove(&path) else {
+            if loading == Loading::Matching {
+                report.initialised.push(format!("{prefix}{path}"));
+                continue;
+            }
             return Err(TextualError::MissingTensor {
                 key: format!("{prefix}{path}"),
                 found: present,
                 expected: expected.len(),
             });
         };
+        report.loaded.push(key.clone());
         // Stored in torch layout: compared as such, before anything is read. Nothing that
         // reaches burn-store's applier may panic there (see `conform_snapshot`).
         let conformed =
@@ -180,7 +260,10 @@ fn load_module<B: Backend, M: ModuleSnapshot<B>>(
             })?;
         applied.push(relocate(&conformed, &path, transpose));
     }
-    if let Some((key, _)) = by_path.values().min_by(|a, b| a.0.cmp(&b.0)) {
+    if loading == Loading::Matching {
+        report.unused = by_path.into_values().map(|(key, _)| key).collect();
+        report.unused.sort();
+    } else if let Some((key, _)) = by_path.values().min_by(|a, b| a.0.cmp(&b.0)) {
         return Err(TextualError::UnexpectedTensor {
             key: key.clone(),
             hint: unexpected_hint(key),
@@ -195,14 +278,19 @@ fn load_module<B: Backend, M: ModuleSnapshot<B>>(
             message: error.to_string(),
         });
     }
-    if let Some((path, _)) = result.missing.first() {
+    // Matching loads leave the parameters they report as initialised untouched on purpose.
+    if let Some((path, _)) = result
+        .missing
+        .first()
+        .filter(|_| loading == Loading::Strict)
+    {
         return Err(TextualError::MissingTensor {
             key: format!("{prefix}{path}"),
             found: result.applied.len(),
             expected: count,
         });
     }
-    Ok(count)
+    Ok(report)
 }
 
 fn unexpected_hint(key: &str) -> String {

@@ -29,7 +29,9 @@ pub struct Args {
     /// Overrides, `section.key=value` (value parsed as JSON), e.g. `--set optim.batch_size=64`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// COCO root (`annotations/`, `train2017/`, `val2017/`); default: the embedded sample.
+    /// COCO root (`annotations/`, `train2017/`, `val2017/`), or with `data.format=plain` a
+    /// directory of `train.{jsonl,tsv}` / `val.{jsonl,tsv}` caption files; default: the
+    /// embedded sample.
     #[arg(long)]
     pub data_root: Option<PathBuf>,
     /// Tokenizer: a SentencePiece `.model` or our `vocab.json` (default: the sample's, or for a

@@ -31,9 +31,26 @@ pub struct PretrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// COCO root (`annotations/captions_{train,val}2017.json`, `{train,val}2017/`).
-    /// `None` means the embedded sample data.
+    /// How the captions are stored: `coco` (the default) or `plain` (JSON lines or TSV files of
+    /// image paths and captions; see [`DataFormat`]).
+    #[serde(default)]
+    pub format: DataFormat,
+    /// COCO root (`annotations/captions_{train,val}2017.json`, `{train,val}2017/`), or with
+    /// `format = plain` a directory holding `train.{jsonl,ndjson,tsv}` and
+    /// `val.{jsonl,ndjson,tsv}`. `None` means the embedded sample data (COCO), or with `plain`
+    /// that `captions_train` and `captions_val` name the files.
     pub root: Option<PathBuf>,
+    /// `format = plain`: the training captions file (`.jsonl`, `.ndjson` or `.tsv`); `None` =
+    /// the `train.*` file in `root`.
+    #[serde(default)]
+    pub captions_train: Option<PathBuf>,
+    /// `format = plain`: the validation captions file; `None` = the `val.*` file in `root`.
+    #[serde(default)]
+    pub captions_val: Option<PathBuf>,
+    /// `format = plain`: the directory relative image paths are resolved against; `None` = the
+    /// directory of each captions file.
+    #[serde(default)]
+    pub image_root: Option<PathBuf>,
     /// Tokenizer / vocabulary file; `None` means the one next to the data
     /// (`vocab.json` in the root, or the sample's vocabulary).
     pub tokenizer: Option<PathBuf>,
@@ -81,6 +98,19 @@ pub struct DataConfig {
     pub padding_index: u32,
 }
 
+/// Where [`DataConfig`] reads captions from (`data.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// COCO Captions in its official layout under `data.root` (or the embedded sample).
+    #[default]
+    Coco,
+    /// Plain captions files, one per split (`virtex_data::PlainCaptions`): JSON lines
+    /// `{"image": PATH, "caption": TEXT}` or TSV `PATH<TAB>CAPTION`, from `data.captions_train`
+    /// / `data.captions_val` or `train.*` / `val.*` in `data.root`.
+    Plain,
+}
+
 fn default_val_transforms() -> Vec<String> {
     vec![
         "smallest_resize".into(),
@@ -90,6 +120,33 @@ fn default_val_transforms() -> Vec<String> {
 }
 
 impl DataConfig {
+    /// Checks that the keys of `data.format` are set, and only those: `plain` needs `root`
+    /// or both captions files; `coco` reads none of the plain keys.
+    pub fn validate_format(&self) -> Result<(), TrainError> {
+        let plain_keys = [
+            ("data.captions_train", &self.captions_train),
+            ("data.captions_val", &self.captions_val),
+            ("data.image_root", &self.image_root),
+        ];
+        match self.format {
+            DataFormat::Coco => match plain_keys.iter().find(|(_, value)| value.is_some()) {
+                Some((key, _)) => Err(TrainError::Config(format!(
+                    "{key} is only read with data.format=plain (data.format is coco)"
+                ))),
+                None => Ok(()),
+            },
+            DataFormat::Plain if self.root.is_some() => Ok(()),
+            DataFormat::Plain => match plain_keys[..2].iter().find(|(_, value)| value.is_none()) {
+                Some((key, _)) => Err(TrainError::Config(format!(
+                    "data.format is plain but {key} is not set: name the captions file \
+                     (.jsonl, .ndjson or .tsv), or set data.root to a directory holding \
+                     train.jsonl / val.jsonl (or .tsv)"
+                ))),
+                None => Ok(()),
+            },
+        }
+    }
+
     /// Makes [`DataConfig::max_image_pixels`] the limit of every image decoder in this process.
     pub fn apply_image_limit(&self) {
         let mut limits = virtex_data::ImageLimits::default();
@@ -121,7 +178,8 @@ pub struct ModelConfig {
     /// Freeze the visual backbone (upstream `MODEL.VISUAL.FROZEN`): its weights get no
     /// gradient and stay fixed, and its BatchNorm normalises with the running statistics and
     /// never updates them (evaluation mode for the whole run), while the textual head trains.
-    #[serde(default)]
+    /// `model.freeze_visual` is accepted as another name for it.
+    #[serde(default, alias = "freeze_visual")]
     pub visual_frozen: bool,
 }
 
@@ -214,6 +272,16 @@ pub struct TrainLoopConfig {
     /// released presets) is bf16 on CUDA and f32 elsewhere, upstream's mixed precision where
     /// it pays: on the CPU bf16 is correct but slower than f32.
     pub precision: PrecisionChoice,
+    /// Validation images captioned at every validation (the first N of the validation split,
+    /// greedy decoding), recorded as `"kind":"samples"` lines of `metrics.jsonl` and in
+    /// `samples.html`; 0 turns them off. Absent in configs written before it: 8.
+    #[serde(default = "default_sample_captions")]
+    pub sample_captions: usize,
+}
+
+/// `train.sample_captions` of configs that do not name it.
+fn default_sample_captions() -> usize {
+    8
 }
 
 /// `train.precision`: a precision, or `auto`, which the run resolves for its device.
@@ -289,6 +357,10 @@ impl PretrainConfig {
                 skip_bad_images: false,
                 max_image_pixels: None,
                 padding_index: 0,
+                format: DataFormat::Coco,
+                captions_train: None,
+                captions_val: None,
+                image_root: None,
             },
             model: ModelConfig {
                 name: "bicaptioning".into(),
@@ -329,6 +401,7 @@ impl PretrainConfig {
                 val_batches: None,
                 max_consecutive_skips: 100,
                 precision: PrecisionChoice::Auto,
+                sample_captions: default_sample_captions(),
             },
         }
     }
@@ -436,8 +509,12 @@ impl PretrainConfig {
             })?;
             let value: Value =
                 serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+            let key = KEY_ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == key.trim())
+                .map_or(key.trim(), |(_, name)| *name);
             let mut node = &mut tree;
-            let parts: Vec<&str> = key.trim().split('.').collect();
+            let parts: Vec<&str> = key.split('.').collect();
             for (depth, part) in parts.iter().enumerate() {
                 let object = node.as_object_mut().ok_or_else(|| {
                     TrainError::Config(format!(
@@ -600,6 +677,7 @@ impl PretrainConfig {
                     .into(),
             );
         }
+        self.data.validate_format()?;
         if !["random", "first"].contains(&self.data.caption_choice.as_str()) {
             return fail(format!(
                 "data.caption_choice `{}`: expected random or first",
@@ -632,6 +710,9 @@ fn expected_type(current: &Value) -> String {
         Value::Null => "a value of this key's type, or null".into(),
     }
 }
+
+/// Other names `--set` accepts for a key (the issue tracker's and upstream users' names).
+const KEY_ALIASES: [(&str, &str); 1] = [("model.freeze_visual", "model.visual_frozen")];
 
 fn merge(base: &mut Value, patch: Value) {
     match (base, patch) {
@@ -700,6 +781,22 @@ mod tests {
                 "optim.accumulation_steps=3".into()
             ])
             .is_err());
+    }
+
+    #[test]
+    fn freeze_visual_is_another_name_for_visual_frozen() {
+        let config = PretrainConfig::preset("small_cpu")
+            .unwrap()
+            .apply_overrides(&["model.freeze_visual=true".into()])
+            .unwrap();
+        assert!(config.model.visual_frozen);
+        let from_json: ModelConfig = serde_json::from_value(serde_json::json!({
+            "name": "virtex", "visual": "torchvision::resnet18",
+            "textual": "transdec_postnorm::L1_H64_A1_F256", "dropout": 0.1,
+            "freeze_visual": true
+        }))
+        .unwrap();
+        assert!(from_json.visual_frozen);
     }
 
     #[test]

@@ -28,6 +28,14 @@ pub enum TrainError {
         /// What went wrong.
         message: String,
     },
+    /// A TensorBoard event file is damaged (framing or CRC) or is not one.
+    #[error("event file `{path}`: {message}")]
+    EventFile {
+        /// The event file.
+        path: PathBuf,
+        /// What is wrong, and where (byte offset).
+        message: String,
+    },
     /// Too many consecutive non-finite steps.
     #[error(
         "stopping: {count} consecutive steps had a non-finite loss or gradient (last at \

@@ -7,15 +7,16 @@ use std::sync::Arc;
 use burn::prelude::*;
 use virtex::{CaptioningModel, CaptioningModelConfig};
 use virtex_data::{
-    CaptionChoice, CaptioningDataset, CocoCaptions, CocoOptions, DataLoader, FlipCaption,
-    ImageTransforms, LoaderConfig, SentencePieceBpeTokenizer, Split,
+    CaptionChoice, CaptionSource, CaptioningDataset, CocoCaptions, CocoOptions, DataError,
+    DataLoader, FlipCaption, ImageTransforms, LoaderConfig, PlainCaptions, PlainOptions,
+    SentencePieceBpeTokenizer, Split,
 };
 use virtex_optim::{
     GroupRule, GroupedOptimizerConfig, LookaheadConfig, LrDecay, LrScheduleConfig,
     ParamGroupsConfig, TorchSgdConfig,
 };
 
-use crate::config::PretrainConfig;
+use crate::config::{DataFormat, PretrainConfig};
 use crate::error::TrainError;
 
 /// Upstream's `PretrainingModelFactory`: the model `model.name` names, freshly initialised.
@@ -106,9 +107,40 @@ pub fn optimizer_config(config: &PretrainConfig) -> Result<GroupedOptimizerConfi
 /// The data root and tokenizer file this config points to (sample data by default).
 ///
 /// Without `data.tokenizer`, a data root's tokenizer is the first that exists of
-/// [`default_tokenizer_candidates`]; an error lists them when none does.
+/// [`default_tokenizer_candidates`]; an error lists them when none does. With
+/// `data.format = plain` and no `data.root`, the root is the directory of
+/// `data.captions_train` (there is no sample tokenizer to fall back on).
 pub fn data_paths(config: &PretrainConfig) -> Result<(PathBuf, PathBuf), TrainError> {
-    let Some(root) = config.data.root.clone() else {
+    let plain = config.data.format == DataFormat::Plain;
+    let root = match &config.data.root {
+        None if plain => {
+            let file = config
+                .data
+                .captions_train
+                .as_ref()
+                .or(config.data.captions_val.as_ref())
+                .ok_or_else(|| {
+                    TrainError::Config(
+                        "data.format is plain but neither data.root nor data.captions_train \
+                         is set"
+                            .into(),
+                    )
+                })?;
+            let dir = match file.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !dir.is_dir() {
+                return Err(TrainError::Config(format!(
+                    "the directory of the captions file `{}` does not exist",
+                    file.display()
+                )));
+            }
+            Some(dir)
+        }
+        root => root.clone(),
+    };
+    let Some(root) = root else {
         let tokenizer = config
             .data
             .tokenizer
@@ -117,9 +149,13 @@ pub fn data_paths(config: &PretrainConfig) -> Result<(PathBuf, PathBuf), TrainEr
         return Ok((virtex_data::sample_data_root(), tokenizer));
     };
     if !root.is_dir() {
+        let expected = if plain {
+            "`train.jsonl` and `val.jsonl` (or .ndjson, .tsv) for data.format=plain"
+        } else {
+            "COCO's `annotations/`, `train2017/` and `val2017/`"
+        };
         return Err(TrainError::Config(format!(
-            "the data root `{}` is not a directory (expected COCO's `annotations/`, \
-             `train2017/` and `val2017/`)",
+            "the data root `{}` is not a directory (expected {expected})",
             root.display()
         )));
     }
@@ -250,6 +286,37 @@ impl<'a> Loaders<'a> {
         self.loader(Split::Val, transforms, false, false)
     }
 
+    /// The captioned images of `split`, in the format `data.format` names.
+    fn captions(&self, split: Split) -> Result<CaptionSource, TrainError> {
+        let data = &self.config.data;
+        if data.format == DataFormat::Coco {
+            return Ok(CocoCaptions::load(&self.root, split, &self.options)?.into());
+        }
+        let (key, explicit) = match split {
+            Split::Train => ("data.captions_train", &data.captions_train),
+            Split::Val => ("data.captions_val", &data.captions_val),
+        };
+        let file = match explicit {
+            Some(file) => file.clone(),
+            None => {
+                PlainCaptions::split_file(&self.root, split.name()).map_err(|err| match err {
+                    // Said in the config's keys: the file can be named instead.
+                    DataError::MissingSplitFile { .. } => {
+                        TrainError::Config(format!("{err}; or set {key}"))
+                    }
+                    other => other.into(),
+                })?
+            }
+        };
+        let options = PlainOptions {
+            image_root: data.image_root.clone(),
+            format: None,
+            skip_bad_images: self.options.skip_bad_images,
+            verify_images: self.options.verify_images,
+        };
+        Ok(PlainCaptions::load(file, &options)?.into())
+    }
+
     fn loader(
         &self,
         split: Split,
@@ -262,19 +329,19 @@ impl<'a> Loaders<'a> {
             "first" => CaptionChoice::First,
             _ => CaptionChoice::Random,
         };
-        let coco = CocoCaptions::load(&self.root, split, &self.options)?;
+        let images = self.captions(split)?;
         let micro_batch = config.optim.batch_size / config.optim.accumulation_steps;
-        if drop_last && coco.len() < micro_batch {
+        if drop_last && images.len() < micro_batch {
             // Said here in the config's own keys; the loader would name its internal field.
             return Err(TrainError::Config(format!(
                 "optim.batch_size / optim.accumulation_steps = {micro_batch} images per \
                  micro-batch, but the {} split has only {} images: lower optim.batch_size or \
                  raise optim.accumulation_steps",
                 split.name(),
-                coco.len()
+                images.len()
             )));
         }
-        let dataset = CaptioningDataset::new(coco, self.tokenizer.clone(), transforms)?
+        let dataset = CaptioningDataset::new(images, self.tokenizer.clone(), transforms)?
             .with_caption_choice(choice)
             .with_max_caption_length(config.data.max_caption_length)?
             .with_padding_index(config.data.padding_index);

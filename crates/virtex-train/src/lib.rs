@@ -16,7 +16,8 @@
 //! - Functions, not modes of a run: [`evaluate`] (the validation loss of a model from
 //!   [`load_model`]) and [`PretextModel::export_backbone`].
 //! - [`checkpoint`]: atomic checkpoint directories and retention; [`metrics`]: `metrics.jsonl`
-//!   and the loss plot; [`cli`]: the `pretrain_coco` command line.
+//!   and the loss plot; [`tensorboard`]: TensorBoard event files; [`samples`]: sample captions
+//!   at every validation (`samples.html`); [`cli`]: the `pretrain_coco` command line.
 //!
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
@@ -30,7 +31,9 @@ mod factories;
 pub mod metrics;
 mod pretext;
 pub mod run_dir;
+pub mod samples;
 mod step;
+pub mod tensorboard;
 mod trainer;
 
 pub use config::PretrainConfig;
@@ -40,8 +43,9 @@ pub use factories::{
     training_data, validation_data, TrainingData,
 };
 pub use pretext::{Objective, PretextModel};
+pub use samples::SampleCaptioner;
 pub use step::{data_parallel_step, train_step, LossValues, Optim, StepResult};
 pub use trainer::{
     evaluate, install_interrupt_flag, interrupt_signal, load_model, run_config, signal_name, train,
-    validate, Flow, ModelSource, ResumeOverrides, RunOptions, RunSummary, Trainer,
+    validate, Flow, ModelSource, ResumeOverrides, RunOptions, RunSummary, Trainer, INIT_FROM_FILE,
 };

@@ -1,4 +1,6 @@
-//! `metrics.jsonl` (one JSON object per logged iteration) and the PNG loss plot.
+//! `metrics.jsonl` (one JSON object a line, told apart by `"kind"`: `"train"` for a logged
+//! iteration, `"val"` for a validation pass, `"samples"` for the captions of the sample
+//! validation images) and the PNG plot of losses, learning rates and gradient norm.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -39,6 +41,11 @@ pub struct TrainRecord {
     /// its file name and the reason).
     #[serde(default)]
     pub skipped_images: u64,
+    /// Device memory held by the backend's allocator on CUDA (bytes reserved by its memory
+    /// pool, what `nvidia-smi` charges to the process, less the CUDA context); absent on the
+    /// CPU and in older logs. See [`device_memory_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory_bytes: Option<u64>,
 }
 
 /// One validation pass.
@@ -54,6 +61,40 @@ pub struct ValRecord {
     /// The loss components by name, as top-level keys.
     #[serde(flatten)]
     pub components: BTreeMap<String, LossValue>,
+}
+
+/// The captions of the sample validation images after one validation pass
+/// (`train.sample_captions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplesRecord {
+    /// Always `"samples"`.
+    pub kind: String,
+    /// Iteration after which validation ran.
+    pub iteration: u64,
+    /// One caption per sample image, in the validation split's order.
+    pub samples: Vec<SampleCaption>,
+}
+
+/// The caption of one sample image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleCaption {
+    /// The image id (COCO's number, or the file stem).
+    pub image_id: virtex_data::ImageId,
+    /// The image file as the dataset names it.
+    pub file: String,
+    /// The decoded caption.
+    pub caption: String,
+}
+
+impl SamplesRecord {
+    /// The record of the sample captions after `iteration`.
+    pub fn new(iteration: u64, samples: Vec<SampleCaption>) -> Self {
+        Self {
+            kind: "samples".into(),
+            iteration,
+            samples,
+        }
+    }
 }
 
 /// A loss value in `metrics.jsonl`: a number, or NaN/±∞ written as a string (see
@@ -90,6 +131,7 @@ impl TrainRecord {
             images_per_second,
             skipped_steps,
             skipped_images: 0,
+            device_memory_bytes: None,
         }
     }
 
@@ -181,24 +223,76 @@ impl MetricsLog {
         write_file_atomically(&path, text.as_bytes())
     }
 
-    /// Reads back every record of a run: (train, val).
+    /// Reads back the loss records of a run: (train, val). Lines of other kinds (`samples`,
+    /// and any a later version adds) and unreadable lines are skipped.
     pub fn read(run_dir: &Path) -> Result<(Vec<TrainRecord>, Vec<ValRecord>), TrainError> {
+        let mut train = Vec::new();
+        let mut val = Vec::new();
+        for (kind, line) in Self::lines(run_dir)? {
+            match kind.as_str() {
+                "train" => train.extend(serde_json::from_str::<TrainRecord>(&line).ok()),
+                "val" => val.extend(serde_json::from_str::<ValRecord>(&line).ok()),
+                _ => {}
+            }
+        }
+        Ok((train, val))
+    }
+
+    /// Reads back the sample captions of a run, oldest first.
+    pub fn read_samples(run_dir: &Path) -> Result<Vec<SamplesRecord>, TrainError> {
+        Ok(Self::lines(run_dir)?
+            .into_iter()
+            .filter(|(kind, _)| kind == "samples")
+            .filter_map(|(_, line)| serde_json::from_str(&line).ok())
+            .collect())
+    }
+
+    /// Every line of `metrics.jsonl` with its `kind` (lines without one are skipped).
+    fn lines(run_dir: &Path) -> Result<Vec<(String, String)>, TrainError> {
         let path = run_dir.join("metrics.jsonl");
         let file = File::open(&path).map_err(|source| TrainError::Io {
             path: path.clone(),
             source,
         })?;
-        let mut train = Vec::new();
-        let mut val = Vec::new();
-        for line in BufReader::new(file).lines().map_while(Result::ok) {
-            if let Ok(record) = serde_json::from_str::<TrainRecord>(&line) {
-                train.push(record);
-            } else if let Ok(record) = serde_json::from_str::<ValRecord>(&line) {
-                val.push(record);
-            }
+        #[derive(Deserialize)]
+        struct Kind {
+            kind: String,
         }
-        Ok((train, val))
+        Ok(BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| {
+                let kind = serde_json::from_str::<Kind>(&line).ok()?.kind;
+                Some((kind, line))
+            })
+            .collect())
     }
+}
+
+/// Device memory held by backend `B`'s allocator on `device`, on CUDA: the bytes its memory
+/// pool has reserved (cubecl's `MemoryUsage::bytes_reserved`). `None` on other backends, and in
+/// builds without the `cuda` feature, where no CUDA device can exist. Burn 0.21's `Backend`
+/// trait has no memory query, so this asks the CUDA runtime's client for the device directly.
+pub fn device_memory_bytes<B: burn::tensor::backend::Backend>(device: &B::Device) -> Option<u64> {
+    if !virtex_device::runs_on_cuda::<B>() {
+        return None;
+    }
+    cuda_memory_bytes(device)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_memory_bytes<D: 'static>(device: &D) -> Option<u64> {
+    use burn::cubecl::cuda::{CudaDevice, CudaRuntime};
+    use burn::cubecl::Runtime;
+    // Every CUDA backend of burn (plain, fused, under autodiff) has `CudaDevice` as its device.
+    let device = (device as &dyn std::any::Any).downcast_ref::<CudaDevice>()?;
+    let usage = CudaRuntime::client(device).memory_usage().ok()?;
+    Some(usage.bytes_reserved)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_memory_bytes<D>(_device: &D) -> Option<u64> {
+    None
 }
 
 /// `f64` fields that may be NaN or ±∞ (a skipped step's loss or gradient norm): JSON has no
@@ -244,66 +338,162 @@ mod non_finite {
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
 
-/// Draws training and validation loss against the iteration into a PNG.
+/// Colours of the learning-rate groups, in group order.
+const GROUP_COLOURS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+
+/// Draws three panels against the iteration into a PNG: training and validation loss; the
+/// learning rate of each parameter group (log scale: upstream's groups differ 200-fold); and the
+/// gradient norm before clipping. Non-finite values (skipped steps) are left out.
 pub fn plot_losses(run_dir: &Path, output: &Path) -> Result<(), TrainError> {
     let (train, val) = MetricsLog::read(run_dir)?;
     let plot_error = |message: String| TrainError::Io {
         path: output.to_path_buf(),
         source: std::io::Error::other(message),
     };
+    let draw = |e: &dyn std::fmt::Display| plot_error(e.to_string());
     // Registering twice is harmless; plotters keeps the first registration.
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
 
-    let train_points: Vec<(f64, f64)> = train
-        .iter()
-        .map(|r| (r.iteration as f64, r.loss))
-        .filter(|(_, y)| y.is_finite())
-        .collect();
-    let val_points: Vec<(f64, f64)> = val
-        .iter()
-        .map(|r| (r.iteration as f64, r.val_loss))
-        .filter(|(_, y)| y.is_finite())
-        .collect();
+    let finite = |points: Vec<(f64, f64)>| -> Vec<(f64, f64)> {
+        points.into_iter().filter(|(_, y)| y.is_finite()).collect()
+    };
+    let train_points = finite(train.iter().map(|r| (r.iteration as f64, r.loss)).collect());
+    let val_points = finite(
+        val.iter()
+            .map(|r| (r.iteration as f64, r.val_loss))
+            .collect(),
+    );
+    let grad_points = finite(
+        train
+            .iter()
+            .map(|r| (r.iteration as f64, r.grad_norm))
+            .collect(),
+    );
+    // Group names in first-seen order; a log scale cannot show 0 (the first warmup step).
+    let mut groups: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for record in &train {
+        for (name, lr) in &record.learning_rates {
+            let index = match groups.iter().position(|(group, _)| group == name) {
+                Some(index) => index,
+                None => {
+                    groups.push((name.clone(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            if lr.is_finite() && *lr > 0.0 {
+                groups[index].1.push((record.iteration as f64, *lr));
+            }
+        }
+    }
+
     let all = train_points.iter().chain(&val_points);
-    let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
+    let x_max = train
+        .iter()
+        .map(|r| r.iteration as f64)
+        .chain(all.clone().map(|p| p.0))
+        .fold(1.0, f64::max)
+        * 1.02;
     let y_max = all.clone().map(|p| p.1).fold(f64::MIN, f64::max).max(1e-3);
     let y_min = all.map(|p| p.1).fold(f64::MAX, f64::min).min(y_max) * 0.95;
+    let lrs = groups
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1));
+    let lr_max = lrs.clone().fold(f64::MIN, f64::max);
+    let lr_min = lrs.fold(f64::MAX, f64::min);
+    let (lr_min, lr_max) = if lr_max > 0.0 {
+        // Four decades at most: a cosine schedule ends near 0, which would squash the rest;
+        // lower values run off the bottom of the panel.
+        ((lr_min / 1.5).max(lr_max * 1e-4), lr_max * 1.5)
+    } else {
+        (1e-4, 1.0)
+    };
+    let grad_max = grad_points.iter().map(|p| p.1).fold(1e-3, f64::max) * 1.05;
 
-    let root = BitMapBackend::new(output, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_error(e.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
+    let root = BitMapBackend::new(output, (900, 960)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw(&e))?;
+    let (top, rest) = root.split_vertically(480);
+    let (middle, bottom) = rest.split_vertically(240);
+
+    let mut chart = ChartBuilder::on(&top)
         .caption("VirTex pretraining loss", ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max * 1.02, y_min..y_max * 1.05)
-        .map_err(|e| plot_error(e.to_string()))?;
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, y_min..y_max * 1.05)
+        .map_err(|e| draw(&e))?;
     chart
         .configure_mesh()
         .x_desc("iteration")
         .y_desc("loss")
         .draw()
-        .map_err(|e| plot_error(e.to_string()))?;
+        .map_err(|e| draw(&e))?;
     chart
         .draw_series(LineSeries::new(train_points, &BLUE))
-        .map_err(|e| plot_error(e.to_string()))?
+        .map_err(|e| draw(&e))?
         .label("train")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE));
     chart
         .draw_series(LineSeries::new(val_points.clone(), &RED))
-        .map_err(|e| plot_error(e.to_string()))?
+        .map_err(|e| draw(&e))?
         .label("val")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED));
     chart
         .draw_series(val_points.iter().map(|p| Circle::new(*p, 3, RED.filled())))
-        .map_err(|e| plot_error(e.to_string()))?;
+        .map_err(|e| draw(&e))?;
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .border_style(BLACK)
         .background_style(WHITE)
         .draw()
-        .map_err(|e| plot_error(e.to_string()))?;
-    root.present().map_err(|e| plot_error(e.to_string()))
+        .map_err(|e| draw(&e))?;
+
+    let mut chart = ChartBuilder::on(&middle)
+        .caption("learning rate per parameter group", ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, (lr_min..lr_max).log_scale())
+        .map_err(|e| draw(&e))?;
+    chart
+        .configure_mesh()
+        .y_desc("lr")
+        .y_label_formatter(&|lr| format!("{lr:.0e}"))
+        .draw()
+        .map_err(|e| draw(&e))?;
+    for (index, (name, points)) in groups.into_iter().enumerate() {
+        let colour = GROUP_COLOURS[index % GROUP_COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(points, &colour))
+            .map_err(|e| draw(&e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()
+        .map_err(|e| draw(&e))?;
+
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption("gradient norm (before clipping)", ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, 0.0..grad_max)
+        .map_err(|e| draw(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("iteration")
+        .y_desc("grad norm")
+        .draw()
+        .map_err(|e| draw(&e))?;
+    chart
+        .draw_series(LineSeries::new(grad_points, &BLACK))
+        .map_err(|e| draw(&e))?;
+    root.present().map_err(|e| draw(&e))
 }
 
 #[cfg(test)]

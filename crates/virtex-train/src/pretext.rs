@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use virtex::{CaptioningModel, Precision, VirtexError};
+use virtex::{CaptioningModel, InitReport, Precision, VirtexError};
 use virtex_data::Batch;
 
 use crate::config::PretrainConfig;
@@ -35,6 +35,10 @@ pub trait PretextModel<B: Backend>: Module<B> + Sized {
     /// Loads weights into this configured model, which keeps its settings (dropout): an
     /// official PyTorch checkpoint, or our format with the same architecture.
     fn load_weights(&mut self, path: &Path) -> Result<(), VirtexError>;
+    /// Initialises this configured model from a checkpoint whose textual head may have another
+    /// depth (`--init-from`): what matches is loaded, the rest keeps its initialisation, and
+    /// the report names both (see [`virtex::CaptioningModel::init_from`]).
+    fn init_from(&mut self, path: &Path) -> Result<InitReport, VirtexError>;
     /// Writes the visual backbone with torchvision key names (safetensors).
     fn export_backbone(&self, path: &Path) -> Result<(), VirtexError>;
     /// The model with its convolutions and matrix products in `precision` (not saved in
@@ -97,6 +101,10 @@ impl<B: Backend> PretextModel<B> for CaptioningModel<B> {
         } else {
             CaptioningModel::load_weights(self, path)
         }
+    }
+
+    fn init_from(&mut self, path: &Path) -> Result<InitReport, VirtexError> {
+        CaptioningModel::init_from(self, path)
     }
 
     fn export_backbone(&self, path: &Path) -> Result<(), VirtexError> {

@@ -22,7 +22,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use virtex::{CaptioningModel, Precision};
+use virtex::{CaptioningModel, InitReport, Precision};
 use virtex_data::{BatchIter, DataLoader, LoaderPosition};
 use virtex_optim::GroupedOptimizerConfig;
 
@@ -33,12 +33,14 @@ use crate::config::PretrainConfig;
 use crate::data_parallel::{replicate, ReplicaGroup};
 use crate::error::TrainError;
 use crate::factories::{optimizer_config, training_data, validation_data, TrainingData};
-use crate::metrics::{plot_losses, MetricsLog, TrainRecord, ValRecord};
+use crate::metrics::{device_memory_bytes, plot_losses, MetricsLog, TrainRecord, ValRecord};
 use crate::pretext::PretextModel;
 use crate::run_dir::{results_in, RunLock, LOCK_FILE};
+use crate::samples::{write_samples_page, SampleCaptioner, SampleImages};
 use crate::step::{
     component_names, read_losses, stacked, train_step, LossValues, Optim, StepResult,
 };
+use crate::tensorboard::{self, EventWriter};
 
 /// Everything a run needs besides the backend.
 #[derive(Debug, Clone)]
@@ -449,6 +451,10 @@ pub struct Trainer<B: AutodiffBackend, M: PretextModel<B> + AutodiffModule<B>> {
     data: TrainingData,
     batches: BatchIter,
     metrics: MetricsLog,
+    /// TensorBoard scalars of this invocation (its own event file).
+    events: EventWriter,
+    /// The validation images captioned at every validation (`train.sample_captions`).
+    samples: Option<SampleImages>,
     interrupted: Arc<AtomicBool>,
     /// Whether [`Trainer::end_of_iteration`] stopped the run on an interrupt.
     stopped_by_interrupt: bool,
@@ -475,7 +481,7 @@ impl<B, M> Trainer<B, M>
 where
     B: AutodiffBackend,
     M: PretextModel<B> + AutodiffModule<B> + 'static,
-    M::InnerModule: PretextModel<B::InnerBackend>,
+    M::InnerModule: PretextModel<B::InnerBackend> + SampleCaptioner<B::InnerBackend>,
     Optim<M, B>: Send + 'static,
 {
     /// Starts a run: a new one (a fresh model, or `init_from`'s weights), or the continuation
@@ -542,6 +548,7 @@ where
         config.data.apply_image_limit();
 
         B::seed(&device, config.random_seed);
+        let mut init_report = None;
         let model: M = match (&resume_from, &options.init_from) {
             (Some((_, path)), _) => M::load(&path.join("model.safetensors"), &device)?,
             (None, init) => {
@@ -550,7 +557,9 @@ where
                     model.load_visual_weights(weights)?;
                 }
                 if let Some(init) = init {
-                    model.load_weights(init)?;
+                    let report = model.init_from(init)?;
+                    print_init_report(init, &report);
+                    init_report = Some(InitFromRecord::new(init, report));
                 }
                 model
             }
@@ -601,10 +610,17 @@ where
 
         // Everything is built: only now does the run write into its directory.
         write_resolved_config(&run_dir, &config)?;
+        if let Some(record) = &init_report {
+            record.write(&run_dir)?;
+        }
         if state.is_some() {
             MetricsLog::truncate_after(&run_dir, iteration)?;
+            // The same for TensorBoard, whose events of those iterations would be drawn twice.
+            tensorboard::truncate_after(&run_dir, iteration)?;
         }
         let metrics = MetricsLog::open(&run_dir)?;
+        let events = EventWriter::create(&run_dir)?;
+        let samples = sample_images(&data, &config, &run_dir);
 
         let total = config.optim.num_iterations;
         let last = options
@@ -641,6 +657,8 @@ where
             data,
             batches,
             metrics,
+            events,
+            samples,
             interrupted,
             stopped_by_interrupt: false,
             iteration,
@@ -740,7 +758,8 @@ where
 
     /// After [`Trainer::step`]: counts a skipped step, logs (every `train.log_every`), stops
     /// with a checkpoint after `train.max_consecutive_skips` skipped steps in a row (an error),
-    /// validates (every `train.val_every`), checkpoints (every `train.checkpoint_every`, at the
+    /// validates (every `train.val_every`, with the sample captions of
+    /// `train.sample_captions`), checkpoints (every `train.checkpoint_every`, at the
     /// last iteration, on an interrupt) and stops on an interrupt.
     pub fn end_of_iteration(&mut self, step: &StepResult) -> Result<Flow, TrainError> {
         let iteration = self.iteration;
@@ -885,8 +904,9 @@ where
             .iter()
             .map(|(name, lr)| format!("lr[{name}] {lr:.3e}"))
             .collect();
-        self.metrics.append(&TrainRecord {
+        let record = TrainRecord {
             skipped_images: self.skipped_images,
+            device_memory_bytes: device_memory_bytes::<B>(&self.device),
             ..TrainRecord::new(
                 self.iteration,
                 &step.losses,
@@ -895,7 +915,27 @@ where
                 images_per_second,
                 self.skipped_steps,
             )
-        })?;
+        };
+        self.metrics.append(&record)?;
+        let mut scalars = vec![("train/loss".to_string(), record.loss)];
+        scalars.extend(
+            record
+                .components
+                .iter()
+                .map(|(name, value)| (format!("train/{name}"), value.0)),
+        );
+        scalars.extend(
+            record
+                .learning_rates
+                .iter()
+                .map(|(group, lr)| (format!("lr/{group}"), *lr)),
+        );
+        scalars.push(("train/grad_norm".into(), record.grad_norm));
+        scalars.push(("train/images_per_second".into(), record.images_per_second));
+        if let Some(bytes) = record.device_memory_bytes {
+            scalars.push(("train/device_memory_bytes".into(), bytes as f64));
+        }
+        self.events.scalars(self.iteration, &scalars)?;
         let line = format!(
             "loss {:.4} ({components}) {} {images_per_second:.1} img/s",
             step.losses.loss,
@@ -913,19 +953,46 @@ where
     }
 
     fn validate(&mut self) -> Result<(), TrainError> {
+        let model = self.model().valid();
         let val = validate::<B::InnerBackend, _>(
-            &self.model().valid(),
+            &model,
             &self.data.val,
             self.config.train.val_batches,
             &self.device,
         )?;
-        self.metrics.append(&ValRecord::new(self.iteration, &val))?;
+        let record = ValRecord::new(self.iteration, &val);
+        self.metrics.append(&record)?;
+        let mut scalars = vec![("val/loss".to_string(), record.val_loss)];
+        scalars.extend(
+            record
+                .components
+                .iter()
+                .map(|(name, value)| (format!("val/{name}"), value.0)),
+        );
+        self.events.scalars(self.iteration, &scalars)?;
         let components = val.components_line();
         self.progress.say(format!(
             "iteration {}: val loss {:.4} ({components})",
             self.iteration, val.loss
         ));
         self.last_val = Some(val);
+        if let Some(samples) = &self.samples {
+            let record = samples.caption::<B::InnerBackend, _>(
+                &model,
+                self.data.val.dataset().tokenizer(),
+                self.iteration,
+                &self.device,
+            )?;
+            if let Some(record) = record {
+                self.metrics.append(&record)?;
+                // The page is a view of metrics.jsonl: failing to write it must not stop
+                // training.
+                if let Err(err) = write_samples_page(&self.run_dir) {
+                    self.progress
+                        .say(format!("warning: could not write samples.html: {err}"));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1105,6 +1172,96 @@ fn read_state(checkpoint: &Path) -> Result<TrainState, TrainError> {
         path,
         message: err.to_string(),
     })
+}
+
+/// The sample images of a run (`train.sample_captions`), their thumbnails written into the run
+/// directory. Sample captions are a convenience: an image that cannot be read turns them off
+/// with a warning instead of stopping the run.
+fn sample_images(
+    data: &TrainingData,
+    config: &PretrainConfig,
+    run_dir: &Path,
+) -> Option<SampleImages> {
+    let samples =
+        SampleImages::from_loader(&data.val, config.train.sample_captions).and_then(|samples| {
+            if let Some(samples) = &samples {
+                samples.write_thumbnails(run_dir)?;
+            }
+            Ok(samples)
+        });
+    match samples {
+        Ok(samples) => samples,
+        Err(err) => {
+            eprintln!("warning: no sample captions (train.sample_captions): {err}");
+            None
+        }
+    }
+}
+
+/// `RUN/init_from.json`: what `--init-from` loaded, initialised and left unused.
+#[derive(Debug, Serialize)]
+struct InitFromRecord {
+    checkpoint: PathBuf,
+    cnn_tensors: usize,
+    loaded: Vec<String>,
+    initialised: Vec<String>,
+    unused: Vec<String>,
+}
+
+impl InitFromRecord {
+    fn new(checkpoint: &Path, report: InitReport) -> Self {
+        Self {
+            checkpoint: checkpoint.to_path_buf(),
+            cnn_tensors: report.cnn_tensors,
+            loaded: report.loaded,
+            initialised: report.initialised,
+            unused: report.unused,
+        }
+    }
+
+    fn write(&self, run_dir: &Path) -> Result<(), TrainError> {
+        let path = run_dir.join(INIT_FROM_FILE);
+        let text = serde_json::to_string_pretty(self).map_err(|err| TrainError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(err),
+        })?;
+        write_file_atomically(&path, text.as_bytes())
+    }
+}
+
+/// The file a run started with `--init-from` records its [`InitReport`] in.
+pub const INIT_FROM_FILE: &str = "init_from.json";
+
+/// Names, on stderr, what `--init-from` did: the CNN as a count, the heads' keys in full when
+/// some were initialised or left unused (fine-tuning into another depth), else as a count.
+fn print_init_report(checkpoint: &Path, report: &InitReport) {
+    eprintln!(
+        "initialised from {}: {} CNN tensors and {} textual tensors loaded",
+        checkpoint.display(),
+        report.cnn_tensors,
+        report.loaded.len()
+    );
+    if report.initialised.is_empty() && report.unused.is_empty() {
+        return;
+    }
+    eprintln!("  loaded from the file ({}):", report.loaded.len());
+    for key in &report.loaded {
+        eprintln!("    {key}");
+    }
+    eprintln!(
+        "  not in the file, freshly initialised ({}):",
+        report.initialised.len()
+    );
+    for key in &report.initialised {
+        eprintln!("    {key}");
+    }
+    eprintln!(
+        "  in the file, unused by this model ({}):",
+        report.unused.len()
+    );
+    for key in &report.unused {
+        eprintln!("    {key}");
+    }
 }
 
 fn write_resolved_config(run_dir: &Path, config: &PretrainConfig) -> Result<(), TrainError> {

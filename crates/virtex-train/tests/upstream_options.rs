@@ -325,3 +325,51 @@ fn released_presets_train_in_bf16_on_cuda_and_f32_elsewhere() {
     assert_eq!(fixed.train.precision, Precision::F32);
     assert!(!virtex_device::runs_on_cuda::<B>());
 }
+
+#[test]
+fn init_from_into_a_deeper_head_names_what_was_loaded_and_initialised() {
+    let _exclusive = exclusive();
+    let source_dir = tempfile::tempdir().unwrap();
+    train_any(tiny_config(3, 3), source_dir.path(), false, None).unwrap();
+    let source = source_dir
+        .path()
+        .join("checkpoint_00000003/model.safetensors");
+
+    let mut deeper = tiny_config(3, 3);
+    deeper.model.textual = "transdec_postnorm::L2_H64_A1_F256".into();
+    let run = tempfile::tempdir().unwrap();
+    virtex_train::train::<B>(
+        RunOptions {
+            init_from: Some(source.clone()),
+            ..RunOptions::new(deeper, run.path())
+        },
+        vec![Default::default()],
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.path().join(virtex_train::INIT_FROM_FILE)).unwrap(),
+    )
+    .unwrap();
+    let list = |name: &str| -> Vec<String> {
+        record[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|key| key.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (loaded, initialised) = (list("loaded"), list("initialised"));
+    assert!(list("unused").is_empty());
+    assert!(loaded
+        .iter()
+        .any(|key| key.starts_with("textual.transformer.layers.0.")));
+    assert!(!initialised.is_empty());
+    assert!(
+        initialised
+            .iter()
+            .all(|key| key.contains("transformer.layers.1.")),
+        "{initialised:?}"
+    );
+    assert!(record["cnn_tensors"].as_u64().unwrap() > 0);
+}

@@ -46,7 +46,10 @@ use burn::prelude::*;
 use burn_store::{ModuleSnapshot, ModuleStore, SafetensorsStore, TensorSnapshot};
 use virtex_backbone::{BlockKind, ResNetConfig, WeightsFormat};
 use virtex_device::{fit_snapshot, Unfit};
-use virtex_textual::{load_torch_decoder, load_torch_head, NormType, TextualHeadConfig};
+use virtex_textual::{
+    load_torch_decoder, load_torch_decoder_matching, load_torch_head, load_torch_head_matching,
+    NormType, TextualHeadConfig,
+};
 
 use crate::config::CaptioningModelConfig;
 use crate::error::{Result, VirtexError};
@@ -103,6 +106,24 @@ pub struct ImportReport {
     /// Keys of the model's state dict that were not loaded on purpose (`num_batches_tracked`,
     /// and the backward head when importing into a forward-only model).
     pub ignored: usize,
+}
+
+/// What [`CaptioningModel::init_from`] loaded into a model whose textual head may be deeper
+/// or shallower than the checkpoint's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InitReport {
+    /// Tensors applied to the CNN (all of the file's: the backbone must be the same).
+    pub cnn_tensors: usize,
+    /// Keys of the textual heads loaded from the file (PyTorch keys without the file's
+    /// `model.` prefix for an official `.pth`, burn paths for ours; the two agree but for the
+    /// tied output weight, which ours does not store).
+    pub loaded: Vec<String>,
+    /// Parameters of the textual heads the file lacks (the layers beyond its depth, or a
+    /// backward stack a captioning file has not): freshly initialised.
+    pub initialised: Vec<String>,
+    /// Keys of the file the model has no parameter for (the layers beyond the model's depth, a
+    /// backward stack the model has not): not used.
+    pub unused: Vec<String>,
 }
 
 /// An official checkpoint's state dict, read once.
@@ -271,6 +292,106 @@ impl OfficialFile {
     }
 
     /// Loads every part of `model` from the tensors read once, through [`SECTIONS`].
+    /// Loads the keys `cnn_keys` (the backbone's section) into the model's CNN, strictly.
+    fn load_cnn<B: Backend>(
+        &self,
+        model: &mut CaptioningModel<B>,
+        cnn_keys: &[&String],
+    ) -> Result<virtex_backbone::LoadReport> {
+        let cnn_snapshots = cnn_keys
+            .iter()
+            .map(|key| self.tensors[*key].clone())
+            .collect();
+        Ok(model.visual.cnn.load_state_dict(
+            cnn_snapshots,
+            Some(&format!("{}visual.cnn.", self.prefix)),
+            WeightsFormat::Pytorch,
+            &self.path,
+        )?)
+    }
+
+    /// The keys of the backbone's section.
+    fn cnn_keys(&self) -> Vec<&String> {
+        let prefix = format!("{}visual.cnn.", self.prefix);
+        self.tensors
+            .keys()
+            .filter(|key| key.starts_with(&prefix))
+            .collect()
+    }
+
+    /// [`CaptioningModel::init_from`] for an official file: the architecture up to the depth
+    /// must be the model's, the CNN loads strictly, the heads load what matches.
+    fn load_matching<B: Backend>(&self, model: &mut CaptioningModel<B>) -> Result<InitReport> {
+        let (mut found, _) = self.infer(&ImportOptions {
+            attention_heads: Some(model.config.textual.attention_heads),
+            ..ImportOptions::default()
+        })?;
+        found.textual.num_layers = model.config.textual.num_layers;
+        found.sos_index = model.config.sos_index;
+        found.eos_index = model.config.eos_index;
+        found.caption_backward = model.config.caption_backward;
+        check_same_architecture(&found, &model.config, &self.path)?;
+
+        let cnn = self.load_cnn(model, &self.cnn_keys())?;
+        let textual_weights = |source| VirtexError::TextualWeights {
+            path: self.path.clone(),
+            source,
+        };
+        let mut report = InitReport {
+            cnn_tensors: cnn.applied,
+            ..InitReport::default()
+        };
+        // Named without the file's prefix (`model.`, `module.`), as the model's keys are.
+        let prefix = self.prefix.clone();
+        let local = move |keys: Vec<String>| {
+            keys.into_iter()
+                .map(|key| key.strip_prefix(&prefix).map(str::to_string).unwrap_or(key))
+                .collect::<Vec<_>>()
+        };
+        let mut absorb = |part: virtex_textual::MatchingLoadReport| {
+            report.loaded.extend(local(part.loaded));
+            report.initialised.extend(local(part.initialised));
+            report.unused.extend(local(part.unused));
+        };
+        let forward = load_torch_head_matching(
+            &mut model.textual,
+            &self.tensors,
+            &format!("{}textual.", self.prefix),
+        )
+        .map_err(textual_weights)?;
+        absorb(forward);
+        let backward_prefix = format!("{}backward_textual.", self.prefix);
+        let backward_keys: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|key| key.starts_with(&backward_prefix))
+            .cloned()
+            .collect();
+        match &mut model.backward_textual {
+            Some(head) => {
+                let stack = load_torch_decoder_matching(
+                    &mut head.transformer,
+                    &self.tensors,
+                    &format!("{backward_prefix}transformer."),
+                )
+                .map_err(textual_weights)?;
+                absorb(stack);
+                // The shared copies (projection, embedding, output) belong to the forward
+                // head and were loaded with it.
+                let shared: Vec<&String> = backward_keys
+                    .iter()
+                    .filter(|key| !key.starts_with(&format!("{backward_prefix}transformer.")))
+                    .collect();
+                self.check_duplicates(&shared)?;
+            }
+            None => absorb(virtex_textual::MatchingLoadReport {
+                unused: backward_keys,
+                ..Default::default()
+            }),
+        }
+        Ok(report)
+    }
+
     fn load<B: Backend>(&self, model: &mut CaptioningModel<B>) -> Result<ImportReport> {
         let has_backward = !self
             .indices("backward_textual.transformer.layers.")
@@ -302,16 +423,7 @@ impl OfficialFile {
         }
         let part = |section: Section| parts.get(&section).map_or(&[][..], Vec::as_slice);
 
-        let cnn_snapshots = part(Section::Backbone)
-            .iter()
-            .map(|key| self.tensors[*key].clone())
-            .collect();
-        let cnn_report = model.visual.cnn.load_state_dict(
-            cnn_snapshots,
-            Some(&format!("{}visual.cnn.", self.prefix)),
-            WeightsFormat::Pytorch,
-            &self.path,
-        )?;
+        let cnn_report = self.load_cnn(model, part(Section::Backbone))?;
         let textual_weights = |source| VirtexError::TextualWeights {
             path: self.path.clone(),
             source,
@@ -449,6 +561,28 @@ impl<B: Backend> CaptioningModel<B> {
     /// error the model may hold some of the file's tensors: rebuild it before retrying.
     pub fn load_official_weights(&mut self, path: impl AsRef<Path>) -> Result<ImportReport> {
         OfficialFile::read(path.as_ref())?.load(self)
+    }
+
+    /// Initialises this model from a checkpoint (an official `.pth` or one of ours) whose
+    /// textual head may have another depth: what matches is loaded, the rest keeps its fresh
+    /// initialisation, and the report names the loaded, initialised and unused keys.
+    ///
+    /// Everything but the depth must be this model's (backbone, width, feed-forward size,
+    /// norm placement, vocabulary, caption length; an error names the first difference), and
+    /// the CNN loads strictly. A captioning file initialises a bicaptioning model's backward
+    /// stack (listed as initialised); a bicaptioning file's backward stack is unused by a
+    /// forward-only model. With equal depths this loads everything, as
+    /// [`CaptioningModel::load_official_weights`] / [`CaptioningModel::load_weights`] do.
+    pub fn init_from(&mut self, path: impl AsRef<Path>) -> Result<InitReport> {
+        let path = path.as_ref();
+        if matches!(WeightsFormat::detect(path)?, WeightsFormat::Pytorch) {
+            return OfficialFile::read(path)?.load_matching(self);
+        }
+        let mut saved = read_saved_config(path)?;
+        saved.textual.num_layers = self.config.textual.num_layers;
+        saved.caption_backward = self.config.caption_backward;
+        check_same_architecture(&saved, &self.config, path)?;
+        load_ours_matching(self, path)
     }
 
     /// Saves in our format (see the module docs).
@@ -728,6 +862,26 @@ fn first_difference(
 /// burn-store's applier). Errors name the first mis-shaped or refused tensor in the model's
 /// order, then the first missing one, then the first the model has no place for.
 fn load_ours<B: Backend, M: ModuleSnapshot<B>>(model: &mut M, path: &Path) -> Result<()> {
+    load_ours_with(model, path, false).map(|_| ())
+}
+
+/// [`CaptioningModel::init_from`] for one of our files: `visual.*` must be complete, the
+/// textual heads load what matches.
+fn load_ours_matching<B: Backend>(
+    model: &mut CaptioningModel<B>,
+    path: &Path,
+) -> Result<InitReport> {
+    load_ours_with(model, path, true)
+}
+
+/// Loads our safetensors into `model`. Strict: every parameter present, every stored tensor
+/// used. `matching`: outside `visual.`, missing parameters are reported as initialised and
+/// extra tensors as unused.
+fn load_ours_with<B: Backend, M: ModuleSnapshot<B>>(
+    model: &mut M,
+    path: &Path,
+    matching: bool,
+) -> Result<InitReport> {
     let unreadable = |message: String| VirtexError::Unreadable {
         path: path.to_path_buf(),
         format: "virtex safetensors",
@@ -740,12 +894,23 @@ fn load_ours<B: Backend, M: ModuleSnapshot<B>>(model: &mut M, path: &Path) -> Re
         .clone();
     let mut checked = Vec::with_capacity(stored.len());
     let mut missing = Vec::new();
+    let mut report = InitReport::default();
+    let flexible = |key: &str| matching && !key.starts_with("visual.");
     for target in model.collect(None, None, false) {
         let key = target.full_path();
         let Some(snapshot) = stored.remove(&key) else {
-            missing.push(key);
+            if flexible(&key) {
+                report.initialised.push(key);
+            } else {
+                missing.push(key);
+            }
             continue;
         };
+        if key.starts_with("visual.") {
+            report.cnn_tensors += 1;
+        } else {
+            report.loaded.push(key.clone());
+        }
         let fitted = fit_snapshot(&snapshot, &target.shape, target.dtype).map_err(|unfit| {
             let path = path.to_path_buf();
             match unfit {
@@ -772,7 +937,10 @@ fn load_ours<B: Backend, M: ModuleSnapshot<B>>(model: &mut M, path: &Path) -> Re
             key,
         });
     }
-    if let Some(key) = stored.into_keys().next() {
+    let (unused, unexpected): (Vec<String>, Vec<String>) =
+        stored.into_keys().partition(|key| flexible(key));
+    report.unused = unused;
+    if let Some(key) = unexpected.into_iter().next() {
         return Err(VirtexError::UnexpectedTensor {
             path: path.to_path_buf(),
             key,
@@ -784,13 +952,13 @@ fn load_ours<B: Backend, M: ModuleSnapshot<B>>(model: &mut M, path: &Path) -> Re
     if let Some(error) = result.errors.first() {
         return Err(unreadable(error.to_string()));
     }
-    if let Some((key, _)) = result.missing.first() {
+    if let Some((key, _)) = result.missing.first().filter(|_| !matching) {
         return Err(VirtexError::MissingTensor {
             path: path.to_path_buf(),
             key: key.clone(),
         });
     }
-    Ok(())
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -65,6 +65,9 @@ pub struct DecodingConfig {
     /// Cache keys/values of earlier positions (cost linear in length). `false` recomputes the
     /// whole prefix at every step, as upstream does; both give the same tokens.
     pub use_cache: bool,
+    /// Return, for every generated token, the textual head's cross-attention over the visual
+    /// grid ([`Captions::attention`]); off by default.
+    pub record_attention: bool,
 }
 
 impl DecodingConfig {
@@ -98,6 +101,7 @@ impl DecodingConfig {
             sos_index: 1,
             eos_index: 2,
             use_cache: true,
+            record_attention: false,
         }
     }
 
@@ -110,6 +114,12 @@ impl DecodingConfig {
     /// Turns key/value caching on or off.
     pub fn with_cache(mut self, use_cache: bool) -> Self {
         self.use_cache = use_cache;
+        self
+    }
+
+    /// Turns the recording of cross-attention maps on or off ([`Captions::attention`]).
+    pub fn with_attention(mut self, record_attention: bool) -> Self {
+        self.record_attention = record_attention;
         self
     }
 
@@ -163,6 +173,63 @@ pub struct Captions {
     /// Summed log-probability of each returned beam (beam search and greedy); `None` for
     /// sampling.
     pub log_probs: Option<Vec<f32>>,
+    /// With [`DecodingConfig::record_attention`], one entry per caption: for each token of
+    /// [`Captions::tokens`], the cross-attention the decoder paid to the visual grid when it
+    /// predicted that token (for beam search, along the returned beam).
+    pub attention: Option<Vec<CaptionAttention>>,
+}
+
+/// Where the textual head looked while it wrote one caption: for each generated token and each
+/// decoder layer, the cross-attention weights of the query that predicted the token over the
+/// `height × width` visual grid, averaged over the heads (the paper's Figure 5 maps).
+///
+/// Each map is non-negative and sums to 1 (a softmax over the grid).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptionAttention {
+    /// `[tokens, layers, height × width]`, row-major; grid positions in the backbone's
+    /// row-major order (`S = y · width + x`).
+    pub weights: Vec<f32>,
+    /// Tokens of the caption (the length of its row in [`Captions::tokens`]).
+    pub tokens: usize,
+    /// Decoder layers `L`.
+    pub layers: usize,
+    /// Grid height (7 for a 224² image and a ResNet-50).
+    pub height: usize,
+    /// Grid width.
+    pub width: usize,
+}
+
+impl CaptionAttention {
+    /// The map of `token` in `layer`, `height × width` weights summing to 1.
+    ///
+    /// # Panics
+    /// If `token >= self.tokens` or `layer >= self.layers`.
+    pub fn map(&self, token: usize, layer: usize) -> &[f32] {
+        assert!(
+            token < self.tokens && layer < self.layers,
+            "token {token} / layer {layer} outside {} tokens × {} layers",
+            self.tokens,
+            self.layers
+        );
+        let positions = self.height * self.width;
+        let start = (token * self.layers + layer) * positions;
+        &self.weights[start..start + positions]
+    }
+
+    /// The map of `token` averaged over the layers (what `virtex caption --attention` draws).
+    ///
+    /// # Panics
+    /// If `token >= self.tokens`.
+    pub fn layer_mean(&self, token: usize) -> Vec<f32> {
+        let positions = self.height * self.width;
+        let mut mean = vec![0.0f32; positions];
+        for layer in 0..self.layers {
+            for (sum, &weight) in mean.iter_mut().zip(self.map(token, layer)) {
+                *sum += weight / self.layers as f32;
+            }
+        }
+        mean
+    }
 }
 
 impl Captions {
@@ -196,8 +263,9 @@ pub fn decode<B: Backend>(
             head.visual_feature_size()
         )));
     }
+    let [_, _, height, width] = visual_features.dims();
     let memory = head.project_visual(visual_features);
-    Ok(match config.strategy {
+    let (captions, histories) = match config.strategy {
         DecodingStrategy::BeamSearch {
             beam_size,
             per_node_beam_size,
@@ -209,37 +277,123 @@ pub fn decode<B: Backend>(
         DecodingStrategy::NucleusSampling { nucleus_size, seed } => {
             nucleus_sampling(head, memory, config, nucleus_size, seed)
         }
+    };
+    let layers = head.transformer.layers.len();
+    let attention = histories.map(|histories| {
+        histories
+            .into_iter()
+            .zip(&captions.tokens)
+            .map(|(weights, tokens)| CaptionAttention {
+                weights,
+                tokens: tokens.len(),
+                layers,
+                height,
+                width,
+            })
+            .collect()
+    });
+    Ok(Captions {
+        attention,
+        ..captions
     })
 }
 
-/// Runs the decoder step by step, either with a key/value cache or by recomputing the prefix.
-enum Stepper<B: Backend> {
+/// Per row, the attention maps of the tokens generated so far, `[tokens, layers, S]` flattened
+/// (`None` when attention is not recorded).
+type AttentionHistories = Option<Vec<Vec<f32>>>;
+
+/// The heads-averaged cross-attention of each row's last fed position, `[N][L × S]`: the query
+/// whose output predicts the next token.
+fn last_position_attention<B: Backend>(weights: &[Tensor<B, 4>]) -> Vec<Vec<f32>> {
+    let Some([rows, _, positions, keys]) = weights.first().map(Tensor::dims) else {
+        return Vec::new();
+    };
+    if rows == 0 {
+        return Vec::new();
+    }
+    let per_layer: Vec<Tensor<B, 3>> = weights
+        .iter()
+        .map(|layer| {
+            layer
+                .clone()
+                .narrow(2, positions - 1, 1)
+                .mean_dim(1)
+                .reshape([rows, 1, keys])
+        })
+        .collect();
+    let flat = to_f32(Tensor::cat(per_layer, 1));
+    flat.chunks(flat.len() / rows)
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
+/// Runs the decoder step by step, either with a key/value cache or by recomputing the prefix,
+/// optionally recording the cross-attention of each step's last position.
+struct Stepper<B: Backend> {
+    mode: StepperMode<B>,
+    record_attention: bool,
+}
+
+enum StepperMode<B: Backend> {
     Cached(DecodingState<B>),
     Full(Tensor<B, 3>),
 }
 
 impl<B: Backend> Stepper<B> {
-    fn new(head: &TransformerDecoderTextualHead<B>, memory: Tensor<B, 3>, cached: bool) -> Self {
-        if cached {
-            Self::Cached(head.start_decoding(memory))
+    fn new(
+        head: &TransformerDecoderTextualHead<B>,
+        memory: Tensor<B, 3>,
+        config: &DecodingConfig,
+    ) -> Self {
+        let mode = if config.use_cache {
+            StepperMode::Cached(
+                head.start_decoding(memory)
+                    .recording_cross_attention(config.record_attention),
+            )
         } else {
-            Self::Full(memory)
+            StepperMode::Full(memory)
+        };
+        Self {
+            mode,
+            record_attention: config.record_attention,
         }
     }
 
     /// Logits `[N, V]` of the position after `fed` (the whole sequence the decoder should see;
-    /// the cached stepper only consumes the positions it has not seen).
-    fn step(&mut self, head: &TransformerDecoderTextualHead<B>, fed: &[Vec<u32>]) -> Tensor<B, 2> {
+    /// the cached stepper only consumes the positions it has not seen), and with recording on
+    /// the attention of that position ([`last_position_attention`]).
+    fn step(
+        &mut self,
+        head: &TransformerDecoderTextualHead<B>,
+        fed: &[Vec<u32>],
+    ) -> (Tensor<B, 2>, Option<Vec<Vec<f32>>>) {
         let rows = fed.len();
         let length = fed.first().map_or(0, Vec::len);
-        match self {
-            Self::Cached(state) => {
+        match &mut self.mode {
+            StepperMode::Cached(state) => {
                 let seen = state.position;
                 let device = state.layers[0].memory.key.device();
                 let new = token_tensor::<B>(fed, seen, &device);
-                head.decode_step(state, new)
+                let logits = head.decode_step(state, new);
+                let attention = self
+                    .record_attention
+                    .then(|| last_position_attention(&state.cross_attention));
+                (logits, attention)
             }
-            Self::Full(memory) => {
+            StepperMode::Full(memory) if self.record_attention => {
+                // The same recomputation of the whole prefix, through a fresh state so the
+                // weights come back with it.
+                let tokens = token_tensor::<B>(fed, 0, &memory.device());
+                let mut state = head
+                    .start_decoding(memory.clone())
+                    .recording_cross_attention(true);
+                let logits = head.decode_step(&mut state, tokens);
+                (
+                    logits,
+                    Some(last_position_attention(&state.cross_attention)),
+                )
+            }
+            StepperMode::Full(memory) => {
                 let device = memory.device();
                 let tokens = token_tensor::<B>(fed, 0, &device);
                 let lengths = Tensor::<B, 1, Int>::from_data(
@@ -249,30 +403,50 @@ impl<B: Backend> Stepper<B> {
                 let logits =
                     head.forward_with_decoder(&head.transformer, memory.clone(), tokens, lengths);
                 let vocab = logits.dims()[2];
-                logits.narrow(1, length - 1, 1).reshape([rows, vocab])
+                (logits.narrow(1, length - 1, 1).reshape([rows, vocab]), None)
             }
         }
     }
 
     /// Keeps the rows `indices` (beam expansion and reordering).
     fn select(self, indices: &[usize]) -> Self {
-        match self {
-            Self::Cached(state) => {
+        let mode = match self.mode {
+            StepperMode::Cached(state) => {
                 let device = state.layers[0].memory.key.device();
-                Self::Cached(state.select(index_tensor::<B>(indices, &device)))
+                StepperMode::Cached(state.select(index_tensor::<B>(indices, &device)))
             }
-            Self::Full(memory) => {
+            StepperMode::Full(memory) => {
                 let device = memory.device();
-                Self::Full(memory.select(0, index_tensor::<B>(indices, &device)))
+                StepperMode::Full(memory.select(0, index_tensor::<B>(indices, &device)))
             }
-        }
+        };
+        Self { mode, ..self }
     }
 
     /// Forgets every fed position (upstream mode re-feeds position 0 after the first step).
     fn clear_history(&mut self) {
-        if let Self::Cached(state) = self {
+        if let StepperMode::Cached(state) = &mut self.mode {
             state.clear_history();
         }
+    }
+}
+
+/// Appends each row's newest map to the history of the row it continues: `origins[i]` is the
+/// row (before this step) that row `i` extends, `step[origins[i]]` the map of its new token.
+fn extend_histories(
+    histories: &mut AttentionHistories,
+    step: Option<Vec<Vec<f32>>>,
+    origins: &[usize],
+) {
+    if let (Some(histories), Some(step)) = (histories.as_mut(), step) {
+        *histories = origins
+            .iter()
+            .map(|&row| {
+                let mut history = histories.get(row).cloned().unwrap_or_default();
+                history.extend_from_slice(&step[row]);
+                history
+            })
+            .collect();
     }
 }
 
@@ -322,16 +496,18 @@ fn beam_search<B: Backend>(
     beam_size: usize,
     per_node: usize,
     mode: BeamSearchMode,
-) -> Captions {
+) -> (Captions, AttentionHistories) {
     let [batch, _, _] = memory.dims();
     let device = memory.device();
     let sos = config.sos_index as u32;
     let eos = config.eos_index as u32;
-    let mut stepper = Stepper::new(head, memory, config.use_cache);
+    let mut stepper = Stepper::new(head, memory, config);
+    let mut histories: AttentionHistories = config.record_attention.then(Vec::new);
 
     // Step 0: [SOS] → the top `beam_size` tokens start the beams.
     let start = vec![vec![sos]; batch];
-    let log_probs = log_softmax(stepper.step(head, &start), 1);
+    let (logits, attention) = stepper.step(head, &start);
+    let log_probs = log_softmax(logits, 1);
     let (top, classes) = log_probs.topk_with_indices(beam_size, 1);
     let top = to_f32(top);
     let classes = to_u32(classes);
@@ -341,6 +517,7 @@ fn beam_search<B: Backend>(
 
     // Every beam of an image starts from that image's state.
     let expand: Vec<usize> = (0..rows).map(|row| row / beam_size).collect();
+    extend_histories(&mut histories, attention, &expand);
     stepper = stepper.select(&expand);
     if mode == BeamSearchMode::Upstream {
         stepper.clear_history();
@@ -357,7 +534,8 @@ fn beam_search<B: Backend>(
                 .map(|beam| std::iter::once(sos).chain(beam.iter().copied()).collect())
                 .collect(),
         };
-        let log_probs = log_softmax(stepper.step(head, &fed), 1);
+        let (logits, attention) = stepper.step(head, &fed);
+        let log_probs = log_softmax(logits, 1);
         let vocab = log_probs.dims()[1];
         let last: Vec<u32> = beams
             .iter()
@@ -405,14 +583,22 @@ fn beam_search<B: Backend>(
         }
         beams = next_beams;
         scores = next_scores;
+        extend_histories(&mut histories, attention, &origins);
         stepper = stepper.select(&origins);
     }
 
     let best: Vec<usize> = (0..batch).map(|image| image * beam_size).collect();
-    Captions {
+    let captions = Captions {
         tokens: best.iter().map(|&row| beams[row].clone()).collect(),
         log_probs: Some(best.iter().map(|&row| scores[row]).collect()),
-    }
+        attention: None,
+    };
+    let histories = histories.map(|mut histories| {
+        best.iter()
+            .map(|&row| std::mem::take(&mut histories[row]))
+            .collect()
+    });
+    (captions, histories)
 }
 
 /// Nucleus sampling; `memory` is `[B, S, H]`.
@@ -422,19 +608,23 @@ fn nucleus_sampling<B: Backend>(
     config: &DecodingConfig,
     nucleus_size: f64,
     seed: u64,
-) -> Captions {
+) -> (Captions, AttentionHistories) {
     let [batch, _, _] = memory.dims();
     let sos = config.sos_index as u32;
     let eos = config.eos_index as u32;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut stepper = Stepper::new(head, memory, config.use_cache);
+    let mut stepper = Stepper::new(head, memory, config);
     let mut sequences: Vec<Vec<u32>> = vec![vec![sos]; batch];
+    let mut histories: AttentionHistories = config.record_attention.then(|| vec![vec![]; batch]);
+    let same_rows: Vec<usize> = (0..batch).collect();
 
     for _ in 0..config.max_steps {
         if sequences.iter().all(|s| s.last() == Some(&eos)) {
             break;
         }
-        let logits = to_f32(stepper.step(head, &sequences));
+        let (logits, attention) = stepper.step(head, &sequences);
+        extend_histories(&mut histories, attention, &same_rows);
+        let logits = to_f32(logits);
         let vocab = logits.len() / batch;
         for (row, sequence) in sequences.iter_mut().enumerate() {
             let last = *sequence.last().expect("starts with SOS");
@@ -447,10 +637,12 @@ fn nucleus_sampling<B: Backend>(
             sequence.push(if last == eos { eos } else { sampled as u32 });
         }
     }
-    Captions {
+    let captions = Captions {
         tokens: sequences.into_iter().map(|s| s[1..].to_vec()).collect(),
         log_probs: None,
-    }
+        attention: None,
+    };
+    (captions, histories)
 }
 
 /// One draw from the nucleus of `logits`: tokens sorted by logit, removed once the cumulative
@@ -509,6 +701,7 @@ mod tests {
         let captions = Captions {
             tokens: vec![vec![5, 6, 2, 2], vec![7, 2, 8, 2], vec![9, 9, 9, 9]],
             log_probs: None,
+            attention: None,
         };
         assert_eq!(
             captions.trimmed(2),

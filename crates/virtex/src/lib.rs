@@ -68,9 +68,11 @@ pub use virtex_textual as textual;
 
 #[cfg(feature = "burn-train")]
 pub use burn_train::CaptionBatch;
-pub use checkpoint::{infer_official_config, ImportOptions, ImportReport};
+pub use checkpoint::{infer_official_config, ImportOptions, ImportReport, InitReport};
 pub use config::CaptioningModelConfig;
-pub use decoding::{decode, BeamSearchMode, Captions, DecodingConfig, DecodingStrategy};
+pub use decoding::{
+    decode, BeamSearchMode, CaptionAttention, Captions, DecodingConfig, DecodingStrategy,
+};
 pub use error::{Result, VirtexError};
 pub use model::reverse_captions;
 pub use model::{

@@ -5,6 +5,7 @@
 //! `small_cpu` preset on the embedded sample data, on the CPU. Several GPUs: `--devices
 //! cuda:0,cuda:1` (data parallel). See this example's README.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::backend::Autodiff;
@@ -33,8 +34,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// A weights argument as a file: an existing path as given, else a released name
+/// (`virtex weights list`) from the weights cache, downloaded first if absent.
+fn weights_file(path: &Path) -> Result<PathBuf, TrainError> {
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    virtex_cli::resolve_weights(path).map_err(|err| TrainError::Config(err.to_string()))
+}
+
 /// Runs the command; returns the exit status (0, or `128 + signal` after an interrupt).
-fn try_main(args: Args) -> Result<u8, TrainError> {
+fn try_main(mut args: Args) -> Result<u8, TrainError> {
+    // `--init-from bicaptioning_R_50_L1_H2048` works as `virtex caption --checkpoint` does.
+    args.init_from = args.init_from.as_deref().map(weights_file).transpose()?;
     if args.print_config {
         let config = args.resolved_config()?;
         let text = serde_json::to_string_pretty(&config)
@@ -43,7 +55,13 @@ fn try_main(args: Args) -> Result<u8, TrainError> {
         return Ok(0);
     }
     let devices = args.training_devices()?;
-    let config = args.config()?;
+    let mut config = args.config()?;
+    config.model.visual_pretrained = config
+        .model
+        .visual_pretrained
+        .as_deref()
+        .map(weights_file)
+        .transpose()?;
     // Evaluation and export read a model and write nothing into a run directory.
     let source = match (&args.resume, &args.init_from) {
         (Some(run_dir), _) => Some(ModelSource::Run(run_dir.clone())),
