@@ -59,7 +59,7 @@ pub use config::{BlockKind, ResNetConfig};
 pub use error::{BackboneError, Result};
 pub use export::{detectron2_key, DETECTRON2_AUTHOR, DETECTRON2_RENAMES};
 pub use resnet::{global_average_pool, l2_normalize, ResNet, ResNetFeatures};
-pub use torch_save::{save_torch, torch_save_bytes, TorchValue};
+pub use torch_save::{save_torch, TorchValue};
 pub use virtex_device::{accepts_dtype, conform_snapshot, dtype_name};
 pub use virtex_kernels::{Precision, UnknownPrecision};
 pub use weights::{read_pytorch_snapshots, LoadReport, WeightsFormat};

@@ -217,6 +217,14 @@ impl<B: Backend> ResNet<B> {
         self.batch_norms().iter().all(|norm| norm.frozen)
     }
 
+    /// Channels of the output grid and of the pooled features (2048 for ResNet-50, 512 for
+    /// ResNet-18): the width of the last block's last BatchNorm.
+    pub fn feature_size(&self) -> usize {
+        self.batch_norms()
+            .last()
+            .map_or(0, |norm| norm.weight.dims()[0])
+    }
+
     /// Synchronises the running statistics of every BatchNorm (see
     /// [`BatchNorm2d::sync_running_statistics`]); savers call it before reading the weights.
     pub fn sync_running_statistics(&self) {

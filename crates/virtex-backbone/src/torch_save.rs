@@ -86,11 +86,9 @@ pub fn save_torch(value: &TorchValue, path: impl AsRef<Path>) -> Result<()> {
     })
 }
 
-/// The bytes `torch.save(value, buffer)` would write (see [`save_torch`]).
-///
-/// # Errors
-/// A message when a tensor has a dtype other than float32 or int64.
-pub fn torch_save_bytes(value: &TorchValue) -> std::result::Result<Vec<u8>, String> {
+/// The bytes [`save_torch`] writes, in memory (for the tests).
+#[cfg(test)]
+fn torch_save_bytes(value: &TorchValue) -> std::result::Result<Vec<u8>, String> {
     let (pickle, storages) = encode(value)?;
     let cursor = write_archive(std::io::Cursor::new(Vec::new()), &pickle, &storages)
         .map_err(|err| err.to_string())?;
@@ -201,7 +199,7 @@ impl Pickler {
                 self.empty_ordered_dict();
                 self.items(items)?;
             }
-            TorchValue::Str(text) => self.str(text),
+            TorchValue::Str(text) => self.string(text),
             TorchValue::Bool(true) => self.out.push(op::NEWTRUE),
             TorchValue::Bool(false) => self.out.push(op::NEWFALSE),
             TorchValue::Int(number) => self.int(*number),
@@ -224,7 +222,7 @@ impl Pickler {
         }
         self.out.push(op::MARK);
         for (key, value) in items {
-            self.str(key);
+            self.string(key);
             self.value(value)?;
         }
         self.out.push(op::SETITEMS);
@@ -237,7 +235,7 @@ impl Pickler {
             .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
     }
 
-    fn str(&mut self, text: &str) {
+    fn string(&mut self, text: &str) {
         self.out.push(op::BINUNICODE);
         // A key or string of 4 GiB cannot occur here (names and short metadata).
         self.out
@@ -307,10 +305,10 @@ impl Pickler {
         // The storage: `persistent_load(('storage', torch.<Type>Storage, key, 'cpu', numel))`;
         // torch.load maps it to `data/<key>` in the archive.
         self.out.push(op::MARK);
-        self.str("storage");
+        self.string("storage");
         self.global("torch", storage);
-        self.str(&key.to_string());
-        self.str("cpu");
+        self.string(&key.to_string());
+        self.string("cpu");
         self.int(numel as i64);
         self.out.extend([op::TUPLE, op::BINPERSID]);
         // Storage offset, size, stride (C-contiguous), requires_grad.

@@ -20,6 +20,7 @@ use crate::checks::{
 };
 use crate::error::CliError;
 use crate::features::progress_bar;
+use crate::model_paths::resolve_checkpoint;
 
 /// Beam-search behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,66 +97,6 @@ pub struct CaptionArgs {
     /// per-word maps) in that directory.
     #[arg(long, requires = "attention")]
     pub html: bool,
-}
-
-/// The model file `--checkpoint` names, and the checkpoint directory it was found in (when the
-/// argument was a directory).
-#[derive(Debug)]
-struct ResolvedCheckpoint {
-    file: PathBuf,
-    directory: Option<PathBuf>,
-}
-
-/// The file of a checkpoint in a directory.
-const MODEL_FILE: &str = "model.safetensors";
-
-/// `--checkpoint` as a model file: a file as given; a directory holding `model.safetensors`
-/// (a checkpoint directory) that file; otherwise the directory is a training run, and its newest
-/// `checkpoint_<digits>/` holding `model.safetensors` and `state.json` (the highest number) is
-/// used, as `pretrain_coco --resume` does.
-fn resolve_checkpoint(path: &Path) -> Result<ResolvedCheckpoint, CliError> {
-    if !path.is_dir() {
-        return Ok(ResolvedCheckpoint {
-            file: crate::weights::resolve_weights(path)?,
-            directory: None,
-        });
-    }
-    let file = path.join(MODEL_FILE);
-    if file.is_file() {
-        return Ok(ResolvedCheckpoint {
-            file,
-            directory: Some(path.to_path_buf()),
-        });
-    }
-    let entries = std::fs::read_dir(path).map_err(|err| {
-        CliError::Input(format!(
-            "cannot read the directory `{}`: {err}",
-            path.display()
-        ))
-    })?;
-    let newest = entries
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name();
-            let number = name.to_str()?.strip_prefix("checkpoint_")?;
-            if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let number: u128 = number.parse().ok()?;
-            let directory = entry.path();
-            (directory.join(MODEL_FILE).is_file() && directory.join("state.json").is_file())
-                .then_some((number, directory))
-        })
-        .max();
-    match newest {
-        Some((_, directory)) => Ok(ResolvedCheckpoint {
-            file: directory.join(MODEL_FILE),
-            directory: Some(directory),
-        }),
-        None => Err(CliError::NoCheckpoint {
-            directory: path.to_path_buf(),
-        }),
-    }
 }
 
 #[derive(Debug, Serialize)]

@@ -19,6 +19,10 @@ pub enum CliError {
     /// Evaluation error.
     #[error(transparent)]
     Eval(#[from] virtex_eval::EvalError),
+    /// A training run (the linear probe) failed. Boxed: the training error is large and
+    /// every command returns this enum.
+    #[error(transparent)]
+    Train(Box<virtex_train::TrainError>),
     /// An input file is missing or empty (e.g. a VOC split).
     #[error("{0}")]
     Input(String),
@@ -154,4 +158,10 @@ pub enum CliError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl From<virtex_train::TrainError> for CliError {
+    fn from(err: virtex_train::TrainError) -> Self {
+        Self::Train(Box::new(err))
+    }
 }

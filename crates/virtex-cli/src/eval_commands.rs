@@ -30,7 +30,7 @@ use crate::checks::{
 };
 use crate::error::CliError;
 use crate::features::{extract_features, load_backbone, progress_bar, FeatureKind};
-use crate::weights::resolve_weights;
+use crate::model_paths::resolve_model_file;
 
 /// Writes `value` as pretty JSON with a final newline, atomically.
 fn write_json<T: Serialize>(out: &Path, value: &T) -> Result<(), CliError> {
@@ -56,7 +56,8 @@ pub struct EvalVoc07Args {
     /// Backbone weights: a full VirTex checkpoint, the torch-hub backbone, torchvision `.pth`,
     /// safetensors or burnpack (detected from the file); or a released name (`virtex weights
     /// list`, e.g. `bicaptioning_R_50_L1_H2048`), taken from the weights cache and downloaded
-    /// first if absent.
+    /// first if absent; or one checkpoint directory or a run's newest checkpoint (`--run`
+    /// evaluates them all).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// A training run directory (`pretrain_coco --run-dir`): evaluate each of its
@@ -207,7 +208,7 @@ impl EvalVoc07Args {
         // A released name is resolved (and possibly downloaded) only once the splits are known
         // to be readable; the cached file it names is then checked against --out like any input.
         let weights = {
-            let resolved = resolve_weights(&weights)?;
+            let resolved = resolve_model_file(&weights)?;
             if let (Some(out), true) = (&self.out, resolved != weights) {
                 check_output(out, &[resolved.as_path()])?;
             }

@@ -10,15 +10,16 @@ use virtex_backbone::WeightsFormat;
 use crate::checks::check_output;
 use crate::error::CliError;
 use crate::features::load_backbone;
-use crate::weights::resolve_weights;
+use crate::model_paths::resolve_model_file;
 
 /// Arguments of `virtex export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Backbone weights: anything `virtex features --weights` accepts (an official VirTex
-    /// checkpoint, the VirTex hub backbone, our `model.safetensors` or a training checkpoint's,
-    /// torchvision `.pth` / safetensors, burnpack), or a released name (`virtex weights list`),
-    /// taken from the weights cache and downloaded first if absent.
+    /// checkpoint, the VirTex hub backbone, our `model.safetensors`, torchvision `.pth` /
+    /// safetensors, burnpack) or a training checkpoint directory (its `model.safetensors`); or
+    /// a released name (`virtex weights list`), taken from the weights cache and downloaded
+    /// first if absent.
     #[arg(long)]
     pub weights: PathBuf,
     /// Force the weights format instead of detecting it: pytorch | safetensors | burnpack.
@@ -52,7 +53,7 @@ impl ExportArgs {
         check_output(&self.out, &[self.weights.as_path()])?;
         // A released name is resolved (and possibly downloaded) only once the cheap checks have
         // passed; the cached file it names is then checked against --out like any input.
-        let weights = resolve_weights(&self.weights)?;
+        let weights = resolve_model_file(&self.weights)?;
         if weights != self.weights {
             check_output(&self.out, &[weights.as_path()])?;
         }

@@ -15,7 +15,7 @@ use crate::checks::{
     max_image_pixels_parser, positive_count_parser,
 };
 use crate::error::CliError;
-use crate::weights::resolve_weights;
+use crate::model_paths::resolve_model_file;
 
 /// Arguments of `virtex features`.
 #[derive(Debug, Args)]
@@ -23,7 +23,8 @@ pub struct FeaturesArgs {
     /// Backbone weights: torchvision `.pth`, safetensors, the VirTex hub backbone, a full VirTex
     /// checkpoint, or burnpack (the kind is detected from the file); or a released name
     /// (`virtex weights list`, e.g. `bicaptioning_R_50_L1_H2048`), taken from the weights cache
-    /// and downloaded first if absent.
+    /// and downloaded first if absent; or a checkpoint directory (its `model.safetensors`) or
+    /// a training run directory (its newest checkpoint).
     #[arg(long)]
     pub weights: PathBuf,
     /// Force the weights format instead of detecting it: pytorch | safetensors | burnpack.
@@ -197,7 +198,7 @@ impl FeaturesArgs {
         let files = collect_image_files(&self.images)?;
         // A released name is resolved (and possibly downloaded) only once the cheap checks have
         // passed; the cached file it names is then checked against --out like any input.
-        let weights = resolve_weights(&self.weights)?;
+        let weights = resolve_model_file(&self.weights)?;
         if weights != self.weights {
             check_output(&self.out, &[weights.as_path()])?;
         }

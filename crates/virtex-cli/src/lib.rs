@@ -12,6 +12,10 @@
 //!   HTML gallery.
 //! - [`TrainTokenizerArgs`], [`TokenizeArgs`]: a SentencePiece-compatible BPE vocabulary from
 //!   COCO captions; encoding and decoding with it.
+//! - [`EvalLinearArgs`]: `virtex eval-linear`, upstream's linear probe (frozen CNN, new `fc`,
+//!   SGD 0.3 cosine; or `--fine-tune`, or `--quick` on features extracted once) on ImageNet,
+//!   iNaturalist 2018 or an image folder, with checkpoints and exact `--resume`
+//!   ([`virtex_train::linear_probe`]).
 //! - [`EvalVoc07Args`], [`EvalCaptionsArgs`]: PASCAL VOC07 linear-SVM mAP of a backbone, and
 //!   CIDEr-D / BLEU (and SPICE, with Java and Stanford's jar) of predicted captions.
 //!   `eval-voc07 --run RUN [--watch]` evaluates every checkpoint of a training run, resumably,
@@ -61,6 +65,8 @@ mod error;
 mod eval_commands;
 mod export_command;
 mod features;
+mod linear_command;
+mod model_paths;
 mod tokenizer_commands;
 mod voc07_sweep;
 mod weights;
@@ -76,6 +82,7 @@ pub use features::{
     extract_features, load_backbone, progress_bar, write_features, FeatureKind, FeatureMatrix,
     FeaturesArgs,
 };
+pub use linear_command::{EvalLinearArgs, ProbeDataset};
 pub use tokenizer_commands::{CaptionsFormat, TokenizeArgs, TrainTokenizerArgs};
 pub use voc07_sweep::{Voc07Best, Voc07Record, Voc07Settings, BEST_FILE, RECORDS_FILE};
 pub use weights::{
@@ -115,6 +122,9 @@ pub enum Command {
     EvalVoc07(EvalVoc07Args),
     /// CIDEr-D and BLEU of predicted captions against COCO annotations.
     EvalCaptions(EvalCaptionsArgs),
+    /// Linear classification (ImageNet, iNaturalist 2018, any image folder) of a frozen
+    /// backbone as upstream's clf_linear.py trains it, or fine-tuning with --fine-tune.
+    EvalLinear(EvalLinearArgs),
     /// Released VirTex checkpoints: list them, or download one into the cache (resumable,
     /// SHA-256 recorded and verified; mirror with VIRTEX_WEIGHTS_MIRROR).
     Weights(WeightsArgs),
@@ -134,6 +144,7 @@ impl Command {
             Command::Tokenize(args) => args.run().map_err(CliError::from),
             Command::EvalVoc07(args) => args.run(),
             Command::EvalCaptions(args) => args.run(),
+            Command::EvalLinear(args) => args.run(),
             Command::Weights(args) => args.run(),
             Command::Export(args) => args.run(),
         }

@@ -96,6 +96,27 @@ fn torchvision_export_holds_the_weights() {
 }
 
 #[test]
+fn a_checkpoint_directory_exports_its_model() {
+    let directory = tempfile::tempdir().unwrap();
+    let checkpoint = directory.path().join("checkpoint_00000007");
+    std::fs::create_dir(&checkpoint).unwrap();
+    let (model, _) = weights(&checkpoint);
+    std::fs::rename(
+        checkpoint.join("resnet18.safetensors"),
+        checkpoint.join("model.safetensors"),
+    )
+    .unwrap();
+    let out = directory.path().join("from_checkpoint.pth");
+    let output = export(&checkpoint, "torchvision", &out);
+    assert!(output.status.success(), "{output:?}");
+    assert_holds_model(&out, &model, str::to_string);
+    // Never inside the checkpoint.
+    let inside = checkpoint.join("export.pth");
+    assert!(!export(&checkpoint, "torchvision", &inside).status.success());
+    assert!(!inside.exists());
+}
+
+#[test]
 fn detectron2_export_has_detectron2_names() {
     let directory = tempfile::tempdir().unwrap();
     let (model, weights) = weights(directory.path());

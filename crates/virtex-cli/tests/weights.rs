@@ -520,3 +520,114 @@ fn the_command_line_fetches_and_lists() {
         "{stderr}"
     );
 }
+
+/// A released name works wherever a model path is taken: the mirror serves a real (tiny)
+/// VirTex checkpoint under the released file name; `caption --checkpoint NAME` downloads it
+/// into the cache and captions; `features --weights NAME` (a ResNet-18 behind the name)
+/// downloads once and then uses the cached, verified file, and `features --weights
+/// RUN_DIR` takes a run's newest checkpoint.
+#[test]
+fn released_names_and_run_directories_work_where_a_model_path_is_taken() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let checkpoint = workspace.join("crates/virtex/tests/fixtures/bicaptioning_tiny.pth");
+    let server = Server::start(std::fs::read(&checkpoint).unwrap());
+    let directory = tempfile::tempdir().unwrap();
+    let cache = directory.path().join("cache");
+    let run = |args: &[&std::ffi::OsStr]| {
+        Process::new(env!("CARGO_BIN_EXE_virtex"))
+            .args(args)
+            .env("VIRTEX_CACHE_DIR", &cache)
+            .env("VIRTEX_WEIGHTS_MIRROR", &server.base_url)
+            .output()
+            .unwrap()
+    };
+    let vocab = directory.path().join("vocab.json");
+    let trained = run(&[
+        "train-tokenizer".as_ref(),
+        "--captions".as_ref(),
+        workspace
+            .join("crates/virtex-data/sample/annotations/captions_train2017.json")
+            .as_os_str(),
+        "--vocab-size".as_ref(),
+        "50".as_ref(),
+        "--out".as_ref(),
+        vocab.as_os_str(),
+    ]);
+    assert!(trained.status.success(), "{trained:?}");
+    let images = workspace.join("crates/virtex-data/sample/val2017");
+    let captioned = run(&[
+        "caption".as_ref(),
+        "--checkpoint".as_ref(),
+        NAME.as_ref(),
+        "--vocab".as_ref(),
+        vocab.as_os_str(),
+        "--images".as_ref(),
+        images.as_os_str(),
+        "--attention-heads".as_ref(),
+        "2".as_ref(),
+        "--greedy".as_ref(),
+        "--short-side".as_ref(),
+        "64".as_ref(),
+        "--crop".as_ref(),
+        "64".as_ref(),
+    ]);
+    assert!(captioned.status.success(), "{captioned:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&captioned.stdout).lines().count(),
+        3
+    );
+    assert_eq!(server.requests().len(), 1, "downloaded once");
+    assert!(cache.join(format!("{NAME}.pth.sha256")).is_file());
+
+    // The same name with a (random) ResNet-18 behind it, from a second mirror into a second
+    // cache (the test server serves one file name only).
+    let backbone_cache = directory.path().join("cache2");
+    let backbone = directory.path().join("resnet18.safetensors");
+    virtex_backbone::ResNetConfig::resnet18()
+        .init::<burn::backend::Flex>(&Default::default())
+        .save_torchvision_safetensors(&backbone)
+        .unwrap();
+    let backbone_server = Server::start(std::fs::read(&backbone).unwrap());
+    let features = |weights: &std::ffi::OsStr, out: &Path| {
+        let output = Process::new(env!("CARGO_BIN_EXE_virtex"))
+            .args(["features", "--arch", "resnet18", "--pooled"])
+            .args(["--short-side", "64", "--crop", "64", "--weights"])
+            .arg(weights)
+            .arg("--images")
+            .arg(&images)
+            .arg("--out")
+            .arg(out)
+            .env("VIRTEX_CACHE_DIR", &backbone_cache)
+            .env("VIRTEX_WEIGHTS_MIRROR", &backbone_server.base_url)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        std::fs::read(out).unwrap()
+    };
+    let by_name = features(NAME.as_ref(), &directory.path().join("by_name.safetensors"));
+    let again = features(NAME.as_ref(), &directory.path().join("again.safetensors"));
+    assert_eq!(by_name, again);
+    assert_eq!(
+        backbone_server.requests().len(),
+        1,
+        "the cached file is used"
+    );
+    let by_file = features(
+        backbone.as_os_str(),
+        &directory.path().join("by_file.safetensors"),
+    );
+    assert_eq!(by_name, by_file);
+
+    // A run directory: its newest complete checkpoint.
+    let run_dir = directory.path().join("run");
+    for name in ["checkpoint_00000001", "checkpoint_00000002"] {
+        std::fs::create_dir_all(run_dir.join(name)).unwrap();
+        std::fs::copy(&backbone, run_dir.join(name).join("model.safetensors")).unwrap();
+        std::fs::write(run_dir.join(name).join("state.json"), "{}").unwrap();
+    }
+    let by_run = features(
+        run_dir.as_os_str(),
+        &directory.path().join("by_run.safetensors"),
+    );
+    assert_eq!(by_run, by_file);
+}

@@ -28,6 +28,7 @@ pub mod config;
 pub mod data_parallel;
 mod error;
 mod factories;
+pub mod linear_probe;
 pub mod metrics;
 mod pretext;
 pub mod run_dir;

@@ -8,7 +8,8 @@
 //!   for as long as it runs; a second process on the same directory is refused with the first
 //!   one's process id.
 //! - [`results_in`]: what a finished or killed run left (config, metrics, plot, backbone,
-//!   checkpoints); a new run refuses such a directory instead of overwriting it.
+//!   sample captions, TensorBoard event files, `init_from.json`, checkpoints); a new run refuses
+//!   such a directory instead of overwriting it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, Write};
@@ -23,11 +24,14 @@ pub const LOCK_FILE: &str = ".lock";
 
 /// The files a run writes into its directory besides checkpoints. A directory holding any of
 /// them (or a checkpoint) belongs to a run.
-pub const RESULT_FILES: [&str; 4] = [
+pub const RESULT_FILES: [&str; 7] = [
     "config.json",
     "metrics.jsonl",
     "loss.png",
     "backbone.safetensors",
+    "samples.html",
+    "samples",
+    "init_from.json",
 ];
 
 /// Creates and returns a new directory `parent/stem`, or `parent/stem-2`, `parent/stem-3`, …
@@ -77,6 +81,13 @@ pub fn results_in(run_dir: &Path) -> Result<Vec<String>, TrainError> {
         .filter(|name| run_dir.join(name).exists())
         .map(|name| name.to_string())
         .collect();
+    // TensorBoard merges every event file of a directory: a new run beside an old one's would
+    // draw both runs as one.
+    found.extend(
+        crate::tensorboard::event_files(run_dir)?
+            .into_iter()
+            .filter_map(|path| Some(path.file_name()?.to_string_lossy().into_owned())),
+    );
     found.extend(list_checkpoints(run_dir)?.into_iter().map(|(_, path)| {
         path.file_name()
             .map_or_else(String::new, |name| name.to_string_lossy().into_owned())
@@ -197,5 +208,12 @@ mod tests {
         assert!(results_in(dir.path()).unwrap().is_empty());
         std::fs::write(dir.path().join("loss.png"), "png").unwrap();
         assert_eq!(results_in(dir.path()).unwrap(), ["loss.png"]);
+        let events = "events.out.tfevents.1.host.virtex";
+        std::fs::write(dir.path().join(events), "").unwrap();
+        std::fs::create_dir(dir.path().join("samples")).unwrap();
+        assert_eq!(
+            results_in(dir.path()).unwrap(),
+            ["loss.png", "samples", events]
+        );
     }
 }

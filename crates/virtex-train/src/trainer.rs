@@ -617,6 +617,11 @@ where
             MetricsLog::truncate_after(&run_dir, iteration)?;
             // The same for TensorBoard, whose events of those iterations would be drawn twice.
             tensorboard::truncate_after(&run_dir, iteration)?;
+            // And the samples page, rebuilt from the truncated log, so it never shows
+            // captions of iterations this run replays.
+            if run_dir.join(crate::samples::SAMPLES_PAGE).exists() {
+                write_samples_page(&run_dir)?;
+            }
         }
         let metrics = MetricsLog::open(&run_dir)?;
         let events = EventWriter::create(&run_dir)?;

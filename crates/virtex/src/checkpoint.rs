@@ -291,7 +291,6 @@ impl OfficialFile {
         Ok(config)
     }
 
-    /// Loads every part of `model` from the tensors read once, through [`SECTIONS`].
     /// Loads the keys `cnn_keys` (the backbone's section) into the model's CNN, strictly.
     fn load_cnn<B: Backend>(
         &self,
@@ -392,6 +391,7 @@ impl OfficialFile {
         Ok(report)
     }
 
+    /// Loads every part of `model` from the tensors read once, through [`SECTIONS`].
     fn load<B: Backend>(&self, model: &mut CaptioningModel<B>) -> Result<ImportReport> {
         let has_backward = !self
             .indices("backward_textual.transformer.layers.")
