@@ -191,20 +191,9 @@ fn file_safe(text: &str) -> String {
     }
 }
 
-/// `text` escaped for HTML text and attribute values.
+/// `text` escaped for HTML text and attribute values (`& < > " '`).
 fn html_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            _ => escaped.push(c),
-        }
-    }
-    escaped
+    html_escape::encode_quoted_attribute(text).into_owned()
 }
 
 /// A relative link from path segments (names from [`file_safe`], URL-safe as they are).
@@ -388,7 +377,7 @@ mod tests {
         assert_eq!(file_safe(""), "_");
         assert_eq!(
             html_escape("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#x27;"
         );
     }
 

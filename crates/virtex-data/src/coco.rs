@@ -293,6 +293,12 @@ impl CocoCaptions {
         self.images.get(index)
     }
 
+    /// The images, for the data-efficiency subsets of [`crate::CaptionSource`], which drop
+    /// images and captions in place.
+    pub(crate) fn images_mut(&mut self) -> &mut Vec<CaptionedImage> {
+        &mut self.images
+    }
+
     /// Images skipped while loading (only with `skip_bad_images`).
     pub fn skipped(&self) -> &[SkippedImage] {
         &self.skipped

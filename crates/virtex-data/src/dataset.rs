@@ -1,15 +1,18 @@
 //! The captioning dataset: one image visit → transformed image, caption and tokens (upstream
 //! `CaptioningDataset.__getitem__`).
+//!
+//! Also the data-efficiency subsets of a [`CaptionSource`] ([`ImageSubset`], captions per
+//! image): the paper's "fewer images" and "one caption vs five" runs.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::coco::{ImageDirectory, ImageId};
+use crate::coco::{CaptionedImage, ImageDirectory, ImageId};
 use crate::error::{DataError, Result};
 use crate::image_io::load_image;
 use crate::plain_captions::CaptionSource;
-use crate::rng::SampleRng;
+use crate::rng::{mix_seed, SampleRng};
 use crate::tokenizer::{CaptionTokens, SentencePieceBpeTokenizer, MAX_CAPTION_LENGTH};
 use crate::transforms::{ImageTransforms, TransformedImage};
 
@@ -90,6 +93,21 @@ impl CaptioningDataset {
             ));
         }
         self.max_caption_length = max;
+        Ok(self)
+    }
+
+    /// Keeps only the training images `subset` selects, drawn with `seed` (the rule is
+    /// [`CaptionSource::with_image_subset`]'s).
+    pub fn with_image_subset(mut self, subset: ImageSubset, seed: u64) -> Result<Self> {
+        let source = Arc::unwrap_or_clone(self.source);
+        self.source = Arc::new(source.with_image_subset(subset, seed)?);
+        Ok(self)
+    }
+
+    /// Keeps the first `k` captions of every image ([`CaptionSource::with_captions_per_image`]).
+    pub fn with_captions_per_image(mut self, k: usize) -> Result<Self> {
+        let source = Arc::unwrap_or_clone(self.source);
+        self.source = Arc::new(source.with_captions_per_image(k)?);
         Ok(self)
     }
 
@@ -190,4 +208,150 @@ pub fn load_directory_image(
     let mut rng = SampleRng::for_sample(0, 0, index as u64);
     let image = transforms.try_apply_image(&image, &mut rng, Some(path))?;
     Ok((id.clone(), image))
+}
+
+/// Most captions per image [`CaptionSource::with_captions_per_image`] keeps: COCO gives every
+/// image five (a few have six or seven), and the paper's experiments range over one to five.
+pub const MAX_CAPTIONS_PER_IMAGE: usize = 5;
+
+/// Domain separator of the subset draw, so it shares no stream with the loader's shuffles and
+/// per-sample draws even when `subset_seed` equals the run's seed.
+const STREAM_SUBSET: u64 = 0x5355_4253; // "SUBS"
+
+/// Which training images a data-efficiency run keeps (the paper's "fewer images" runs).
+///
+/// The selection ([`ImageSubset::select`]) is nested: for one seed, the images of a smaller
+/// fraction or count are all among those of a larger one.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum ImageSubset {
+    /// Every image (the default).
+    #[default]
+    All,
+    /// `round(f · N)` of the `N` images (halves round up), at least one; `0 < f ≤ 1`.
+    Fraction(f64),
+    /// This many images; at least 1 and at most `N`.
+    Count(usize),
+}
+
+impl ImageSubset {
+    /// A fraction of the images, checked: finite and in `(0, 1]`.
+    pub fn fraction(fraction: f64) -> Result<Self> {
+        if fraction.is_finite() && fraction > 0.0 && fraction <= 1.0 {
+            Ok(Self::Fraction(fraction))
+        } else {
+            Err(DataError::config(
+                "image_fraction",
+                format!("{fraction} is not in (0, 1] (e.g. 0.1 keeps 10 % of the images)"),
+            ))
+        }
+    }
+
+    /// A number of images, checked: at least 1 (the upper bound is the source's size, checked
+    /// by [`ImageSubset::kept`]).
+    pub fn count(count: usize) -> Result<Self> {
+        if count == 0 {
+            return Err(DataError::config(
+                "image_count",
+                "0 images: keep at least 1",
+            ));
+        }
+        Ok(Self::Count(count))
+    }
+
+    /// How many of `total` images the subset keeps.
+    pub fn kept(self, total: usize) -> Result<usize> {
+        match self {
+            Self::All => Ok(total),
+            Self::Fraction(fraction) => {
+                Self::fraction(fraction)?;
+                // `f64::round` rounds halves away from zero: up, for these positive values.
+                let kept = (fraction * total as f64).round() as usize;
+                Ok(kept.max(1).min(total))
+            }
+            Self::Count(count) => {
+                Self::count(count)?;
+                if count > total {
+                    return Err(DataError::config(
+                        "image_count",
+                        format!("{count} images requested, but there are only {total}"),
+                    ));
+                }
+                Ok(count)
+            }
+        }
+    }
+
+    /// The dataset indices the subset keeps, ascending, of images with these `ids` (in dataset
+    /// order):
+    ///
+    /// 1. order the images by image id ([`ImageId`]'s order; ties, which loaded sources do not
+    ///    have, by dataset index);
+    /// 2. shuffle that list (Fisher–Yates, [`SampleRng::shuffle`]) with the generator
+    ///    `SampleRng::seed_from_u64(mix(STREAM_SUBSET, seed))`;
+    /// 3. keep its first [`ImageSubset::kept`] images;
+    /// 4. return them in dataset order.
+    ///
+    /// Sorting first makes the choice a function of the set of ids and the seed, not of the
+    /// order of the annotation file; taking a prefix of one permutation makes subsets nested.
+    pub fn select(self, ids: &[ImageId], seed: u64) -> Result<Vec<usize>> {
+        let kept = self.kept(ids.len())?;
+        if kept == ids.len() {
+            return Ok((0..ids.len()).collect());
+        }
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by(|&a, &b| ids[a].cmp(&ids[b]).then(a.cmp(&b)));
+        SampleRng::seed_from_u64(mix_seed(&[STREAM_SUBSET, seed])).shuffle(&mut order);
+        order.truncate(kept);
+        order.sort_unstable();
+        Ok(order)
+    }
+}
+
+impl CaptionSource {
+    /// Keeps only the images `subset` selects with `seed` ([`ImageSubset::select`]: by image
+    /// id, a seeded permutation, its first `round(f · N)` or `count` images), in their original
+    /// order, so that [`ImageSubset::All`] or a fraction of 1 leaves the dataset, and the
+    /// loader's stream over it, exactly as it was. Meant for the training split.
+    pub fn with_image_subset(mut self, subset: ImageSubset, seed: u64) -> Result<Self> {
+        let images = self.images_mut();
+        let ids: Vec<ImageId> = images.iter().map(|image| image.image_id.clone()).collect();
+        let keep = subset.select(&ids, seed)?;
+        if keep.len() < images.len() {
+            let mut keep = keep.into_iter().peekable();
+            let mut index = 0;
+            images.retain(|_| {
+                let kept = keep.next_if_eq(&index).is_some();
+                index += 1;
+                kept
+            });
+        }
+        Ok(self)
+    }
+
+    /// Keeps the first `k` captions of every image, in annotation-file (or line) order; an
+    /// image with fewer keeps all of its captions. `k` is 1 to [`MAX_CAPTIONS_PER_IMAGE`].
+    ///
+    /// The first `k` rather than a seeded draw: the choice is then a property of the annotation
+    /// file alone, the same whatever the seeds, and nested in `k` (the one-caption set is inside
+    /// the two-caption set), so "one caption vs five" differ only in the number of captions.
+    pub fn with_captions_per_image(mut self, k: usize) -> Result<Self> {
+        if !(1..=MAX_CAPTIONS_PER_IMAGE).contains(&k) {
+            return Err(DataError::config(
+                "captions_per_image",
+                format!("{k} is not in 1 to {MAX_CAPTIONS_PER_IMAGE}"),
+            ));
+        }
+        for image in self.images_mut() {
+            image.captions.truncate(k);
+        }
+        Ok(self)
+    }
+
+    /// The images, to drop images or captions in place.
+    fn images_mut(&mut self) -> &mut Vec<CaptionedImage> {
+        match self {
+            Self::Coco(coco) => coco.images_mut(),
+            Self::Plain(plain) => plain.images_mut(),
+        }
+    }
 }

@@ -22,6 +22,9 @@
 //!   ([`ImageTransforms::from_names`], `random_resized_crop::{'scale': (0.08, 1.0)}`); the flip
 //!   swaps "left"/"right" in the caption ([`FlipCaption`]); [`ResizeMode`] chooses torchvision's
 //!   anti-aliased resizing (default) or upstream's OpenCV resizing, bit for bit.
+//! - Data efficiency: [`CaptionSource::with_image_subset`] keeps a seeded, nested subset of the
+//!   images ([`ImageSubset`]: a fraction or a count), [`CaptionSource::with_captions_per_image`]
+//!   the first `k` captions of each.
 //! - Batches: [`CaptioningDataset`] → [`DataLoader`] → [`CollatedBatch`] →
 //!   [`Batch`] `{ images [B,3,H,W], caption_tokens [B,T], noitpac_tokens [B,T], caption_lengths [B] }`.
 //! - Sample data: [`sample_data_root`], [`sample_vocab_path`].
@@ -54,6 +57,7 @@ mod dataset;
 mod error;
 mod image_files;
 mod image_io;
+mod instances;
 mod loader;
 mod opencv_resize;
 mod plain_captions;
@@ -71,12 +75,16 @@ pub use coco::{
     SkippedImage, Split, IMAGE_EXTENSIONS,
 };
 pub use collate::{collate, collate_images, collate_padded, Batch, CollatedBatch, ImageBatch};
-pub use dataset::{load_directory_image, CaptionChoice, CaptioningDataset, CaptioningSample};
+pub use dataset::{
+    load_directory_image, CaptionChoice, CaptioningDataset, CaptioningSample, ImageSubset,
+    MAX_CAPTIONS_PER_IMAGE,
+};
 pub use error::{CaptionLineProblem, DataError, Result};
 pub use image_files::{collect_image_files, load_image_batch};
 pub use image_io::{
     decode_image, decode_image_with_limits, image_limits, load_image, set_image_limits, ImageLimits,
 };
+pub use instances::CocoInstances;
 pub use loader::{BatchIter, DataLoader, LoaderConfig, LoaderPosition};
 pub use plain_captions::{
     read_plain_captions, CaptionSource, PlainCaptions, PlainFormat, PlainOptions,

@@ -96,6 +96,25 @@ pub struct DataConfig {
     /// against the tokenizer, pads captions with it and builds the model with it.
     #[serde(default)]
     pub padding_index: u32,
+    /// Data efficiency (the paper's "fewer images" runs): train on this fraction of the
+    /// training images, `0 < f ≤ 1`; `null` = every image. At most one of this and
+    /// `image_count`. The images are `virtex_data::ImageSubset::select`'s: ordered by image id,
+    /// shuffled with `subset_seed`, the first `round(f · N)` (at least one) kept, in their
+    /// original order. Validation always uses the whole validation split.
+    #[serde(default)]
+    pub image_fraction: Option<f64>,
+    /// Data efficiency: train on this many training images (the same rule as
+    /// `image_fraction`); `null` = every image.
+    #[serde(default)]
+    pub image_count: Option<usize>,
+    /// Data efficiency ("one caption vs five"): keep the first `k` captions of each training
+    /// image in annotation-file order, 1 to 5 (images with fewer keep all); `null` = all.
+    #[serde(default)]
+    pub captions_per_image: Option<usize>,
+    /// Seed of the image subset, separate from `random_seed` so that runs with different
+    /// seeds can train on the same images.
+    #[serde(default)]
+    pub subset_seed: u64,
 }
 
 /// Where [`DataConfig`] reads captions from (`data.format`).
@@ -144,6 +163,54 @@ impl DataConfig {
                 ))),
                 None => Ok(()),
             },
+        }
+    }
+
+    /// Checks the data-efficiency keys: at most one of `data.image_fraction` and
+    /// `data.image_count`, a fraction in `(0, 1]`, a count of at least 1, and
+    /// `data.captions_per_image` from 1 to 5. (A count above the number of training images is
+    /// refused when the split is read.)
+    pub fn validate_subset(&self) -> Result<(), TrainError> {
+        let fail = |message: String| Err(TrainError::Config(message));
+        if let (Some(fraction), Some(count)) = (self.image_fraction, self.image_count) {
+            return fail(format!(
+                "data.image_fraction ({fraction}) and data.image_count ({count}) are both set: \
+                 set at most one (a fraction of the training images, or a number of them)"
+            ));
+        }
+        if let Some(fraction) = self.image_fraction {
+            if !(fraction.is_finite() && fraction > 0.0 && fraction <= 1.0) {
+                return fail(format!(
+                    "data.image_fraction must be in (0, 1], e.g. 0.1 for 10 % of the training \
+                     images (or null for all); it is {fraction}"
+                ));
+            }
+        }
+        if self.image_count == Some(0) {
+            return fail(
+                "data.image_count must be at least 1 (or null for every training image); it is 0"
+                    .into(),
+            );
+        }
+        if let Some(k) = self.captions_per_image {
+            let most = virtex_data::MAX_CAPTIONS_PER_IMAGE;
+            if !(1..=most).contains(&k) {
+                return fail(format!(
+                    "data.captions_per_image must be 1 to {most} (or null for every caption); \
+                     it is {k}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The training images `data.image_fraction` / `data.image_count` keep (unchecked: see
+    /// [`DataConfig::validate_subset`]).
+    pub fn image_subset(&self) -> virtex_data::ImageSubset {
+        match (self.image_fraction, self.image_count) {
+            (Some(fraction), _) => virtex_data::ImageSubset::Fraction(fraction),
+            (None, Some(count)) => virtex_data::ImageSubset::Count(count),
+            (None, None) => virtex_data::ImageSubset::All,
         }
     }
 
@@ -361,6 +428,10 @@ impl PretrainConfig {
                 captions_train: None,
                 captions_val: None,
                 image_root: None,
+                image_fraction: None,
+                image_count: None,
+                captions_per_image: None,
+                subset_seed: 0,
             },
             model: ModelConfig {
                 name: "bicaptioning".into(),
@@ -678,6 +749,7 @@ impl PretrainConfig {
             );
         }
         self.data.validate_format()?;
+        self.data.validate_subset()?;
         if !["random", "first"].contains(&self.data.caption_choice.as_str()) {
             return fail(format!(
                 "data.caption_choice `{}`: expected random or first",

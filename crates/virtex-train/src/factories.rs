@@ -8,8 +8,8 @@ use burn::prelude::*;
 use virtex::{CaptioningModel, CaptioningModelConfig};
 use virtex_data::{
     CaptionChoice, CaptionSource, CaptioningDataset, CocoCaptions, CocoOptions, DataError,
-    DataLoader, FlipCaption, ImageTransforms, LoaderConfig, PlainCaptions, PlainOptions,
-    SentencePieceBpeTokenizer, Split,
+    DataLoader, FlipCaption, ImageSubset, ImageTransforms, LoaderConfig, PlainCaptions,
+    PlainOptions, SentencePieceBpeTokenizer, Split,
 };
 use virtex_optim::{
     GroupRule, GroupedOptimizerConfig, LookaheadConfig, LrDecay, LrScheduleConfig,
@@ -317,6 +317,62 @@ impl<'a> Loaders<'a> {
         Ok(PlainCaptions::load(file, &options)?.into())
     }
 
+    /// The training images and captions `data.image_fraction` / `data.image_count` and
+    /// `data.captions_per_image` keep, logged on stderr (kept / total) when either is set.
+    fn training_subset(&self, images: CaptionSource) -> Result<CaptionSource, TrainError> {
+        let data = &self.config.data;
+        let subset = data.image_subset();
+        if subset == ImageSubset::All && data.captions_per_image.is_none() {
+            return Ok(images);
+        }
+        let (total_images, total_captions) = (images.len(), images.captions().count());
+        if let ImageSubset::Count(count) = subset {
+            if count > total_images {
+                return Err(TrainError::Config(format!(
+                    "data.image_count is {count} but the training split `{}` has only \
+                     {total_images} images",
+                    images.annotations_path().display()
+                )));
+            }
+        }
+        let config_error = |key: &str, err: DataError| TrainError::Config(format!("{key}: {err}"));
+        let mut images = images
+            .with_image_subset(subset, data.subset_seed)
+            .map_err(|err| config_error("data.image_fraction / data.image_count", err))?;
+        if let Some(k) = data.captions_per_image {
+            images = images
+                .with_captions_per_image(k)
+                .map_err(|err| config_error("data.captions_per_image", err))?;
+        }
+        let rule = match subset {
+            ImageSubset::All => "every image".to_string(),
+            ImageSubset::Fraction(fraction) => {
+                format!(
+                    "data.image_fraction={fraction}, data.subset_seed={}",
+                    data.subset_seed
+                )
+            }
+            ImageSubset::Count(count) => {
+                format!(
+                    "data.image_count={count}, data.subset_seed={}",
+                    data.subset_seed
+                )
+            }
+        };
+        let per_image = data
+            .captions_per_image
+            .map_or("every caption".to_string(), |k| {
+                format!("data.captions_per_image={k}")
+            });
+        eprintln!(
+            "data efficiency: training on {} of {total_images} images ({rule}) and {} of \
+             {total_captions} captions ({per_image})",
+            images.len(),
+            images.captions().count(),
+        );
+        Ok(images)
+    }
+
     fn loader(
         &self,
         split: Split,
@@ -330,6 +386,12 @@ impl<'a> Loaders<'a> {
             _ => CaptionChoice::Random,
         };
         let images = self.captions(split)?;
+        // Only the training split is subset: validation losses stay comparable across the
+        // data-efficiency runs.
+        let images = match split {
+            Split::Train => self.training_subset(images)?,
+            Split::Val => images,
+        };
         let micro_batch = config.optim.batch_size / config.optim.accumulation_steps;
         if drop_last && images.len() < micro_batch {
             // Said here in the config's own keys; the loader would name its internal field.

@@ -14,19 +14,10 @@ use virtex_train::checkpoint::{latest_checkpoint, list_checkpoints};
 use virtex_train::metrics::MetricsLog;
 use virtex_train::{ModelSource, PretrainConfig, RunOptions, RunSummary, TrainError, Trainer};
 
-use common::tiny_config;
+use common::{exclusive, tiny_config};
 
 type B = Autodiff<Flex>;
 type Model = CaptioningModel<B>;
-
-/// burn's CPU backend has one process-wide RNG: one test at a time.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    BACKEND_RNG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn start(options: RunOptions) -> Result<Trainer<B, Model>, TrainError> {
     Trainer::<B, Model>::start(options, vec![Default::default()], Arc::default())

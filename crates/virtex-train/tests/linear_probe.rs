@@ -2,6 +2,10 @@
 //! photographs whose two classes are separable by colour: the sample photographs tinted red
 //! and tinted blue.
 
+mod common;
+
+use common::exclusive;
+
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
@@ -14,15 +18,6 @@ use virtex_train::linear_probe::{
 };
 
 type B = Autodiff<Flex>;
-
-/// burn's CPU backend has one process-wide RNG: each test holds this for its whole body.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    BACKEND_RNG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn sample_photos() -> Vec<PathBuf> {
     let root = virtex_data::sample_data_root();

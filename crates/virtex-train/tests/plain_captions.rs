@@ -17,19 +17,9 @@ use virtex_data::sample_data_root;
 use virtex_train::config::DataFormat;
 use virtex_train::{PretrainConfig, RunOptions, RunSummary};
 
-use common::tiny_config;
+use common::{exclusive, tiny_config};
 
 type B = Autodiff<Flex>;
-
-/// burn's CPU backend has one process-wide RNG (initialisation and dropout draw from it): the
-/// runs of this file must not interleave.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    BACKEND_RNG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn train(config: PretrainConfig) -> RunSummary {
     let run_dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,10 @@
 //! optimizer keeps f32 master weights under bf16 compute, and a short run trains and validates
 //! with finite losses that start where f32 starts.
 
+mod common;
+
+use common::exclusive;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,16 +25,6 @@ use virtex_train::{RunOptions, RunSummary, Trainer};
 
 type B = Autodiff<Flex>;
 type Model = CaptioningModel<B>;
-
-/// burn's CPU backend has one process-wide RNG (initialisation and dropout draw from it); each
-/// test holds this for its whole body so parallel tests do not interleave their draws.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    BACKEND_RNG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 #[test]
 fn command_line_and_config_select_the_precision() {

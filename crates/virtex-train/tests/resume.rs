@@ -18,7 +18,7 @@ use virtex_train::{
     RunSummary,
 };
 
-use common::tiny_config;
+use common::{exclusive, tiny_config};
 
 type B = Autodiff<Flex>;
 
@@ -33,17 +33,6 @@ fn options(
         stop_after,
         ..RunOptions::new(config, run_dir)
     }
-}
-
-/// burn's CPU backend has one process-wide RNG (initialisation and dropout draw from it): tests
-/// running in parallel threads would interleave their draws, so each test holds this for its
-/// whole body.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    BACKEND_RNG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn train(options: RunOptions) -> RunSummary {

@@ -18,18 +18,9 @@ use virtex_optim::OptimizerName;
 use virtex_train::config::PrecisionChoice;
 use virtex_train::{PretrainConfig, RunOptions, RunSummary, TrainError};
 
-use common::tiny_config;
+use common::{exclusive, tiny_config};
 
 type B = Autodiff<Flex>;
-
-/// burn's CPU backend has one process-wide RNG: each test holds this for its whole body.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    BACKEND_RNG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn train_any(
     config: PretrainConfig,

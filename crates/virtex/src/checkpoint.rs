@@ -18,6 +18,12 @@
 //! | `backward_textual.*` (everything else)    | — shared with `textual`            | checked equal to the `textual.*` twin, dropped |
 //! | anything else                             | —                                  | an error: not part of a captioning model |
 //!
+//! The pretext models read the same files with their own tables:
+//! [`ClassificationModel::from_official_checkpoint`] takes `visual.cnn.*` and
+//! `textual.output.{weight,bias}` (`[V, C]` weight transposed to burn's `[C, V]`),
+//! [`MaskedLmModel::from_official_checkpoint`] takes `visual.cnn.*` and `textual.*` as above
+//! (the keys of a forward-only captioning file); any other key is an error naming it.
+//!
 //! The file is read once; each part is then loaded from the tensors in memory. Loading is
 //! strict: every tensor of the model must be present with the right shape, and any other key in
 //! the model's namespace is an error naming it (with both shapes for a shape mismatch).
@@ -34,8 +40,10 @@
 //! `textual.visual_projection.weight` as `[C, H]`, …) and the model's configuration as JSON in
 //! the metadata (`virtex.config`, with `virtex.model` = `bicaptioning` | `captioning`, which
 //! also says whether the model has a backward head), so a file rebuilds its model without any
-//! other input. Files written before the two model types became one [`CaptioningModel`] have
-//! the same layout and load unchanged.
+//! other input. The pretext models write `virtex.model` = `token_classification`,
+//! `multilabel_classification` or `masked_lm` with their own configuration. Files written
+//! before the two model types became one [`CaptioningModel`] have the same layout and load
+//! unchanged.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -43,16 +51,19 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn_store::{ModuleSnapshot, ModuleStore, SafetensorsStore, TensorSnapshot};
-use virtex_backbone::{BlockKind, ResNetConfig, WeightsFormat};
+use virtex_backbone::{BlockKind, ResNet, ResNetConfig, WeightsFormat};
 use virtex_device::{fit_snapshot, Unfit};
 use virtex_textual::{
     load_torch_decoder, load_torch_decoder_matching, load_torch_head, load_torch_head_matching,
     NormType, TextualHeadConfig,
 };
 
+use crate::classification::{ClassificationKind, ClassificationModel, ClassificationModelConfig};
 use crate::config::CaptioningModelConfig;
 use crate::error::{Result, VirtexError};
+use crate::masked_lm::{MaskedLmModel, MaskedLmModelConfig};
 use crate::model::CaptioningModel;
 
 /// Choices the tensors of an official checkpoint cannot tell.
@@ -134,7 +145,8 @@ struct OfficialFile {
 }
 
 impl OfficialFile {
-    fn read(path: &Path) -> Result<Self> {
+    /// Every tensor of a `.pth` file, each shape checked against the file's size.
+    fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> {
         if !path.is_file() {
             return Err(VirtexError::Io {
                 path: path.to_path_buf(),
@@ -145,6 +157,11 @@ impl OfficialFile {
         // when it is neither (`BackboneError::DamagedArchive` / `Unreadable`).
         let tensors = virtex_backbone::read_pytorch_snapshots(path)?;
         check_sizes(path, &tensors)?;
+        Ok(tensors)
+    }
+
+    fn read(path: &Path) -> Result<Self> {
+        let tensors = Self::read_tensors(path)?;
         let prefix = ["model.", "", "module.", "model.module."]
             .into_iter()
             .find(|prefix| tensors.contains_key(&format!("{prefix}textual.embedding.words.weight")))
@@ -294,14 +311,14 @@ impl OfficialFile {
     /// Loads the keys `cnn_keys` (the backbone's section) into the model's CNN, strictly.
     fn load_cnn<B: Backend>(
         &self,
-        model: &mut CaptioningModel<B>,
+        cnn: &mut ResNet<B>,
         cnn_keys: &[&String],
     ) -> Result<virtex_backbone::LoadReport> {
         let cnn_snapshots = cnn_keys
             .iter()
             .map(|key| self.tensors[*key].clone())
             .collect();
-        Ok(model.visual.cnn.load_state_dict(
+        Ok(cnn.load_state_dict(
             cnn_snapshots,
             Some(&format!("{}visual.cnn.", self.prefix)),
             WeightsFormat::Pytorch,
@@ -331,7 +348,7 @@ impl OfficialFile {
         found.caption_backward = model.config.caption_backward;
         check_same_architecture(&found, &model.config, &self.path)?;
 
-        let cnn = self.load_cnn(model, &self.cnn_keys())?;
+        let cnn = self.load_cnn(&mut model.visual.cnn, &self.cnn_keys())?;
         let textual_weights = |source| VirtexError::TextualWeights {
             path: self.path.clone(),
             source,
@@ -423,7 +440,7 @@ impl OfficialFile {
         }
         let part = |section: Section| parts.get(&section).map_or(&[][..], Vec::as_slice);
 
-        let cnn_report = self.load_cnn(model, part(Section::Backbone))?;
+        let cnn_report = self.load_cnn(&mut model.visual.cnn, part(Section::Backbone))?;
         let textual_weights = |source| VirtexError::TextualWeights {
             path: self.path.clone(),
             source,
@@ -664,6 +681,21 @@ fn save_ours<B: Backend, M: ModuleSnapshot<B>>(
     path: &Path,
 ) -> Result<()> {
     let kind = model_kind(config);
+    let config = serde_json::to_value(config).map_err(|err| VirtexError::Write {
+        path: path.to_path_buf(),
+        message: err.to_string(),
+    })?;
+    save_tagged(model, kind, &config, path)
+}
+
+/// Writes `model` in our format with `kind` as `virtex.model` and `config` (as JSON) as
+/// `virtex.config`.
+fn save_tagged<B: Backend, M: ModuleSnapshot<B>>(
+    model: &M,
+    kind: &str,
+    config: &serde_json::Value,
+    path: &Path,
+) -> Result<()> {
     let write_error = |message: String| VirtexError::Write {
         path: path.to_path_buf(),
         message,
@@ -684,6 +716,31 @@ fn save_ours<B: Backend, M: ModuleSnapshot<B>>(
 /// The configuration stored in a file written by `save`, with `caption_backward` from the
 /// file's kind.
 fn read_saved_config(path: &Path) -> Result<CaptioningModelConfig> {
+    let unreadable = |message: String| VirtexError::Unreadable {
+        path: path.to_path_buf(),
+        format: "virtex safetensors",
+        message,
+    };
+    let (kind, mut config) = read_saved_metadata(path)?;
+    let caption_backward = match kind.as_str() {
+        BICAPTIONING => true,
+        CAPTIONING => false,
+        other => {
+            return Err(unreadable(format!(
+                "`{KIND_KEY}` is `{other}`, expected `{BICAPTIONING}` or `{CAPTIONING}`"
+            )))
+        }
+    };
+    // Files written before the setting existed record it only as their kind.
+    if let Some(fields) = config.as_object_mut() {
+        fields.insert("caption_backward".into(), caption_backward.into());
+    }
+    serde_json::from_value(config).map_err(|err| unreadable(format!("`{CONFIG_KEY}`: {err}")))
+}
+
+/// The model kind (`virtex.model`) and the configuration (`virtex.config`, parsed) of a file
+/// written by one of the models' `save`.
+fn read_saved_metadata(path: &Path) -> Result<(String, serde_json::Value)> {
     let unreadable = |message: String| VirtexError::Unreadable {
         path: path.to_path_buf(),
         format: "virtex safetensors",
@@ -712,22 +769,10 @@ fn read_saved_config(path: &Path) -> Result<CaptioningModelConfig> {
             .and_then(|v| v.as_str())
             .ok_or_else(|| unreadable(format!("no `{key}` in the metadata (not saved by virtex?)")))
     };
-    let caption_backward = match field(KIND_KEY)? {
-        BICAPTIONING => true,
-        CAPTIONING => false,
-        other => {
-            return Err(unreadable(format!(
-                "`{KIND_KEY}` is `{other}`, expected `{BICAPTIONING}` or `{CAPTIONING}`"
-            )))
-        }
-    };
-    let mut config: serde_json::Value = serde_json::from_str(field(CONFIG_KEY)?)
+    let kind = field(KIND_KEY)?.to_string();
+    let config: serde_json::Value = serde_json::from_str(field(CONFIG_KEY)?)
         .map_err(|err| unreadable(format!("`{CONFIG_KEY}`: {err}")))?;
-    // Files written before the setting existed record it only as their kind.
-    if let Some(fields) = config.as_object_mut() {
-        fields.insert("caption_backward".into(), caption_backward.into());
-    }
-    serde_json::from_value(config).map_err(|err| unreadable(format!("`{CONFIG_KEY}`: {err}")))
+    Ok((kind, config))
 }
 
 /// The configuration in a file is read before its tensors and sizes the model that is built
@@ -735,13 +780,17 @@ fn read_saved_config(path: &Path) -> Result<CaptioningModelConfig> {
 /// sizes an allocation, which would abort the process. The model's weights, at 2 bytes each
 /// (float16, the smallest accepted), must fit in the file.
 fn check_config_fits(config: &CaptioningModelConfig, path: &Path) -> Result<()> {
+    check_weights_fit(minimum_weights(config), path)
+}
+
+/// [`check_config_fits`] for a lower bound `weights` of a model's number of weights.
+fn check_weights_fit(weights: u128, path: &Path) -> Result<()> {
     let file_length = std::fs::metadata(path)
         .map_err(|source| VirtexError::Io {
             path: path.to_path_buf(),
             source,
         })?
         .len();
-    let weights = minimum_weights(config);
     if weights.saturating_mul(2) > u128::from(file_length) {
         return Err(VirtexError::Unreadable {
             path: path.to_path_buf(),
@@ -760,12 +809,28 @@ fn check_config_fits(config: &CaptioningModelConfig, path: &Path) -> Result<()> 
 /// overflowing.
 fn minimum_weights(config: &CaptioningModelConfig) -> u128 {
     let n = |value: usize| value as u128;
-    let product = |factors: &[u128]| {
-        factors
-            .iter()
-            .fold(1u128, |total, &factor| total.saturating_mul(factor))
-    };
-    let backbone = &config.backbone;
+    let textual = &config.textual;
+    let (hidden, feedforward) = (n(textual.hidden_size), n(textual.feedforward_size));
+    // Self- and cross-attention (4 H×H each) and the two feed-forward matrices.
+    let layer = product(&[8, hidden, hidden]).saturating_add(product(&[2, hidden, feedforward]));
+    let stacks = if config.caption_backward { 2 } else { 1 };
+    backbone_minimum_weights(&config.backbone)
+        .saturating_add(product(&[n(textual.vocab_size), hidden]))
+        .saturating_add(product(&[n(textual.max_caption_length), hidden]))
+        .saturating_add(product(&[n(textual.visual_feature_size), hidden]))
+        .saturating_add(product(&[stacks, n(textual.num_layers), layer]))
+}
+
+/// The saturating product of `factors`.
+fn product(factors: &[u128]) -> u128 {
+    factors
+        .iter()
+        .fold(1u128, |total, &factor| total.saturating_mul(factor))
+}
+
+/// [`minimum_weights`] of the backbone alone (its convolution matrices).
+fn backbone_minimum_weights(backbone: &ResNetConfig) -> u128 {
+    let n = |value: usize| value as u128;
     let expansion = n(backbone.block.expansion());
     let stem = n(backbone.stem_channels);
     let mut total = product(&[stem, 3, 49]);
@@ -788,16 +853,7 @@ fn minimum_weights(config: &CaptioningModelConfig) -> u128 {
             .saturating_add(rest);
         in_channels = out;
     }
-    let textual = &config.textual;
-    let (hidden, feedforward) = (n(textual.hidden_size), n(textual.feedforward_size));
-    // Self- and cross-attention (4 H×H each) and the two feed-forward matrices.
-    let layer = product(&[8, hidden, hidden]).saturating_add(product(&[2, hidden, feedforward]));
-    let stacks = if config.caption_backward { 2 } else { 1 };
     total
-        .saturating_add(product(&[n(textual.vocab_size), hidden]))
-        .saturating_add(product(&[n(textual.max_caption_length), hidden]))
-        .saturating_add(product(&[n(textual.visual_feature_size), hidden]))
-        .saturating_add(product(&[stacks, n(textual.num_layers), layer]))
 }
 
 /// Errors on the first configuration key where `saved` and `configured` differ, ignoring the
@@ -959,6 +1015,434 @@ fn load_ours_with<B: Backend, M: ModuleSnapshot<B>>(
         });
     }
     Ok(report)
+}
+
+// --------------------------------------------------------------------------------------------
+// The pretext ablations: classification and masked LM
+// --------------------------------------------------------------------------------------------
+//
+// Their official state dicts use the same prefixes (`model.`, `module.`, …) and the same CNN
+// section as the captioning files; the table of each head:
+//
+// | model          | keys in the file                      | part of the model               |
+// |----------------|---------------------------------------|---------------------------------|
+// | classification | `visual.cnn.*`                        | `visual.cnn` (backbone's table) |
+// |                | `textual.output.weight` `[V, C]`      | `textual.output.weight` `[C, V]` (transposed) |
+// |                | `textual.output.bias` `[V]`           | `textual.output.bias`           |
+// | masked LM      | `visual.cnn.*`                        | `visual.cnn` (backbone's table) |
+// |                | `textual.*`                           | `textual` (`virtex_textual`'s table, as captioning) |
+// | both           | anything else                         | an error naming the key         |
+//
+// A masked LM file has exactly the keys of a forward-only captioning file: what a file holds
+// is the caller's claim.
+
+/// What an official import of a pretext model ([`ClassificationModel`], [`MaskedLmModel`])
+/// did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PretextImportReport {
+    /// The prefix of the model's keys in the file: `"model."`, `""` or `"module."`.
+    pub prefix: String,
+    /// Tensors applied to the CNN (parameters and BatchNorm statistics).
+    pub cnn_tensors: usize,
+    /// Tensors applied to the textual head (the tied output weight counted once).
+    pub head_tensors: usize,
+    /// Keys not loaded on purpose (`num_batches_tracked`).
+    pub ignored: usize,
+}
+
+const CLASSIFICATION_WEIGHT: &str = "textual.output.weight";
+const CLASSIFICATION_BIAS: &str = "textual.output.bias";
+const MASKED_LM: &str = "masked_lm";
+
+impl OfficialFile {
+    /// Reads a classification checkpoint: its prefix is the one under which
+    /// `textual.output.weight` and `visual.cnn.conv1.weight` both exist.
+    fn read_classification(path: &Path) -> Result<Self> {
+        let tensors = Self::read_tensors(path)?;
+        let prefix = ["model.", "", "module.", "model.module."]
+            .into_iter()
+            .find(|prefix| {
+                tensors.contains_key(&format!("{prefix}{CLASSIFICATION_WEIGHT}"))
+                    && tensors.contains_key(&format!("{prefix}visual.cnn.conv1.weight"))
+            })
+            .ok_or_else(|| VirtexError::NotAPretextCheckpoint {
+                path: path.to_path_buf(),
+                model: "classification",
+                message: format!(
+                    "it has no `model.{CLASSIFICATION_WEIGHT}` next to \
+                     `model.visual.cnn.conv1.weight` ({} tensors)",
+                    tensors.len()
+                ),
+            })?
+            .to_string();
+        Ok(Self {
+            path: path.to_path_buf(),
+            prefix,
+            tensors,
+        })
+    }
+
+    /// The keys of the model's namespace split into the CNN's and the head's; any other key
+    /// is an error (`head` tells whether a key after the prefix is the head's).
+    fn split_pretext(
+        &self,
+        model: &str,
+        head: impl Fn(&str) -> bool,
+        hint: impl Fn(&str) -> Option<&'static str>,
+    ) -> Result<(Vec<&String>, Vec<&String>)> {
+        let (mut cnn, mut textual) = (Vec::new(), Vec::new());
+        for key in self.tensors.keys() {
+            let Some(local) = key.strip_prefix(self.prefix.as_str()) else {
+                continue;
+            };
+            if local.starts_with("visual.cnn.") {
+                cnn.push(key);
+            } else if head(local) {
+                textual.push(key);
+            } else {
+                let what = hint(local).map(|h| format!(" ({h})")).unwrap_or_default();
+                return Err(VirtexError::UnexpectedTensor {
+                    path: self.path.clone(),
+                    key: key.clone(),
+                    message: format!("not part of a {model} model{what}"),
+                });
+            }
+        }
+        Ok((cnn, textual))
+    }
+
+    fn infer_classification(&self, kind: ClassificationKind) -> Result<ClassificationModelConfig> {
+        // What does not belong is named before the shapes are read.
+        self.classification_cnn_keys()?;
+        let backbone = self.infer_backbone()?;
+        let output = self.shape(CLASSIFICATION_WEIGHT, 2)?;
+        let channels = backbone.output_channels();
+        if output[1] != channels {
+            return Err(VirtexError::ShapeMismatch {
+                path: self.path.clone(),
+                key: format!("{}{CLASSIFICATION_WEIGHT}", self.prefix),
+                expected: vec![output[0], channels],
+                found: output,
+            });
+        }
+        let config = ClassificationModelConfig::new(backbone, kind, output[0]);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The tensor `key` (after the prefix) as `shape` f32 data, checked before it is read.
+    fn read_exact(&self, key: &str, shape: &[usize]) -> Result<TensorData> {
+        let full = format!("{}{key}", self.prefix);
+        let snapshot = self
+            .tensors
+            .get(&full)
+            .ok_or_else(|| VirtexError::MissingTensor {
+                path: self.path.clone(),
+                key: full.clone(),
+            })?;
+        let fitted = fit_snapshot(snapshot, shape, DType::F32)
+            .map_err(|unfit| unfit_error(&self.path, full.clone(), unfit))?;
+        fitted.to_data().map_err(|err| VirtexError::Unreadable {
+            path: self.path.clone(),
+            format: "PyTorch",
+            message: format!("tensor `{full}`: {err:?}"),
+        })
+    }
+
+    /// The CNN's keys of a classification file; any key but the CNN's and the linear head's
+    /// is an error.
+    fn classification_cnn_keys(&self) -> Result<Vec<&String>> {
+        let (cnn_keys, _) = self.split_pretext(
+            "classification",
+            |local| local == CLASSIFICATION_WEIGHT || local == CLASSIFICATION_BIAS,
+            |local| {
+                local
+                    .starts_with("textual.")
+                    .then_some("a transformer textual head: a captioning or masked LM checkpoint?")
+            },
+        )?;
+        Ok(cnn_keys)
+    }
+
+    fn load_classification<B: Backend>(
+        &self,
+        model: &mut ClassificationModel<B>,
+    ) -> Result<PretextImportReport> {
+        let cnn_keys = self.classification_cnn_keys()?;
+        let [channels, vocab] = model.textual.output.weight.dims();
+        // Both tensors are read and checked before the model changes.
+        let weight = self.read_exact(CLASSIFICATION_WEIGHT, &[vocab, channels])?;
+        let bias = self.read_exact(CLASSIFICATION_BIAS, &[vocab])?;
+        let cnn = self.load_cnn(&mut model.visual.cnn, &cnn_keys)?;
+        let output = &mut model.textual.output;
+        let device = output.weight.device();
+        let weight = Tensor::<B, 2>::from_data(weight, &device).transpose();
+        output.weight = output.weight.clone().map(|old| {
+            let require_grad = old.is_require_grad();
+            weight.set_require_grad(require_grad)
+        });
+        let bias = Tensor::<B, 1>::from_data(bias, &device);
+        output.bias = output.bias.take().map(|param| {
+            param.map(|old| {
+                let require_grad = old.is_require_grad();
+                bias.set_require_grad(require_grad)
+            })
+        });
+        Ok(PretextImportReport {
+            prefix: self.prefix.clone(),
+            cnn_tensors: cnn.applied,
+            head_tensors: 2,
+            ignored: cnn.ignored,
+        })
+    }
+
+    fn load_masked_lm<B: Backend>(
+        &self,
+        model: &mut MaskedLmModel<B>,
+    ) -> Result<PretextImportReport> {
+        let (cnn_keys, _) = self.split_pretext(
+            "masked LM",
+            |local| local.starts_with("textual."),
+            |local| {
+                local
+                    .starts_with("backward_textual.")
+                    .then_some("a bicaptioning checkpoint? masked LM has one textual head")
+            },
+        )?;
+        let cnn = self.load_cnn(&mut model.visual.cnn, &cnn_keys)?;
+        let head = load_torch_head(
+            &mut model.textual,
+            &self.tensors,
+            &format!("{}textual.", self.prefix),
+        )
+        .map_err(|source| VirtexError::TextualWeights {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(PretextImportReport {
+            prefix: self.prefix.clone(),
+            cnn_tensors: cnn.applied,
+            head_tensors: head.applied,
+            ignored: cnn.ignored,
+        })
+    }
+}
+
+/// The error of a tensor that does not fit its parameter.
+fn unfit_error(path: &Path, key: String, unfit: Unfit) -> VirtexError {
+    let path = path.to_path_buf();
+    match unfit {
+        Unfit::Shape { expected, found } => VirtexError::ShapeMismatch {
+            path,
+            key,
+            expected,
+            found,
+        },
+        Unfit::DType { expected, found } => VirtexError::UnsupportedDType {
+            path,
+            key,
+            found,
+            expected,
+        },
+    }
+}
+
+/// The configuration of a pretext model saved in our format, whose `virtex.model` must be one
+/// of `kinds`.
+fn read_pretext_config(path: &Path, kinds: &[&'static str]) -> Result<(String, serde_json::Value)> {
+    let (kind, config) = read_saved_metadata(path)?;
+    if !kinds.contains(&kind.as_str()) {
+        return Err(VirtexError::WrongModelKind {
+            path: path.to_path_buf(),
+            expected: kinds[0],
+            found: kind,
+        });
+    }
+    Ok((kind, config))
+}
+
+/// Errors on the first key where a saved pretext configuration differs from the model's,
+/// ignoring the settings that do not change what the weights compute (as
+/// [`check_same_architecture`]).
+fn check_same_pretext_architecture(
+    mut saved: serde_json::Value,
+    configured: &serde_json::Value,
+    path: &Path,
+) -> Result<()> {
+    for setting in [
+        "/backbone/bn_momentum",
+        "/backbone/zero_init_residual",
+        "/textual/dropout",
+    ] {
+        if let (Some(found), Some(expected)) =
+            (saved.pointer_mut(setting), configured.pointer(setting))
+        {
+            *found = expected.clone();
+        }
+    }
+    match first_difference(&saved, configured, String::new()) {
+        None => Ok(()),
+        Some((key, found, expected)) => Err(VirtexError::ArchitectureMismatch {
+            path: path.to_path_buf(),
+            key,
+            expected,
+            found,
+        }),
+    }
+}
+
+/// The error of a configuration that does not parse.
+fn config_error(path: &Path, err: serde_json::Error) -> VirtexError {
+    VirtexError::Unreadable {
+        path: path.to_path_buf(),
+        format: "virtex safetensors",
+        message: format!("`{CONFIG_KEY}`: {err}"),
+    }
+}
+
+/// The error of a configuration that does not serialise.
+fn write_config_error(path: &Path, err: serde_json::Error) -> VirtexError {
+    VirtexError::Write {
+        path: path.to_path_buf(),
+        message: err.to_string(),
+    }
+}
+
+impl<B: Backend> ClassificationModel<B> {
+    /// Builds the model an official classification checkpoint describes (backbone from
+    /// `visual.cnn.*`, `V` from `textual.output.weight`) and loads it. The file cannot tell
+    /// token from multilabel classification (only the ignored ids differ): `kind` says which.
+    pub fn from_official_checkpoint(
+        path: impl AsRef<Path>,
+        kind: ClassificationKind,
+        device: &B::Device,
+    ) -> Result<(Self, PretextImportReport)> {
+        let file = OfficialFile::read_classification(path.as_ref())?;
+        let config = file.infer_classification(kind)?;
+        let mut model = config.init(device)?;
+        let report = file.load_classification(&mut model)?;
+        Ok((model, report))
+    }
+
+    /// Saves in our format (`virtex.model` = the kind's name, `virtex.config` = the
+    /// configuration; see [`crate::CaptioningModel::save`]).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.visual.cnn.sync_running_statistics();
+        let config =
+            serde_json::to_value(&self.config).map_err(|err| write_config_error(path, err))?;
+        save_tagged(self, self.config.kind.name(), &config, path)
+    }
+
+    /// Loads a model saved by [`ClassificationModel::save`].
+    pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        let path = path.as_ref();
+        let kinds = [
+            ClassificationKind::Token.name(),
+            ClassificationKind::Multilabel.name(),
+        ];
+        let (kind, config) = read_pretext_config(path, &kinds)?;
+        let config: ClassificationModelConfig =
+            serde_json::from_value(config).map_err(|err| config_error(path, err))?;
+        if config.kind.name() != kind {
+            return Err(VirtexError::Unreadable {
+                path: path.to_path_buf(),
+                format: "virtex safetensors",
+                message: format!(
+                    "`{KIND_KEY}` is `{kind}` but `{CONFIG_KEY}` describes {}",
+                    config.kind.name()
+                ),
+            });
+        }
+        let head = product(&[
+            config.backbone.output_channels() as u128,
+            config.vocab_size as u128,
+        ]);
+        check_weights_fit(
+            backbone_minimum_weights(&config.backbone).saturating_add(head),
+            path,
+        )?;
+        let mut model = config.init(device)?;
+        load_ours(&mut model, path)?;
+        Ok(model)
+    }
+}
+
+impl<B: Backend> ClassificationModel<B> {
+    /// Loads the weights of a model saved by [`ClassificationModel::save`] into this one,
+    /// keeping this model's configuration; the file's kind and architecture must be this
+    /// model's (the first differing key is named otherwise).
+    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let kind = self.config.kind.name();
+        let (_, saved) = read_pretext_config(path, &[kind])?;
+        let configured =
+            serde_json::to_value(&self.config).map_err(|err| config_error(path, err))?;
+        check_same_pretext_architecture(saved, &configured, path)?;
+        load_ours(self, path)
+    }
+}
+
+impl<B: Backend> MaskedLmModel<B> {
+    /// Loads the weights of a model saved by [`MaskedLmModel::save`] into this one, keeping
+    /// this model's configuration (its dropout in particular); the architecture must be this
+    /// model's (the first differing key is named otherwise).
+    pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let (_, saved) = read_pretext_config(path, &[MASKED_LM])?;
+        let configured =
+            serde_json::to_value(&self.config).map_err(|err| config_error(path, err))?;
+        check_same_pretext_architecture(saved, &configured, path)?;
+        load_ours(self, path)
+    }
+}
+
+impl<B: Backend> MaskedLmModel<B> {
+    /// Builds the model an official masked LM checkpoint describes (read as
+    /// [`crate::infer_official_config`] reads a captioning one) and loads it. A file with a
+    /// backward head is refused.
+    pub fn from_official_checkpoint(
+        path: impl AsRef<Path>,
+        options: &ImportOptions,
+        device: &B::Device,
+    ) -> Result<(Self, PretextImportReport)> {
+        let file = OfficialFile::read(path.as_ref())?;
+        let (config, _) = file.infer(&ImportOptions {
+            caption_backward: Some(false),
+            ..options.clone()
+        })?;
+        let config = MaskedLmModelConfig::new(
+            config.backbone,
+            config.textual.with_mask_future_positions(false),
+        );
+        let mut model = config.init(device)?;
+        let report = file.load_masked_lm(&mut model)?;
+        Ok((model, report))
+    }
+
+    /// Saves in our format (`virtex.model` = `masked_lm`; see
+    /// [`crate::CaptioningModel::save`]).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.visual.cnn.sync_running_statistics();
+        let config =
+            serde_json::to_value(&self.config).map_err(|err| write_config_error(path, err))?;
+        save_tagged(self, MASKED_LM, &config, path)
+    }
+
+    /// Loads a model saved by [`MaskedLmModel::save`].
+    pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        let path = path.as_ref();
+        let (_, config) = read_pretext_config(path, &[MASKED_LM])?;
+        let config: MaskedLmModelConfig =
+            serde_json::from_value(config).map_err(|err| config_error(path, err))?;
+        let bound = CaptioningModelConfig::new(config.backbone.clone(), config.textual.clone())
+            .with_caption_backward(false);
+        check_weights_fit(minimum_weights(&bound), path)?;
+        let mut model = config.init(device)?;
+        load_ours(&mut model, path)?;
+        Ok(model)
+    }
 }
 
 #[cfg(test)]

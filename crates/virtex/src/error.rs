@@ -24,7 +24,7 @@ pub enum VirtexError {
         source: TextualError,
     },
     /// The model configuration is inconsistent.
-    #[error("invalid captioning model configuration: {0}")]
+    #[error("invalid model configuration: {0}")]
     InvalidConfig(String),
     /// The decoding configuration cannot run on this model.
     #[error("invalid decoding configuration: {0}")]
@@ -52,6 +52,16 @@ pub enum VirtexError {
     NotACaptioningCheckpoint {
         /// The file.
         path: PathBuf,
+        /// What is missing.
+        message: String,
+    },
+    /// The file is readable but not a checkpoint of the pretext model asked for.
+    #[error("`{path}` is not a VirTex {model} checkpoint: {message}")]
+    NotAPretextCheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// The model asked for (`classification`, `masked LM`).
+        model: &'static str,
         /// What is missing.
         message: String,
     },

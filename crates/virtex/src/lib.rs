@@ -1,8 +1,8 @@
 //! # virtex
 //!
 //! VirTex ([Desai & Johnson, CVPR 2021](https://arxiv.org/abs/2006.06666)) in
-//! [Burn](https://burn.dev): the captioning models composed from the parts, official checkpoint
-//! import, and caption decoding.
+//! [Burn](https://burn.dev): the captioning models composed from the parts, the pretext
+//! ablations' models, official checkpoint import, and caption decoding.
 //!
 //! - [`CaptioningModel`]: a [`backbone::ResNet`] (`visual.cnn`), a
 //!   [`textual::TransformerDecoderTextualHead`] (`textual`) and, with
@@ -19,6 +19,11 @@
 //!   parameters, gradients) in f32.
 //! - Decoding ([`DecodingConfig`]): beam search (upstream's SOS quirk or the corrected
 //!   decoder), nucleus sampling, greedy, all with key/value caching.
+//! - The pretext ablations: [`ClassificationModel`] (`token_classification`,
+//!   `multilabel_classification`: pooled grid → `Linear(C, V)`, unique-label cross-entropy;
+//!   [`ClassificationKind`] sets `V` and the ignored ids) and [`MaskedLmModel`] (the transformer
+//!   head without its causal mask, cross-entropy on `[MASK]`ed positions; captions masked by
+//!   [`mask_tokens`]), each with official import, our format and backbone export.
 //! - burn-train (cargo feature `burn-train`): `CaptionBatch`, and burn-train's `TrainStep` /
 //!   `InferenceStep` for [`CaptioningModel`] with [`CaptioningLosses`] as the step output read
 //!   by burn-train's `LossMetric`, for burn's `Learner` (`examples/burn_train_learner`).
@@ -57,9 +62,11 @@
 #[cfg(feature = "burn-train")]
 mod burn_train;
 mod checkpoint;
+mod classification;
 mod config;
 mod decoding;
 mod error;
+mod masked_lm;
 mod model;
 
 pub use virtex_backbone as backbone;
@@ -68,12 +75,22 @@ pub use virtex_textual as textual;
 
 #[cfg(feature = "burn-train")]
 pub use burn_train::CaptionBatch;
-pub use checkpoint::{infer_official_config, ImportOptions, ImportReport, InitReport};
+pub use checkpoint::{
+    infer_official_config, ImportOptions, ImportReport, InitReport, PretextImportReport,
+};
+pub use classification::{
+    ClassificationKind, ClassificationModel, ClassificationModelConfig, ClassificationOutput,
+    LinearTextualHead,
+};
 pub use config::CaptioningModelConfig;
 pub use decoding::{
     decode, BeamSearchMode, CaptionAttention, Captions, DecodingConfig, DecodingStrategy,
 };
 pub use error::{Result, VirtexError};
+pub use masked_lm::{
+    mask_tokens, mask_tokens_with, masked_lm_loss, MaskedLmModel, MaskedLmModelConfig,
+    MaskedLmOutput, MaskingConfig, MASK_INDEX,
+};
 pub use model::reverse_captions;
 pub use model::{
     BackwardTextualHead, CaptioningLosses, CaptioningModel, CaptioningOutput, VisualBackbone,

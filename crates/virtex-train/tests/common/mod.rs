@@ -1,4 +1,6 @@
 //! What the run tests share.
+// Each test binary uses a part of this module.
+#![allow(dead_code)]
 
 use virtex_train::PretrainConfig;
 
@@ -17,4 +19,17 @@ pub fn tiny_config(iterations: u64, checkpoint_every: u64) -> PretrainConfig {
     config.train.val_batches = Some(1);
     config.train.keep_last = 2;
     config
+}
+
+/// burn's CPU backend has one process-wide RNG (initialisation and dropout draw from it): the
+/// tests of a binary run in parallel threads and would interleave their draws, so each test
+/// holds this for its whole body.
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the backend's RNG for the calling test (a panicking test does not poison it for the
+/// others).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    BACKEND_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
