@@ -102,8 +102,10 @@ pub struct EvalLinearArgs {
 
 impl EvalLinearArgs {
     fn config(&self) -> Result<LinearProbeConfig, CliError> {
+        // iNaturalist's preset is fine-tuning; a quick probe trains a linear layer, so it takes
+        // the linear probe's settings unless a preset is named.
         let preset = self.preset.clone().unwrap_or_else(|| {
-            if self.dataset == ProbeDataset::Inaturalist {
+            if self.dataset == ProbeDataset::Inaturalist && !self.quick {
                 "inaturalist".into()
             } else {
                 "imagenet".into()

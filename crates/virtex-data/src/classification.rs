@@ -53,7 +53,8 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
 
 impl ClassificationDataset {
     /// An image folder whose sub-directories are the classes (sorted), as torchvision's
-    /// `ImageFolder` reads it. Empty class directories are errors (a typo in a class name
+    /// `ImageFolder` reads it, except that only the images directly inside each class folder
+    /// are taken (deeper folders are not searched). Empty class directories are errors (a typo in a class name
     /// would otherwise shift every later label).
     pub fn image_folder(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref();

@@ -20,7 +20,8 @@ use crate::trainer::{ResumeOverrides, RunOptions};
 pub struct Args {
     /// A preset: small_cpu, bicaptioning_R_50_L1_H{512,768,1024,2048},
     /// bicaptioning_R_50_L{2,3,4}_H1024, bicaptioning_R_101_L1_H1024,
-    /// bicaptioning_R_50W2X_L1_H1024, captioning_R_50_L1_H2048.
+    /// bicaptioning_R_50W2X_L1_H1024, captioning_R_50_L1_H2048, token_classification_R_50,
+    /// masked_lm_R_50_L1_H2048.
     #[arg(long, default_value = "small_cpu")]
     pub preset: String,
     /// A JSON file with (part of) the config tree, merged over the preset.

@@ -477,8 +477,20 @@ impl PretrainConfig {
         }
     }
 
+    /// The pretext tasks `model.name` accepts: captioning in both directions (`bicaptioning`,
+    /// also called `virtex`), forward `captioning`, `token_classification` (the bag of a
+    /// caption's tokens as labels of the pooled CNN features) and `masked_lm` (the head without
+    /// its causal mask fills in masked tokens).
+    pub const MODEL_NAMES: [&'static str; 5] = [
+        "bicaptioning",
+        "virtex",
+        "captioning",
+        "token_classification",
+        "masked_lm",
+    ];
+
     /// The names accepted by [`PretrainConfig::preset`].
-    pub const PRESETS: [&'static str; 11] = [
+    pub const PRESETS: [&'static str; 13] = [
         "small_cpu",
         "bicaptioning_R_50_L1_H512",
         "bicaptioning_R_50_L1_H768",
@@ -490,6 +502,8 @@ impl PretrainConfig {
         "bicaptioning_R_101_L1_H1024",
         "bicaptioning_R_50W2X_L1_H1024",
         "captioning_R_50_L1_H2048",
+        "token_classification_R_50",
+        "masked_lm_R_50_L1_H2048",
     ];
 
     /// A released model's config (upstream `configs/*_ablations/*.yaml`), or `small_cpu`: a
@@ -538,6 +552,18 @@ impl PretrainConfig {
             }
             "captioning_R_50_L1_H2048" => {
                 config.model.name = "captioning".into();
+                config.model.textual = head(1, 2048);
+            }
+            // `configs/task_ablations/token_classification_R_50.yaml`: the CNN, pooled, into a
+            // linear layer over the vocabulary (`TEXTUAL.NAME: none`), no NO_DECAY exclusions.
+            "token_classification_R_50" => {
+                config.model.name = "token_classification".into();
+                config.model.textual = "none".into();
+                config.optim.no_decay = String::new();
+            }
+            // `configs/task_ablations/masked_lm_R_50_L1_H2048.yaml`.
+            "masked_lm_R_50_L1_H2048" => {
+                config.model.name = "masked_lm".into();
                 config.model.textual = head(1, 2048);
             }
             other => {
@@ -653,10 +679,11 @@ impl PretrainConfig {
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), TrainError> {
         let fail = |message: String| Err(TrainError::Config(message));
-        if !["bicaptioning", "virtex", "captioning"].contains(&self.model.name.as_str()) {
+        if !Self::MODEL_NAMES.contains(&self.model.name.as_str()) {
             return fail(format!(
-                "model.name `{}`: expected bicaptioning, virtex or captioning",
-                self.model.name
+                "model.name `{}`: expected one of {}",
+                self.model.name,
+                Self::MODEL_NAMES.join(", ")
             ));
         }
         let at_least_one = [

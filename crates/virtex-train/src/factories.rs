@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::prelude::*;
-use virtex::{CaptioningModel, CaptioningModelConfig};
+use virtex::{
+    CaptioningModel, CaptioningModelConfig, ClassificationModel, ClassificationModelConfig,
+    MaskedLmModel, MaskedLmModelConfig,
+};
 use virtex_data::{
     CaptionChoice, CaptionSource, CaptioningDataset, CocoCaptions, CocoOptions, DataError,
     DataLoader, FlipCaption, ImageSubset, ImageTransforms, LoaderConfig, PlainCaptions,
@@ -27,6 +30,46 @@ pub fn captioning_model<B: Backend>(
     device: &B::Device,
 ) -> Result<CaptioningModel<B>, TrainError> {
     Ok(model_config(config, config.data.vocab_size)?.init(device)?)
+}
+
+/// The token-classification model `model.name = token_classification` names (upstream
+/// `TokenClassificationModel`): `model.visual` pooled into a linear layer over the vocabulary.
+pub fn classification_model<B: Backend>(
+    config: &PretrainConfig,
+    device: &B::Device,
+) -> Result<ClassificationModel<B>, TrainError> {
+    if config.model.name != "token_classification" {
+        return Err(TrainError::Config(format!(
+            "model.name `{}` is not a classification pretext",
+            config.model.name
+        )));
+    }
+    ClassificationModelConfig::from_names(
+        &config.model.name,
+        &config.model.visual,
+        config.data.vocab_size,
+    )
+    .map_err(|err| TrainError::Config(format!("model: {err}")))?
+    .init(device)
+    .map_err(TrainError::from)
+}
+
+/// The masked language model `model.name = masked_lm` names (upstream `MaskedLMModel`): the
+/// captioning head's transformer without the causal mask.
+pub fn masked_lm_model<B: Backend>(
+    config: &PretrainConfig,
+    device: &B::Device,
+) -> Result<MaskedLmModel<B>, TrainError> {
+    let mut model = MaskedLmModelConfig::from_names(
+        &config.model.visual,
+        &config.model.textual,
+        config.data.vocab_size,
+        config.data.max_caption_length,
+        config.model.dropout,
+    )
+    .map_err(|err| TrainError::Config(format!("model: {err}")))?;
+    model.textual.padding_idx = config.data.padding_index as usize;
+    model.init(device).map_err(TrainError::from)
 }
 
 /// The model's configuration from the pretraining config and the tokenizer.

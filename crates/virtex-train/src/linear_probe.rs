@@ -303,17 +303,27 @@ pub fn run_linear_probe<B: AutodiffBackend>(
     let started = Instant::now();
     let classes = train.classes.len();
     let per_epoch = train.len().div_ceil(config.batch_size) as u64;
-    let total = config.num_iterations.unwrap_or(config.epochs * per_epoch);
+    let overflow = || TrainError::Config("epochs × iterations per epoch overflows".into());
+    let total = match config.num_iterations {
+        Some(iterations) => iterations,
+        None => config.epochs.checked_mul(per_epoch).ok_or_else(overflow)?,
+    };
+    let milestones = config
+        .lr_milestone_epochs
+        .iter()
+        .map(|epoch| {
+            epoch
+                .checked_mul(per_epoch)
+                .and_then(|step| usize::try_from(step).ok())
+                .ok_or_else(overflow)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let schedule = LrScheduleConfig {
         decay: LrDecay::from_name(&config.lr_decay)
             .map_err(|err| TrainError::Config(err.to_string()))?,
         warmup_steps: 0,
         total_steps: total as usize,
-        milestones: config
-            .lr_milestone_epochs
-            .iter()
-            .map(|epoch| (epoch * per_epoch) as usize)
-            .collect(),
+        milestones,
         gamma: config.lr_gamma,
     }
     .init()
@@ -322,10 +332,13 @@ pub fn run_linear_probe<B: AutodiffBackend>(
     let resume_from = if options.resume {
         latest_checkpoint(run_dir)?
     } else {
-        if latest_checkpoint(run_dir)?.is_some() {
+        let found = crate::run_dir::results_in(run_dir)?;
+        if !found.is_empty() || run_dir.join(PROBE_RESULT_FILE).exists() {
             return Err(TrainError::Config(format!(
-                "`{}` already holds probe checkpoints: resume it or choose another directory",
-                run_dir.display()
+                "`{}` already holds the results of a run ({}): resume it or choose another \
+                 directory",
+                run_dir.display(),
+                found.join(", ")
             )));
         }
         None
@@ -350,6 +363,10 @@ pub fn run_linear_probe<B: AutodiffBackend>(
         train: ImageTransforms::downstream_train(config.crop_size)?,
         val: ImageTransforms::downstream_val(config.val_resize, config.crop_size)?,
     };
+    // A run killed between checkpoints logged iterations it will now replay: drop them.
+    if start > 0 {
+        MetricsLog::truncate_after(run_dir, start)?;
+    }
     let mut log = MetricsLog::open(run_dir)?;
     let run = Run {
         config,
@@ -576,7 +593,12 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 window = (Instant::now(), 0);
             }
             if iteration % self.config.checkpoint_every == 0 || iteration == self.end {
-                accuracy = evaluate(&model)?;
+                // The evaluation first (its `valid()` also brings BatchNorm statistics up to
+                // date for the checkpoint), but the checkpoint is written even if it fails
+                // (an unreadable validation image), so the interval is never lost.
+                let evaluated = evaluate(&model);
+                self.checkpoint(iteration, &model, &optimizer)?;
+                accuracy = evaluated?;
                 self.log.append(&ProbeValRecord {
                     kind: "val",
                     iteration,
@@ -587,7 +609,6 @@ impl<B: AutodiffBackend> Run<'_, B> {
                     "iteration {iteration}: top-1 {:.2} %, top-5 {:.2} %",
                     accuracy.0, accuracy.1
                 );
-                self.checkpoint(iteration, &model, &optimizer)?;
             }
         }
         if self.start == self.end {

@@ -4,7 +4,13 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use virtex::{CaptioningModel, InitReport, Precision, VirtexError};
+use burn::tensor::Distribution;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use virtex::{
+    CaptioningModel, ClassificationModel, ImportOptions, InitReport, MaskedLmModel, Precision,
+    VirtexError,
+};
 use virtex_data::Batch;
 
 use crate::config::PretrainConfig;
@@ -113,5 +119,204 @@ impl<B: Backend> PretextModel<B> for CaptioningModel<B> {
 
     fn with_precision(self, precision: Precision) -> Self {
         CaptioningModel::with_precision(self, precision)
+    }
+}
+
+/// Token classification (`model.name = token_classification`, upstream
+/// `TokenClassificationModel`): each image's caption tokens, special tokens excluded, are its
+/// labels (`virtex_loss::token_classification_loss`).
+impl<B: Backend> PretextModel<B> for ClassificationModel<B> {
+    fn from_config(config: &PretrainConfig, device: &B::Device) -> Result<Self, TrainError> {
+        crate::factories::classification_model(config, device)
+    }
+
+    fn objective(&self, batch: &Batch<B>) -> Objective<B> {
+        let loss = self.loss(batch.images.clone(), batch.caption_tokens.clone());
+        Objective {
+            loss: loss.clone(),
+            components: vec![(self.config.kind.name(), loss)],
+        }
+    }
+
+    fn save(&self, path: &Path) -> Result<(), VirtexError> {
+        ClassificationModel::save(self, path)
+    }
+
+    fn load(path: &Path, device: &B::Device) -> Result<Self, VirtexError> {
+        ClassificationModel::load(path, device)
+    }
+
+    fn load_weights(&mut self, path: &Path) -> Result<(), VirtexError> {
+        let is_pytorch = matches!(
+            virtex::backbone::WeightsFormat::detect(path),
+            Ok(virtex::backbone::WeightsFormat::Pytorch)
+        );
+        if !is_pytorch {
+            return ClassificationModel::load_weights(self, path);
+        }
+        let device = self.textual.output.weight.device();
+        let (loaded, _) =
+            ClassificationModel::from_official_checkpoint(path, self.config.kind, &device)?;
+        // Configs compare through their JSON form (burn's `Config` derives no `PartialEq`).
+        let json = |config: &virtex::ClassificationModelConfig| serde_json::to_value(config).ok();
+        if json(&loaded.config) != json(&self.config) {
+            return Err(VirtexError::InvalidConfig(format!(
+                "`{}` holds another classification model than the configured one",
+                path.display()
+            )));
+        }
+        *self = loaded;
+        Ok(())
+    }
+
+    /// A linear head has no depth: everything is loaded (as [`PretextModel::load_weights`]).
+    fn init_from(&mut self, path: &Path) -> Result<InitReport, VirtexError> {
+        PretextModel::load_weights(self, path)?;
+        Ok(InitReport::default())
+    }
+
+    fn export_backbone(&self, path: &Path) -> Result<(), VirtexError> {
+        Ok(self.visual.cnn.save_torchvision_safetensors(path)?)
+    }
+
+    fn with_precision(self, precision: Precision) -> Self {
+        ClassificationModel::with_precision(self, precision)
+    }
+
+    fn with_frozen_visual(mut self) -> Self {
+        self.visual.cnn = self.visual.cnn.frozen();
+        self
+    }
+
+    fn load_visual_weights(&mut self, path: &Path) -> Result<(), VirtexError> {
+        self.visual.cnn.load_weights(path)?;
+        Ok(())
+    }
+}
+
+/// Masked language modelling (`model.name = masked_lm`, upstream `MaskedLMModel`): each caption
+/// is masked by upstream's rule ([`virtex::mask_tokens`]: ceil(0.15·(len − 2)) positions,
+/// never `[SOS]`/`[EOS]`, 85 % `[MASK]` with a label, 10 % a random token, 5 % kept) and the
+/// loss is the cross-entropy at the `[MASK]`ed positions.
+///
+/// Upstream masks in its dataset with Python's `random`; here the masks are drawn in the
+/// objective from a host RNG seeded by one draw of the backend's generator, which the loop
+/// reseeds every iteration: a resumed run replays the same masks, and every epoch masks anew.
+impl<B: Backend> PretextModel<B> for MaskedLmModel<B> {
+    fn from_config(config: &PretrainConfig, device: &B::Device) -> Result<Self, TrainError> {
+        crate::factories::masked_lm_model(config, device)
+    }
+
+    fn objective(&self, batch: &Batch<B>) -> Objective<B> {
+        let device = batch.images.device();
+        let draw: f64 = Tensor::<B, 1>::random([1], Distribution::Uniform(0.0, 1.0), &device)
+            .into_scalar()
+            .elem();
+        let mut rng = StdRng::seed_from_u64((draw * (1u64 << 53) as f64) as u64);
+        let [rows, positions] = batch.caption_tokens.dims();
+        let tokens: Vec<i64> = batch
+            .caption_tokens
+            .to_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap_or_default();
+        let lengths: Vec<i64> = batch
+            .caption_lengths
+            .to_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap_or_default();
+        let padding = self.textual.embedding.padding_idx as i64;
+        let mut masked = vec![padding; rows * positions];
+        let mut labels = vec![0i64; rows * positions];
+        for row in 0..rows.min(lengths.len()) {
+            let length = (lengths[row].max(0) as usize).min(positions);
+            let caption: Vec<u32> = tokens[row * positions..row * positions + length]
+                .iter()
+                .map(|&token| token as u32)
+                .collect();
+            let (row_masked, row_labels) = virtex::mask_tokens(
+                &caption,
+                self.textual.vocab_size(),
+                self.config.mask_index as u32,
+                &mut rng,
+            );
+            for (position, (token, label)) in row_masked.into_iter().zip(row_labels).enumerate() {
+                masked[row * positions + position] = i64::from(token);
+                labels[row * positions + position] = i64::from(label);
+            }
+        }
+        let to_tensor = |values: Vec<i64>| {
+            Tensor::<B, 2, Int>::from_data(TensorData::new(values, [rows, positions]), &device)
+        };
+        let loss = self.loss(
+            batch.images.clone(),
+            to_tensor(masked),
+            batch.caption_lengths.clone(),
+            to_tensor(labels),
+        );
+        Objective {
+            loss: loss.clone(),
+            components: vec![("masked_lm", loss)],
+        }
+    }
+
+    fn save(&self, path: &Path) -> Result<(), VirtexError> {
+        MaskedLmModel::save(self, path)
+    }
+
+    fn load(path: &Path, device: &B::Device) -> Result<Self, VirtexError> {
+        MaskedLmModel::load(path, device)
+    }
+
+    fn load_weights(&mut self, path: &Path) -> Result<(), VirtexError> {
+        let is_pytorch = matches!(
+            virtex::backbone::WeightsFormat::detect(path),
+            Ok(virtex::backbone::WeightsFormat::Pytorch)
+        );
+        if !is_pytorch {
+            return MaskedLmModel::load_weights(self, path);
+        }
+        let device = self.textual.output.bias.device();
+        let options = ImportOptions {
+            attention_heads: Some(self.config.textual.attention_heads),
+            dropout: self.config.textual.dropout,
+            ..ImportOptions::default()
+        };
+        let (loaded, _) = MaskedLmModel::from_official_checkpoint(path, &options, &device)?;
+        let json = |config: &virtex::MaskedLmModelConfig| serde_json::to_value(config).ok();
+        if json(&loaded.config) != json(&self.config) {
+            return Err(VirtexError::InvalidConfig(format!(
+                "`{}` holds another masked language model than the configured one",
+                path.display()
+            )));
+        }
+        *self = loaded;
+        Ok(())
+    }
+
+    /// Loads everything (as [`PretextModel::load_weights`]); another depth is not supported
+    /// for this pretext.
+    fn init_from(&mut self, path: &Path) -> Result<InitReport, VirtexError> {
+        PretextModel::load_weights(self, path)?;
+        Ok(InitReport::default())
+    }
+
+    fn export_backbone(&self, path: &Path) -> Result<(), VirtexError> {
+        Ok(self.visual.cnn.save_torchvision_safetensors(path)?)
+    }
+
+    fn with_precision(self, precision: Precision) -> Self {
+        MaskedLmModel::with_precision(self, precision)
+    }
+
+    fn with_frozen_visual(mut self) -> Self {
+        self.visual.cnn = self.visual.cnn.frozen();
+        self
+    }
+
+    fn load_visual_weights(&mut self, path: &Path) -> Result<(), VirtexError> {
+        self.visual.cnn.load_weights(path)?;
+        Ok(())
     }
 }

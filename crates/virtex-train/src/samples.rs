@@ -31,6 +31,20 @@ pub trait SampleCaptioner<B: Backend> {
     fn sample_captions(&self, images: Tensor<B, 4>) -> Result<Option<Vec<Vec<u32>>>, TrainError>;
 }
 
+/// A masked language model fills in blanks, it does not write captions: no samples.
+impl<B: Backend> SampleCaptioner<B> for virtex::MaskedLmModel<B> {
+    fn sample_captions(&self, _images: Tensor<B, 4>) -> Result<Option<Vec<Vec<u32>>>, TrainError> {
+        Ok(None)
+    }
+}
+
+/// A classifier writes no captions: its runs record no samples.
+impl<B: Backend> SampleCaptioner<B> for virtex::ClassificationModel<B> {
+    fn sample_captions(&self, _images: Tensor<B, 4>) -> Result<Option<Vec<Vec<u32>>>, TrainError> {
+        Ok(None)
+    }
+}
+
 impl<B: Backend> SampleCaptioner<B> for CaptioningModel<B> {
     /// Greedy decoding with the forward head: deterministic, so a caption that changes between
     /// validations reflects the model, and the cheapest of the decoders (beam search would

@@ -22,7 +22,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use virtex::{CaptioningModel, InitReport, Precision};
+use virtex::{CaptioningModel, ClassificationModel, InitReport, MaskedLmModel, Precision};
 use virtex_data::{BatchIter, DataLoader, LoaderPosition};
 use virtex_optim::GroupedOptimizerConfig;
 
@@ -406,8 +406,10 @@ pub fn run_config(options: &RunOptions) -> Result<PretrainConfig, TrainError> {
     RunStart::of(options).map(|start| start.config)
 }
 
-/// Trains (or resumes) the captioning model `model.name` names, data-parallel when `devices`
-/// has several entries: what `pretrain_coco` runs.
+/// Trains (or resumes) the model `model.name` names (a [`CaptioningModel`], or a
+/// [`ClassificationModel`] for `token_classification`, a [`MaskedLmModel`] for `masked_lm`),
+/// data-parallel when `devices` has
+/// several entries: what `pretrain_coco` runs.
 pub fn train<B>(
     options: RunOptions,
     devices: Vec<B::Device>,
@@ -416,8 +418,16 @@ pub fn train<B>(
 where
     B: AutodiffBackend,
     Optim<CaptioningModel<B>, B>: Send,
+    Optim<ClassificationModel<B>, B>: Send,
+    Optim<MaskedLmModel<B>, B>: Send,
 {
-    Trainer::<B, CaptioningModel<B>>::start(options, devices, interrupted)?.run()
+    match run_config(&options)?.model.name.as_str() {
+        "token_classification" => {
+            Trainer::<B, ClassificationModel<B>>::start(options, devices, interrupted)?.run()
+        }
+        "masked_lm" => Trainer::<B, MaskedLmModel<B>>::start(options, devices, interrupted)?.run(),
+        _ => Trainer::<B, CaptioningModel<B>>::start(options, devices, interrupted)?.run(),
+    }
 }
 
 /// What [`Trainer::end_of_iteration`] decided.

@@ -168,6 +168,17 @@ fn a_resumed_probe_continues_exactly() {
     };
     let whole = run(straight.path(), false, None).unwrap();
     run(split.path(), false, Some(4)).unwrap();
+    // A process killed between checkpoints logged an iteration the resumed run replays: it is
+    // dropped, not duplicated.
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(split.path().join("metrics.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut log,
+        b"{\"kind\":\"train\",\"iteration\":5,\"loss\":99.0}\n",
+    )
+    .unwrap();
     let resumed = run(split.path(), true, None).unwrap();
     assert_eq!((whole.top1, whole.top5), (resumed.top1, resumed.top5));
     let losses = |dir: &Path| -> Vec<f64> {

@@ -10,12 +10,12 @@ use std::process::ExitCode;
 
 use burn::backend::Autodiff;
 use clap::Parser;
-use virtex::CaptioningModel;
+use virtex::{CaptioningModel, ClassificationModel, MaskedLmModel};
 use virtex_device::{with_backend, with_backend_devices, DeviceSpec};
 use virtex_train::cli::Args;
 use virtex_train::run_dir::default_run_dir;
 use virtex_train::{
-    evaluate, install_interrupt_flag, interrupt_signal, load_model, signal_name, train,
+    evaluate, install_interrupt_flag, interrupt_signal, load_model, run_config, signal_name, train,
     ModelSource, PretextModel, RunOptions, TrainError,
 };
 
@@ -138,21 +138,49 @@ fn read_model(
     source: &ModelSource,
     config: virtex_train::PretrainConfig,
 ) -> Result<(), TrainError> {
+    // The model of a run directory is its checkpoint's `model.name`; of a file, the config's.
+    let name = match source {
+        ModelSource::Run(run_dir) => {
+            run_config(&RunOptions {
+                resume: true,
+                ..RunOptions::new(config.clone(), run_dir.clone())
+            })?
+            .model
+            .name
+        }
+        ModelSource::File(_) => config.model.name.clone(),
+    };
     with_backend!(*device, |B, device| {
-        let (model, config, _) =
-            load_model::<B, CaptioningModel<B>>(source, config, &args.resume_overrides(), &device)?;
-        if let Some(path) = &args.export_backbone {
-            model.export_backbone(path)?;
-            eprintln!("backbone written to {}", path.display());
-        } else {
-            let val = evaluate(&model, &config, &device)?;
-            let mut line = serde_json::json!({ "val_loss": val.loss });
-            for (name, value) in &val.components {
-                line[name] = (*value).into();
+        match name.as_str() {
+            "token_classification" => {
+                use_model::<B, ClassificationModel<B>>(args, source, config, &device)?
             }
-            println!("{line}");
+            "masked_lm" => use_model::<B, MaskedLmModel<B>>(args, source, config, &device)?,
+            _ => use_model::<B, CaptioningModel<B>>(args, source, config, &device)?,
         }
     });
+    Ok(())
+}
+
+/// [`read_model`] for one model type.
+fn use_model<B: burn::tensor::backend::Backend, M: PretextModel<B>>(
+    args: &Args,
+    source: &ModelSource,
+    config: virtex_train::PretrainConfig,
+    device: &B::Device,
+) -> Result<(), TrainError> {
+    let (model, config, _) = load_model::<B, M>(source, config, &args.resume_overrides(), device)?;
+    if let Some(path) = &args.export_backbone {
+        model.export_backbone(path)?;
+        eprintln!("backbone written to {}", path.display());
+    } else {
+        let val = evaluate(&model, &config, device)?;
+        let mut line = serde_json::json!({ "val_loss": val.loss });
+        for (name, value) in &val.components {
+            line[name] = (*value).into();
+        }
+        println!("{line}");
+    }
     Ok(())
 }
 
