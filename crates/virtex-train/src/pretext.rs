@@ -98,11 +98,7 @@ impl<B: Backend> PretextModel<B> for CaptioningModel<B> {
     }
 
     fn load_weights(&mut self, path: &Path) -> Result<(), VirtexError> {
-        let is_pytorch = matches!(
-            virtex::backbone::WeightsFormat::detect(path),
-            Ok(virtex::backbone::WeightsFormat::Pytorch)
-        );
-        if is_pytorch {
+        if is_pytorch_file(path) {
             self.load_official_weights(path).map(|_| ())
         } else {
             CaptioningModel::load_weights(self, path)
@@ -147,19 +143,13 @@ impl<B: Backend> PretextModel<B> for ClassificationModel<B> {
     }
 
     fn load_weights(&mut self, path: &Path) -> Result<(), VirtexError> {
-        let is_pytorch = matches!(
-            virtex::backbone::WeightsFormat::detect(path),
-            Ok(virtex::backbone::WeightsFormat::Pytorch)
-        );
-        if !is_pytorch {
+        if !is_pytorch_file(path) {
             return ClassificationModel::load_weights(self, path);
         }
         let device = self.textual.output.weight.device();
         let (loaded, _) =
             ClassificationModel::from_official_checkpoint(path, self.config.kind, &device)?;
-        // Configs compare through their JSON form (burn's `Config` derives no `PartialEq`).
-        let json = |config: &virtex::ClassificationModelConfig| serde_json::to_value(config).ok();
-        if json(&loaded.config) != json(&self.config) {
+        if !same_config(&loaded.config, &self.config) {
             return Err(VirtexError::InvalidConfig(format!(
                 "`{}` holds another classification model than the configured one",
                 path.display()
@@ -270,11 +260,7 @@ impl<B: Backend> PretextModel<B> for MaskedLmModel<B> {
     }
 
     fn load_weights(&mut self, path: &Path) -> Result<(), VirtexError> {
-        let is_pytorch = matches!(
-            virtex::backbone::WeightsFormat::detect(path),
-            Ok(virtex::backbone::WeightsFormat::Pytorch)
-        );
-        if !is_pytorch {
+        if !is_pytorch_file(path) {
             return MaskedLmModel::load_weights(self, path);
         }
         let device = self.textual.output.bias.device();
@@ -284,8 +270,7 @@ impl<B: Backend> PretextModel<B> for MaskedLmModel<B> {
             ..ImportOptions::default()
         };
         let (loaded, _) = MaskedLmModel::from_official_checkpoint(path, &options, &device)?;
-        let json = |config: &virtex::MaskedLmModelConfig| serde_json::to_value(config).ok();
-        if json(&loaded.config) != json(&self.config) {
+        if !same_config(&loaded.config, &self.config) {
             return Err(VirtexError::InvalidConfig(format!(
                 "`{}` holds another masked language model than the configured one",
                 path.display()
@@ -319,4 +304,18 @@ impl<B: Backend> PretextModel<B> for MaskedLmModel<B> {
         self.visual.cnn.load_weights(path)?;
         Ok(())
     }
+}
+
+/// Whether `path` is a PyTorch checkpoint (an official `.pth`) rather than our format.
+fn is_pytorch_file(path: &Path) -> bool {
+    matches!(
+        virtex::backbone::WeightsFormat::detect(path),
+        Ok(virtex::backbone::WeightsFormat::Pytorch)
+    )
+}
+
+/// Two model configs are the same architecture; compared through their JSON form, as burn's
+/// `Config` derives no `PartialEq`.
+fn same_config<C: serde::Serialize>(a: &C, b: &C) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }

@@ -967,23 +967,8 @@ fn load_ours_with<B: Backend, M: ModuleSnapshot<B>>(
         } else {
             report.loaded.push(key.clone());
         }
-        let fitted = fit_snapshot(&snapshot, &target.shape, target.dtype).map_err(|unfit| {
-            let path = path.to_path_buf();
-            match unfit {
-                Unfit::Shape { expected, found } => VirtexError::ShapeMismatch {
-                    path,
-                    key,
-                    expected,
-                    found,
-                },
-                Unfit::DType { expected, found } => VirtexError::UnsupportedDType {
-                    path,
-                    key,
-                    found,
-                    expected,
-                },
-            }
-        })?;
+        let fitted = fit_snapshot(&snapshot, &target.shape, target.dtype)
+            .map_err(|unfit| unfit_error(path, key, unfit))?;
         checked.push(fitted);
     }
     missing.sort();
