@@ -14,8 +14,8 @@
 //! - `attention`: the textual head's `virtex_textual::MultiheadAttention` (projections, masked
 //!   softmax, `out_proj`): causal self-attention over 30 tokens and cross-attention to 49 memory
 //!   tokens, H 1024 and 2048, forward and forward+backward.
-//! - `optim`: one step of `virtex_optim::TorchSgd` (burn's SGD with torch's momentum 0.9 and
-//!   coupled weight decay, what the trainer runs per parameter group) over every parameter of
+//! - `optim`: one step of `virtex_optim::TorchSgd` (torch's SGD, momentum 0.9 and coupled
+//!   weight decay, as one pass per parameter since issue 17; what the trainer runs per parameter group) over every parameter of
 //!   the R50-L1-H1024 model.
 //! - `resnet50`: a ResNet-50 train step (forward + backward, 4×128²) and inference (8×224²).
 //! - `train_step`: whole VirTex pretraining iterations as `virtex_train::Trainer` runs them (train-mode
@@ -448,8 +448,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ValuesAsGradients<'_> {
     }
 }
 
-/// One step of the optimizer the trainer runs for each parameter group (`TorchSgd`: burn's SGD
-/// with torch's momentum and coupled weight decay) over every parameter of R50-L1-H1024.
+/// One step of the optimizer the trainer runs for each parameter group (`TorchSgd`: torch's SGD
+/// with momentum and coupled weight decay, one fused pass per parameter) over every parameter of R50-L1-H1024.
 fn optim_benches<B: AutodiffBackend>(c: &mut Criterion, device: &B::Device) {
     let config = PretrainConfig::preset("bicaptioning_R_50_L1_H1024").expect("a known preset");
     let (lr, decay) = (1e-3, 1e-4);
@@ -587,6 +587,7 @@ fn random_batch<B: Backend>(
         caption_tokens: tokens(forward),
         noitpac_tokens: tokens(backward),
         caption_lengths: Tensor::from_data(TensorData::new(lengths, [batch]), device),
+        object_labels: None,
     }
 }
 

@@ -31,6 +31,9 @@
 //!   backbone back to PyTorch, as torchvision's `state_dict` or as the Detectron2 checkpoint of
 //!   upstream's `detectron2_backbone_state_dict()` (`torch.load(..., weights_only=True)` reads
 //!   both).
+//! - [`MakeShardsArgs`]: `virtex make-shards --coco ROOT --split train --out DIR` (or
+//!   `--captions FILE`): WebDataset tar shards for `data.format = webdataset`
+//!   ([`virtex_data::write_shards`]), each written atomically.
 //!
 //! Every command reads images with `virtex-data`'s one loader ([`virtex_data::load_image_batch`]
 //! or [`virtex_data::load_image`]: any colour type, EXIF orientation applied, truncated or corrupt
@@ -67,6 +70,7 @@ mod export_command;
 mod features;
 mod linear_command;
 mod model_paths;
+mod shards_command;
 mod tokenizer_commands;
 mod voc07_sweep;
 mod weights;
@@ -83,6 +87,7 @@ pub use features::{
     FeaturesArgs,
 };
 pub use linear_command::{EvalLinearArgs, ProbeDataset};
+pub use shards_command::MakeShardsArgs;
 pub use tokenizer_commands::{CaptionsFormat, TokenizeArgs, TrainTokenizerArgs};
 pub use voc07_sweep::{Voc07Best, Voc07Record, Voc07Settings, BEST_FILE, RECORDS_FILE};
 pub use weights::{
@@ -131,6 +136,9 @@ pub enum Command {
     /// Write a backbone back to PyTorch: a torchvision state_dict, or the Detectron2 backbone
     /// of upstream's detectron2_backbone_state_dict() for MODEL.WEIGHTS.
     Export(ExportArgs),
+    /// Write WebDataset tar shards (KEY.jpg + KEY.txt + KEY.json) from a COCO root or a plain
+    /// captions file, for data.format=webdataset.
+    MakeShards(MakeShardsArgs),
 }
 
 impl Command {
@@ -147,6 +155,7 @@ impl Command {
             Command::EvalLinear(args) => args.run(),
             Command::Weights(args) => args.run(),
             Command::Export(args) => args.run(),
+            Command::MakeShards(args) => args.run(),
         }
     }
 }

@@ -6,6 +6,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::coco::{ImageId, SkippedImage};
 use crate::dataset::CaptioningSample;
 use crate::error::{DataError, Result};
+use crate::instances::CocoInstances;
 use crate::transforms::TransformedImage;
 
 /// A batch on the host, ready to move to any device with [`CollatedBatch::to_device`].
@@ -44,6 +45,10 @@ pub struct Batch<B: Backend> {
     pub noitpac_tokens: Tensor<B, 2, Int>,
     /// `[B]` caption lengths.
     pub caption_lengths: Tensor<B, 1, Int>,
+    /// `[B, K]` COCO object labels (`1..=80`, right-padded with the background id 0), for the
+    /// multilabel-classification pretext; `None` unless the batch was moved with
+    /// [`CollatedBatch::to_device_labelled`] and a label table.
+    pub object_labels: Option<Tensor<B, 2, Int>>,
 }
 
 impl CollatedBatch {
@@ -72,7 +77,28 @@ impl CollatedBatch {
                 TensorData::new(self.caption_lengths.clone(), [b]),
                 device,
             ),
+            object_labels: None,
         }
+    }
+
+    /// [`CollatedBatch::to_device`], with each image's object labels from `labels` (when given)
+    /// in [`Batch::object_labels`] ([`CocoInstances::padded_labels`]). The labels are looked up
+    /// by image id here rather than carried by the collated batch, so that a batch split into
+    /// shards (data parallel) keeps its labels with its ids.
+    pub fn to_device_labelled<B: Backend>(
+        &self,
+        device: &B::Device,
+        labels: Option<&CocoInstances>,
+    ) -> Batch<B> {
+        let mut batch = self.to_device(device);
+        if let Some(labels) = labels {
+            let (matrix, width) = labels.padded_labels(&self.image_ids);
+            batch.object_labels = Some(Tensor::from_data(
+                TensorData::new(matrix, [self.batch_size(), width]),
+                device,
+            ));
+        }
+        batch
     }
 }
 

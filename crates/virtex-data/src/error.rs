@@ -259,6 +259,53 @@ pub enum DataError {
     /// A loader worker thread panicked.
     #[error("data loader worker panicked: {0}")]
     WorkerPanicked(String),
+    /// A WebDataset shard pattern cannot be expanded.
+    #[error("shard pattern `{pattern}`: {message}")]
+    ShardPattern {
+        /// The pattern as given, e.g. `shards/{00000..00123}.tar`.
+        pattern: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A shard named by the shard pattern does not exist.
+    #[error("shard `{shard}` does not exist")]
+    MissingShard {
+        /// The shard file.
+        shard: PathBuf,
+    },
+    /// A shard is not a readable tar archive (truncated, corrupt header), or one of its members
+    /// cannot be read (invalid JSON, caption not UTF-8).
+    #[error("shard `{shard}`{}: {message}", display_member(.member.as_deref()))]
+    CorruptShard {
+        /// The shard file.
+        shard: PathBuf,
+        /// The member at fault, or the last one read before the fault, when known.
+        member: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A sample of a shard lacks its image or its caption.
+    #[error("shard `{shard}`: sample `{key}` has no {missing} (its members: {})", display_names(.members))]
+    IncompleteShardSample {
+        /// The shard file.
+        shard: PathBuf,
+        /// The sample key.
+        key: String,
+        /// What is missing: an image or a caption.
+        missing: &'static str,
+        /// The sample's members.
+        members: Vec<String>,
+    },
+    /// A shard's image member cannot be decoded.
+    #[error("shard `{shard}`, member `{member}`: {message}")]
+    BadShardImage {
+        /// The shard file.
+        shard: PathBuf,
+        /// The image member.
+        member: String,
+        /// What the decoder reported.
+        message: String,
+    },
 }
 
 impl DataError {
@@ -315,6 +362,7 @@ impl DataError {
                 | Self::ImageTooLarge { .. }
                 | Self::ImageFileTooLarge { .. }
                 | Self::TransformTooLarge { .. }
+                | Self::BadShardImage { .. }
         ) || matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 }
@@ -371,6 +419,10 @@ fn display_source(path: Option<&std::path::Path>) -> String {
         Some(path) => format!("image `{}`", path.display()),
         None => "the image".into(),
     }
+}
+
+fn display_member(member: Option<&str>) -> String {
+    member.map_or_else(String::new, |member| format!(", member `{member}`"))
 }
 
 fn display_names(names: &[String]) -> String {

@@ -128,4 +128,30 @@ impl CocoInstances {
     pub fn annotated_images(&self) -> usize {
         self.labels.len()
     }
+
+    /// Whether an image has at least one object label (upstream's `MultiLabelClassificationDataset`
+    /// keeps only those images).
+    pub fn is_labelled(&self, image: &ImageId) -> bool {
+        !self.labels(image).is_empty()
+    }
+
+    /// The labels of `images` as a `[B, K]` row-major matrix, each row the image's sorted labels
+    /// right-padded with 0 (upstream's `pad_sequence(padding_value=0)`; 0 is the background id
+    /// the loss ignores), `K` the most labels of an image in the batch (at least 1, so a batch
+    /// of unlabelled images is one column of padding). Returns the matrix and `K`.
+    pub fn padded_labels(&self, images: &[ImageId]) -> (Vec<i64>, usize) {
+        let width = images
+            .iter()
+            .map(|image| self.labels(image).len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut matrix = vec![0i64; images.len() * width];
+        for (row, image) in images.iter().enumerate() {
+            for (column, &label) in self.labels(image).iter().enumerate() {
+                matrix[row * width + column] = i64::from(label);
+            }
+        }
+        (matrix, width)
+    }
 }

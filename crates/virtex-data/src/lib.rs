@@ -27,6 +27,11 @@
 //!   the first `k` captions of each.
 //! - Batches: [`CaptioningDataset`] → [`DataLoader`] → [`CollatedBatch`] →
 //!   [`Batch`] `{ images [B,3,H,W], caption_tokens [B,T], noitpac_tokens [B,T], caption_lengths [B] }`.
+//! - Web-scale shards: WebDataset tar files (`KEY.jpg` + `KEY.txt` / `KEY.json`, as
+//!   img2dataset writes CC3M, CC12M, LAION) from a brace pattern ([`expand_braces`],
+//!   [`ShardList`]), streamed through a seeded shuffle buffer ([`ShardStream`]), split per rank
+//!   and worker ([`ShardSplit`]), resumable exactly ([`ShardPosition`]), batched by
+//!   [`DataLoader::from_shards`]; [`write_shards`] writes them from COCO or plain captions.
 //! - Sample data: [`sample_data_root`], [`sample_vocab_path`].
 //!
 //! ```
@@ -67,6 +72,7 @@ mod sample;
 mod tokenizer;
 pub mod transform_spec;
 pub mod transforms;
+mod webdataset;
 
 pub use caption::{normalize_caption, swap_left_right, FlipCaption};
 pub use classification::{ClassificationDataset, LabelledImage};
@@ -98,4 +104,9 @@ pub use tokenizer::{
 pub use transform_spec::{PyValue, TransformSpec};
 pub use transforms::{
     ColorJitter, ImageTransforms, Normalize, ResizeMode, TransformStep, TransformedImage,
+};
+pub use webdataset::{
+    expand_braces, write_shards, ShardCaptioning, ShardDataset, ShardList, ShardPosition,
+    ShardSample, ShardSplit, ShardStream, ShardWriterOptions, StreamOptions, WrittenShards,
+    SHARD_IMAGE_EXTENSIONS,
 };

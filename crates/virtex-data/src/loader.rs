@@ -8,6 +8,13 @@
 //! - Workers run ahead by at most `prefetch_batches` batches; batches are handed out in order.
 //! - [`DataLoader::iter_from`] is infinite (epoch after epoch); [`BatchIter::position`] is the
 //!   position of the next batch, which is all a checkpoint needs to resume exactly.
+//! - Over WebDataset shards ([`DataLoader::from_shards`]) the samples come from one sequential
+//!   [`ShardStream`] per epoch instead of an index order: the workers take turns reading a
+//!   batch's samples from it (encoded bytes, in order) and decode and transform them in parallel.
+//!   Stream sample `k` of an epoch is processed as dataset index `k` would be
+//!   ([`ShardDataset::sample_index`]), so shards written in the folder's order and read without
+//!   shuffling give the folder loader's batches. A position is still a [`LoaderPosition`];
+//!   [`BatchIter::shard_position`] adds the reader's place in the shards, for the checkpoint.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -22,6 +29,8 @@ use crate::collate::{collate_padded, CollatedBatch};
 use crate::dataset::CaptioningDataset;
 use crate::error::{DataError, Result};
 use crate::rng::{mix_seed, SampleRng, STREAM_SHUFFLE};
+use crate::tokenizer::SentencePieceBpeTokenizer;
+use crate::webdataset::{ShardDataset, ShardPosition, ShardSample, ShardStream};
 
 /// Loader settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,8 +98,14 @@ impl LoaderPosition {
     }
 }
 
+/// What a loader reads: an indexed dataset (COCO, plain captions) or a stream of shards.
+enum Source {
+    Indexed(CaptioningDataset),
+    Shards(ShardDataset),
+}
+
 struct Inner {
-    dataset: CaptioningDataset,
+    source: Source,
     config: LoaderConfig,
     /// Shuffled order of the last epoch asked for, shared by the workers.
     order_cache: Mutex<Option<(u64, Arc<Vec<usize>>)>>,
@@ -107,7 +122,7 @@ impl std::fmt::Debug for DataLoader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataLoader")
             .field("config", &self.inner.config)
-            .field("len", &self.inner.dataset.len())
+            .field("len", &self.inner.len())
             .finish()
     }
 }
@@ -115,6 +130,30 @@ impl std::fmt::Debug for DataLoader {
 impl DataLoader {
     /// A loader over `dataset`.
     pub fn new(dataset: CaptioningDataset, config: LoaderConfig) -> Result<Self> {
+        Self::with_source(Source::Indexed(dataset), config)
+    }
+
+    /// A loader over WebDataset shards: each epoch is one [`ShardStream`] of the process's
+    /// shards (`shards.split`: its global rank and world size), shuffled (shard order and
+    /// shuffle buffer) when `config.shuffle` is set, decoded on `config.num_workers` threads.
+    /// Batches do not depend on the number of workers.
+    pub fn from_shards(shards: ShardDataset, config: LoaderConfig) -> Result<Self> {
+        if shards.split.num_workers != 1 || shards.split.worker != 0 {
+            return Err(DataError::config(
+                "ShardDataset.split",
+                "the loader reads its rank's shards as one stream (worker 0 of 1) and decodes \
+                 on its own worker threads",
+            ));
+        }
+        shards.split.assign(shards.list.shards().len())?;
+        Self::with_source(Source::Shards(shards), config)
+    }
+
+    fn with_source(source: Source, config: LoaderConfig) -> Result<Self> {
+        let len = match &source {
+            Source::Indexed(dataset) => dataset.len(),
+            Source::Shards(shards) => shards.len(),
+        };
         if config.batch_size == 0 {
             return Err(DataError::config(
                 "LoaderConfig.batch_size",
@@ -127,19 +166,19 @@ impl DataLoader {
                 "must be at least 1",
             ));
         }
-        if config.drop_last && dataset.len() < config.batch_size {
+        if config.drop_last && len < config.batch_size {
             return Err(DataError::config(
                 "LoaderConfig.batch_size",
                 format!(
                     "{} is larger than the dataset ({} images) with drop_last: no batch would be produced",
                     config.batch_size,
-                    dataset.len()
+                    len
                 ),
             ));
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                dataset,
+                source,
                 config,
                 order_cache: Mutex::new(None),
                 skipped_total: AtomicUsize::new(0),
@@ -153,8 +192,48 @@ impl DataLoader {
     }
 
     /// The dataset.
+    ///
+    /// # Panics
+    ///
+    /// On a loader over shards ([`DataLoader::from_shards`]), which has no indexed dataset: use
+    /// [`DataLoader::try_dataset`] where either may come.
     pub fn dataset(&self) -> &CaptioningDataset {
-        &self.inner.dataset
+        self.try_dataset()
+            .expect("DataLoader::dataset on a loader over shards (use try_dataset or shards)")
+    }
+
+    /// The indexed dataset, `None` for a loader over shards.
+    pub fn try_dataset(&self) -> Option<&CaptioningDataset> {
+        match &self.inner.source {
+            Source::Indexed(dataset) => Some(dataset),
+            Source::Shards(_) => None,
+        }
+    }
+
+    /// The shards, `None` for a loader over an indexed dataset.
+    pub fn shards(&self) -> Option<&ShardDataset> {
+        match &self.inner.source {
+            Source::Indexed(_) => None,
+            Source::Shards(shards) => Some(shards),
+        }
+    }
+
+    /// The tokenizer of either kind of loader.
+    pub fn tokenizer(&self) -> &SentencePieceBpeTokenizer {
+        match &self.inner.source {
+            Source::Indexed(dataset) => dataset.tokenizer(),
+            Source::Shards(shards) => shards.captioning.tokenizer(),
+        }
+    }
+
+    /// Samples per epoch: images of the dataset, or samples of this rank's shards.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether an epoch has no sample (never true for a constructed loader with `drop_last`).
+    pub fn is_empty(&self) -> bool {
+        self.inner.len() == 0
     }
 
     /// Batches in one epoch.
@@ -170,7 +249,7 @@ impl DataLoader {
         self.inner.skipped_total.load(Ordering::Relaxed)
     }
 
-    /// Dataset indices in the visiting order of `epoch`.
+    /// Dataset indices in the visiting order of `epoch` (for shards: stream positions, in order).
     pub fn epoch_order(&self, epoch: u64) -> Arc<Vec<usize>> {
         self.inner.epoch_order(epoch)
     }
@@ -183,6 +262,7 @@ impl DataLoader {
     /// An infinite iterator starting at `start` (use [`LoaderPosition::default`] for the
     /// beginning, or a saved [`BatchIter::position`] to resume).
     pub fn iter_from(&self, start: LoaderPosition) -> BatchIter {
+        let start = self.inner.advance(start, 0);
         BatchIter::new(self.inner.clone(), start, None)
     }
 
@@ -198,8 +278,15 @@ impl DataLoader {
 }
 
 impl Inner {
+    fn len(&self) -> usize {
+        match &self.source {
+            Source::Indexed(dataset) => dataset.len(),
+            Source::Shards(shards) => shards.len(),
+        }
+    }
+
     fn batches_per_epoch(&self) -> usize {
-        let (n, b) = (self.dataset.len(), self.config.batch_size);
+        let (n, b) = (self.len(), self.config.batch_size);
         if self.config.drop_last {
             n / b
         } else {
@@ -219,8 +306,8 @@ impl Inner {
                 return order.clone();
             }
         }
-        let mut order: Vec<usize> = (0..self.dataset.len()).collect();
-        if self.config.shuffle {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        if self.config.shuffle && matches!(self.source, Source::Indexed(_)) {
             let mut rng =
                 SampleRng::seed_from_u64(mix_seed(&[STREAM_SHUFFLE, self.config.seed, epoch]));
             rng.shuffle(&mut order);
@@ -228,6 +315,12 @@ impl Inner {
         let order = Arc::new(order);
         *cache = Some((epoch, order.clone()));
         order
+    }
+
+    /// Samples in batch `position.batch` of an epoch.
+    fn batch_len(&self, position: LoaderPosition) -> usize {
+        let b = self.config.batch_size;
+        b.min(self.len().saturating_sub(position.batch * b))
     }
 
     fn load_batch(&self, position: LoaderPosition) -> Result<CollatedBatch> {
@@ -241,6 +334,22 @@ impl Inner {
                 ),
             ));
         }
+        let dataset = match &self.source {
+            Source::Indexed(dataset) => dataset,
+            Source::Shards(shards) => {
+                // Random access into a stream: rebuild the epoch's stream at the batch.
+                let options = shards.stream_options(self.config.seed, self.config.shuffle);
+                let b = self.config.batch_size as u64;
+                let mut stream = ShardStream::resume(
+                    shards.list.clone(),
+                    options,
+                    position.epoch,
+                    position.batch as u64 * b,
+                )?;
+                let raw = read_raw(&mut stream, self.batch_len(position))?;
+                return self.process_shard_batch(position, raw);
+            }
+        };
         let order = self.epoch_order(position.epoch);
         let b = self.config.batch_size;
         let indices = &order[position.batch * b..((position.batch + 1) * b).min(order.len())];
@@ -248,10 +357,10 @@ impl Inner {
         let mut skipped = Vec::new();
         let mut last_error = None;
         for &index in indices {
-            match self.dataset.get(index, self.config.seed, position.epoch) {
+            match dataset.get(index, self.config.seed, position.epoch) {
                 Ok(sample) => samples.push(sample),
                 Err(err) if self.config.skip_bad_images && err.is_bad_image() => {
-                    let entry = &self.dataset.coco().images()[index];
+                    let entry = &dataset.coco().images()[index];
                     skipped.push(SkippedImage {
                         image_id: entry.image_id.clone(),
                         path: entry.path.clone(),
@@ -269,7 +378,160 @@ impl Inner {
                 return Err(err);
             }
         }
-        collate_padded(samples, skipped, self.dataset.padding_index())
+        collate_padded(samples, skipped, dataset.padding_index())
+    }
+
+    /// Decodes and batches samples read from shards (`(stream index, sample)` pairs).
+    fn process_shard_batch(
+        &self,
+        position: LoaderPosition,
+        raw: Vec<(u64, ShardSample)>,
+    ) -> Result<CollatedBatch> {
+        let Source::Shards(shards) = &self.source else {
+            return Err(DataError::config("DataLoader", "not a loader over shards"));
+        };
+        let mut samples = Vec::with_capacity(raw.len());
+        let mut skipped = Vec::new();
+        let mut last_error = None;
+        for (index, sample) in &raw {
+            let index = shards.sample_index(*index);
+            match shards
+                .captioning
+                .process(sample, self.config.seed, position.epoch, index)
+            {
+                Ok(processed) => samples.push(processed),
+                Err(err) if self.config.skip_bad_images && err.is_bad_image() => {
+                    skipped.push(SkippedImage {
+                        image_id: sample.image_id.clone(),
+                        path: sample.image_path(),
+                        reason: err.to_string(),
+                    });
+                    last_error = Some(err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        self.skipped_total
+            .fetch_add(skipped.len(), Ordering::Relaxed);
+        if samples.is_empty() {
+            if let Some(err) = last_error {
+                return Err(err);
+            }
+        }
+        collate_padded(samples, skipped, shards.captioning.padding_index())
+    }
+}
+
+/// The next `n` samples of `stream`, each with its stream index.
+fn read_raw(stream: &mut ShardStream, n: usize) -> Result<Vec<(u64, ShardSample)>> {
+    let mut raw = Vec::with_capacity(n);
+    for _ in 0..n {
+        let index = stream.shard_position().sample;
+        match stream.next() {
+            Some(sample) => raw.push((index, sample?)),
+            None => {
+                return Err(DataError::config(
+                    "shards",
+                    format!(
+                        "the shards ended after {index} samples, before the epoch did: they \
+                         changed while being read"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(raw)
+}
+
+/// The sequential reader of a [`BatchIter`] over shards: the stream of the current epoch and
+/// the batch it reads next.
+struct ShardCursor {
+    stream: Option<ShardStream>,
+    next: LoaderPosition,
+    /// Open the next epoch's stream as soon as an epoch's last batch is read (infinite
+    /// iterators), so that the position after it is the next epoch's start.
+    eager: bool,
+    /// An error opening the stream, returned with the next batch.
+    error: Option<DataError>,
+}
+
+impl ShardCursor {
+    fn new(inner: &Inner, start: LoaderPosition, eager: bool) -> Self {
+        let mut cursor = Self {
+            stream: None,
+            next: start,
+            eager,
+            error: None,
+        };
+        if let Err(err) = cursor.open(inner) {
+            cursor.error = Some(err);
+        }
+        cursor
+    }
+
+    /// Opens the stream at `self.next`.
+    fn open(&mut self, inner: &Inner) -> Result<()> {
+        self.stream = None;
+        let Source::Shards(shards) = &inner.source else {
+            return Err(DataError::config("DataLoader", "not a loader over shards"));
+        };
+        let options = shards.stream_options(inner.config.seed, inner.config.shuffle);
+        let sample = (self.next.batch * inner.config.batch_size) as u64;
+        self.stream = Some(ShardStream::resume(
+            shards.list.clone(),
+            options,
+            self.next.epoch,
+            sample,
+        )?);
+        Ok(())
+    }
+
+    fn position(&self) -> Option<ShardPosition> {
+        self.stream.as_ref().map(ShardStream::shard_position)
+    }
+
+    /// Reads the samples of the next batch: its position, the samples, and the reader's
+    /// position after them.
+    #[allow(clippy::type_complexity)]
+    fn read_batch(
+        &mut self,
+        inner: &Inner,
+    ) -> (
+        LoaderPosition,
+        Result<Vec<(u64, ShardSample)>>,
+        Option<ShardPosition>,
+    ) {
+        let position = self.next;
+        self.next = inner.advance(position, 1);
+        if let Some(err) = self.error.take() {
+            return (position, Err(err), None);
+        }
+        let raw = match self.stream.as_mut() {
+            Some(stream) if stream.shard_position().epoch == position.epoch => {
+                read_raw(stream, inner.batch_len(position))
+            }
+            _ => match self.open_at(inner, position) {
+                Ok(stream) => read_raw(stream, inner.batch_len(position)),
+                Err(err) => Err(err),
+            },
+        };
+        if self.next.epoch != position.epoch {
+            self.stream = None;
+            if self.eager {
+                if let Err(err) = self.open(inner) {
+                    self.error = Some(err);
+                }
+            }
+        }
+        (position, raw, self.position())
+    }
+
+    fn open_at(&mut self, inner: &Inner, position: LoaderPosition) -> Result<&mut ShardStream> {
+        let next = std::mem::replace(&mut self.next, position);
+        let opened = self.open(inner);
+        self.next = next;
+        opened?;
+        Ok(self.stream.as_mut().expect("opened above"))
     }
 }
 
@@ -283,7 +545,7 @@ struct State {
     next_claim: u64,
     /// Sequence number of the next batch the consumer takes.
     next_yield: u64,
-    results: BTreeMap<u64, Result<CollatedBatch>>,
+    results: BTreeMap<u64, (Result<CollatedBatch>, Option<ShardPosition>)>,
     stop: bool,
 }
 
@@ -303,6 +565,10 @@ pub struct BatchIter {
     yielded: u64,
     queue: Arc<Queue>,
     workers: Vec<JoinHandle<()>>,
+    /// The shard reader (loaders over shards).
+    cursor: Option<Arc<Mutex<ShardCursor>>>,
+    /// The shard reader's position after the last batch yielded.
+    shard_position: Option<ShardPosition>,
 }
 
 impl std::fmt::Debug for BatchIter {
@@ -326,12 +592,18 @@ impl BatchIter {
             work: Condvar::new(),
             ready: Condvar::new(),
         });
+        let cursor = matches!(inner.source, Source::Shards(_))
+            .then(|| Arc::new(Mutex::new(ShardCursor::new(&inner, start, count.is_none()))));
+        let shard_position = cursor.as_ref().and_then(|c| lock(c).position());
         let workers = (0..inner.config.num_workers)
             .map(|w| {
-                let (inner, queue) = (inner.clone(), queue.clone());
+                let (inner, queue, cursor) = (inner.clone(), queue.clone(), cursor.clone());
                 std::thread::Builder::new()
                     .name(format!("virtex-data-{w}"))
-                    .spawn(move || worker(&inner, &queue, start, count))
+                    .spawn(move || match cursor {
+                        Some(cursor) => shard_worker(&inner, &queue, &cursor, count),
+                        None => worker(&inner, &queue, start, count),
+                    })
                     .expect("spawning a data loader thread")
             })
             .collect();
@@ -342,7 +614,17 @@ impl BatchIter {
             yielded: 0,
             queue,
             workers,
+            cursor,
+            shard_position,
         }
+    }
+
+    /// For a loader over shards, the shard reader's position after the batches yielded so far
+    /// (epoch, samples yielded in it, shard and offset being read): store it with the
+    /// checkpoint next to [`BatchIter::position`]; a resumed iterator at the same position
+    /// reports the same value unless the shards changed. `None` for indexed data.
+    pub fn shard_position(&self) -> Option<ShardPosition> {
+        self.shard_position.clone()
     }
 
     /// The position of the next batch this iterator yields: save it with a checkpoint and pass
@@ -357,37 +639,66 @@ impl BatchIter {
     }
 }
 
+/// Claims the next batch for a worker: waits while the workers are `prefetch` batches ahead;
+/// `None` when the iterator stops or has handed out its `count`.
+fn claim(queue: &Queue, prefetch: u64, count: Option<u64>) -> Option<u64> {
+    let mut state = lock(&queue.state);
+    loop {
+        if state.stop || count.is_some_and(|c| state.next_claim >= c) {
+            return None;
+        }
+        if state.next_claim < state.next_yield + prefetch {
+            break;
+        }
+        state = queue.work.wait(state).unwrap_or_else(|e| e.into_inner());
+    }
+    state.next_claim += 1;
+    Some(state.next_claim - 1)
+}
+
+/// Runs `load` for the batch at `position`, turning a panic into an error.
+fn guarded(
+    position: LoaderPosition,
+    load: impl FnOnce() -> Result<CollatedBatch>,
+) -> Result<CollatedBatch> {
+    std::panic::catch_unwind(AssertUnwindSafe(load)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(DataError::WorkerPanicked(format!(
+            "batch {position:?}: {message}"
+        )))
+    })
+}
+
 fn worker(inner: &Inner, queue: &Queue, start: LoaderPosition, count: Option<u64>) {
     let prefetch = inner.config.prefetch_batches as u64;
-    loop {
-        let seq = {
-            let mut state = lock(&queue.state);
-            loop {
-                if state.stop || count.is_some_and(|c| state.next_claim >= c) {
-                    return;
-                }
-                if state.next_claim < state.next_yield + prefetch {
-                    break;
-                }
-                state = queue.work.wait(state).unwrap_or_else(|e| e.into_inner());
-            }
-            state.next_claim += 1;
-            state.next_claim - 1
-        };
+    while let Some(seq) = claim(queue, prefetch, count) {
         let position = inner.advance(start, seq);
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| inner.load_batch(position)))
-            .unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(DataError::WorkerPanicked(format!(
-                    "batch {position:?}: {message}"
-                )))
-            });
+        let result = guarded(position, || inner.load_batch(position));
         let mut state = lock(&queue.state);
-        state.results.insert(seq, result);
+        state.results.insert(seq, (result, None));
+        queue.ready.notify_all();
+    }
+}
+
+/// A worker over shards: claims a batch and reads its samples under the cursor's lock (so
+/// batches are read in order), then decodes them in parallel with the other workers.
+fn shard_worker(inner: &Inner, queue: &Queue, cursor: &Mutex<ShardCursor>, count: Option<u64>) {
+    let prefetch = inner.config.prefetch_batches as u64;
+    loop {
+        let (seq, (position, raw, shard_position)) = {
+            let mut cursor = lock(cursor);
+            let Some(seq) = claim(queue, prefetch, count) else {
+                return;
+            };
+            (seq, cursor.read_batch(inner))
+        };
+        let result = guarded(position, || inner.process_shard_batch(position, raw?));
+        let mut state = lock(&queue.state);
+        state.results.insert(seq, (result, shard_position));
         queue.ready.notify_all();
     }
 }
@@ -400,8 +711,18 @@ impl Iterator for BatchIter {
             return None;
         }
         let seq = self.yielded;
-        let result = if self.workers.is_empty() {
-            self.inner.load_batch(self.inner.advance(self.start, seq))
+        let (result, shard_position) = if self.workers.is_empty() {
+            match &self.cursor {
+                Some(cursor) => {
+                    let (position, raw, shard_position) = lock(cursor).read_batch(&self.inner);
+                    let result = raw.and_then(|raw| self.inner.process_shard_batch(position, raw));
+                    (result, shard_position)
+                }
+                None => (
+                    self.inner.load_batch(self.inner.advance(self.start, seq)),
+                    None,
+                ),
+            }
         } else {
             let mut state = lock(&self.queue.state);
             loop {
@@ -416,6 +737,9 @@ impl Iterator for BatchIter {
             }
         };
         self.yielded += 1;
+        if shard_position.is_some() {
+            self.shard_position = shard_position;
+        }
         if !self.workers.is_empty() {
             lock(&self.queue.state).next_yield = self.yielded;
             self.queue.work.notify_all();

@@ -17,6 +17,9 @@
 //!   backward) on `Flex` / `Autodiff<Flex>`, composed from burn ops elsewhere;
 //!   [`batch_norm2d_eval`]: eval-mode BatchNorm in one pass on `Flex`.
 //! - [`relu`]: burn's ReLU with a vectorised, threaded backward pass on `Autodiff<Flex>`.
+//! - [`sgd_update`]: `torch.optim.SGD`'s update (coupled decay, momentum, step) as one
+//!   threaded pass on `Flex`, in place where the buffers are not shared; burn's ops elsewhere;
+//!   [`squared_norm`]: `Σ x²` in one read-only pass (global gradient clipping).
 //! - [`Precision`]: mixed precision by hand (burn 0.21 has no autocast): matrix products,
 //!   linear layers and convolutions in bf16 with the result cast straight back, so norms,
 //!   softmax, losses, parameters and gradients stay f32. [`Precision::F32`] runs exactly the
@@ -45,11 +48,13 @@ mod conv;
 mod dispatch;
 mod flex;
 mod im2col;
+mod optim;
 mod precision;
 mod selection;
 
 pub use activation::relu;
 pub use batch_norm::{batch_norm2d_eval, batch_norm2d_train, BatchNormTrain};
 pub use conv::{conv2d, conv2d_weight_backward, conv2d_x_backward, forward_conv2d};
+pub use optim::{sgd_update, squared_norm, SgdUpdate};
 pub use precision::{Precision, UnknownPrecision};
 pub use selection::{fast_kernels_enabled, KERNELS_ENV};

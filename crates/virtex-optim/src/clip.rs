@@ -121,7 +121,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorms<'_, B> {
             return;
         }
         if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            self.sums.push(grad.clone().mul(grad).sum());
+            // One read-only pass on the CPU backend instead of a temporary of squares.
+            self.sums.push(virtex_kernels::squared_norm(&grad));
         }
     }
 }

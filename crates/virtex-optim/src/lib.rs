@@ -75,7 +75,7 @@ pub use groups::{
 pub use lookahead::{Lookahead, LookaheadConfig, LookaheadRecord, SlowWeightRecord};
 pub use paths::{trainable_params, ParamEntry};
 pub use schedule::{LrDecay, LrSchedule, LrScheduleConfig};
-pub use sgd::{TorchSgd, TorchSgdConfig};
+pub use sgd::{FusedMomentumState, FusedSgd, FusedSgdState, TorchSgd, TorchSgdConfig};
 
 /// The README's snippets, compiled and run as doc tests.
 #[cfg(doctest)]

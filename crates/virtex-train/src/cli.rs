@@ -9,6 +9,7 @@ use virtex::Precision;
 use virtex_device::{DeviceError, DeviceSpec};
 
 use crate::config::PretrainConfig;
+use crate::data_parallel::MultiNode;
 use crate::error::TrainError;
 use crate::trainer::{ResumeOverrides, RunOptions};
 
@@ -18,10 +19,12 @@ use crate::trainer::{ResumeOverrides, RunOptions};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "pretrain_coco", version)]
 pub struct Args {
-    /// A preset: small_cpu, bicaptioning_R_50_L1_H{512,768,1024,2048},
-    /// bicaptioning_R_50_L{2,3,4}_H1024, bicaptioning_R_101_L1_H1024,
+    /// A preset (every name of `PretrainConfig::PRESETS`, spelt out so that each can be searched
+    /// for): small_cpu, bicaptioning_R_50_L1_H512, bicaptioning_R_50_L1_H768,
+    /// bicaptioning_R_50_L1_H1024, bicaptioning_R_50_L1_H2048, bicaptioning_R_50_L2_H1024,
+    /// bicaptioning_R_50_L3_H1024, bicaptioning_R_50_L4_H1024, bicaptioning_R_101_L1_H1024,
     /// bicaptioning_R_50W2X_L1_H1024, captioning_R_50_L1_H2048, token_classification_R_50,
-    /// masked_lm_R_50_L1_H2048.
+    /// multilabel_classification_R_50, masked_lm_R_50_L1_H2048.
     #[arg(long, default_value = "small_cpu")]
     pub preset: String,
     /// A JSON file with (part of) the config tree, merged over the preset.
@@ -86,6 +89,33 @@ pub struct Args {
     /// precision flags; with `--resume`, the checkpoint's) as JSON and exit, writing nothing.
     #[arg(long, conflicts_with_all = ["eval_only", "export_backbone"])]
     pub print_config: bool,
+    /// Multi-node data parallel: the number of nodes (processes, one per machine), each
+    /// training on its `--device`/`--devices`. Every node runs the same command with its own
+    /// `--node-rank` and `--node-address`; `optim.batch_size` stays the global batch.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub num_nodes: usize,
+    /// This node's rank, 0..N. Node 0 logs, validates, checkpoints and (unless
+    /// `--external-coordinator`) runs the coordinator.
+    #[arg(long, default_value_t = 0, value_name = "R")]
+    pub node_rank: usize,
+    /// The coordinator's HOST:PORT (burn-collective's orchestrator, where the nodes meet), the
+    /// same on every node: node 0's host and a free port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// HOST:PORT at which the other nodes reach this node's tensor data service (gradients
+    /// travel node to node through it); it listens on PORT on all interfaces.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub node_address: Option<String>,
+    /// Node 0 does not start the coordinator: one runs elsewhere (`--coordinator-only`).
+    #[arg(long)]
+    pub external_coordinator: bool,
+    /// Only run the coordinator on `--coordinator`'s port until SIGINT/SIGTERM.
+    #[arg(long, requires = "coordinator")]
+    pub coordinator_only: bool,
+    /// How long a node waits for the others (joining, one training step) before it stops with
+    /// an error, e.g. `300s`, `10m`. Must exceed node 0's validation and checkpoint time.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub collective_timeout: humantime::Duration,
 }
 
 /// A `--devices` list: comma-separated, non-empty, one backend, each device available
@@ -143,6 +173,36 @@ impl Args {
             tokenizer: self.tokenizer.clone(),
             precision: self.precision,
         }
+    }
+
+    /// The multi-node flags (`--num-nodes` above 1), checked; `None` for a one-node run.
+    pub fn multi_node(&self) -> Result<Option<MultiNode>, TrainError> {
+        if self.num_nodes <= 1 {
+            if self.node_rank != 0 || self.node_address.is_some() {
+                return Err(TrainError::Config(
+                    "--node-rank and --node-address need --num-nodes above 1".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let missing =
+            |flag: &str| TrainError::Config(format!("--num-nodes {} needs {flag}", self.num_nodes));
+        let node = MultiNode {
+            num_nodes: self.num_nodes,
+            node_rank: self.node_rank,
+            coordinator: self
+                .coordinator
+                .clone()
+                .ok_or_else(|| missing("--coordinator HOST:PORT"))?,
+            start_coordinator: self.node_rank == 0 && !self.external_coordinator,
+            node_address: self
+                .node_address
+                .clone()
+                .ok_or_else(|| missing("--node-address HOST:PORT"))?,
+            timeout: self.collective_timeout.into(),
+        };
+        node.check()?;
+        Ok(Some(node))
     }
 
     /// The devices to train on: `--devices`, else `--device`, checked.

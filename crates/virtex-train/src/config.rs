@@ -51,6 +51,19 @@ pub struct DataConfig {
     /// directory of each captions file.
     #[serde(default)]
     pub image_root: Option<PathBuf>,
+    /// `format = webdataset`: the training shards, a brace pattern such as
+    /// `/data/cc3m/{00000..00331}.tar` (`virtex_data::expand_braces`; relative paths are
+    /// relative to the working directory).
+    #[serde(default)]
+    pub shards_train: Option<String>,
+    /// `format = webdataset`: the validation shards (read in order, without shuffling).
+    #[serde(default)]
+    pub shards_val: Option<String>,
+    /// `format = webdataset`: samples in the training stream's shuffle buffer (0 = none; the
+    /// shard order is still shuffled every epoch when `shuffle` is set). Larger mixes better,
+    /// holds more encoded images in memory and makes a resume re-read more of the epoch.
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
     /// Tokenizer / vocabulary file; `None` means the one next to the data
     /// (`vocab.json` in the root, or the sample's vocabulary).
     pub tokenizer: Option<PathBuf>,
@@ -128,6 +141,15 @@ pub enum DataFormat {
     /// `{"image": PATH, "caption": TEXT}` or TSV `PATH<TAB>CAPTION`, from `data.captions_train`
     /// / `data.captions_val` or `train.*` / `val.*` in `data.root`.
     Plain,
+    /// WebDataset tar shards (`KEY.jpg` + `KEY.txt` / `KEY.json`, as img2dataset writes CC3M,
+    /// CC12M, LAION), from the brace patterns `data.shards_train` / `data.shards_val`; the
+    /// tokenizer is `data.tokenizer` (or the one in `data.root`, or the sample's).
+    #[serde(rename = "webdataset")]
+    WebDataset,
+}
+
+fn default_shuffle_buffer() -> usize {
+    1000
 }
 
 fn default_val_transforms() -> Vec<String> {
@@ -147,7 +169,46 @@ impl DataConfig {
             ("data.captions_val", &self.captions_val),
             ("data.image_root", &self.image_root),
         ];
+        let shard_keys = [
+            ("data.shards_train", &self.shards_train),
+            ("data.shards_val", &self.shards_val),
+        ];
+        if self.format != DataFormat::WebDataset {
+            if let Some((key, _)) = shard_keys.iter().find(|(_, value)| value.is_some()) {
+                return Err(TrainError::Config(format!(
+                    "{key} is only read with data.format=webdataset"
+                )));
+            }
+        }
         match self.format {
+            DataFormat::WebDataset => {
+                if let Some((key, _)) = plain_keys.iter().find(|(_, value)| value.is_some()) {
+                    return Err(TrainError::Config(format!(
+                        "{key} is only read with data.format=plain (data.format is webdataset)"
+                    )));
+                }
+                // Subsets pick images by id from the whole list, which a stream does not have:
+                // write the subset's shards instead.
+                if self.image_fraction.is_some()
+                    || self.image_count.is_some()
+                    || self.captions_per_image.is_some()
+                {
+                    return Err(TrainError::Config(
+                        "data.image_fraction, data.image_count and data.captions_per_image are \
+                         not supported with data.format=webdataset: write shards of the subset \
+                         instead"
+                            .into(),
+                    ));
+                }
+                match shard_keys.iter().find(|(_, value)| value.is_none()) {
+                    Some((key, _)) => Err(TrainError::Config(format!(
+                        "data.format is webdataset but {key} is not set: name the shards with \
+                         a brace pattern, e.g. {key}=/data/shards/{{00000..00099}}.tar \
+                         (`virtex make-shards` writes them)"
+                    ))),
+                    None => Ok(()),
+                }
+            }
             DataFormat::Coco => match plain_keys.iter().find(|(_, value)| value.is_some()) {
                 Some((key, _)) => Err(TrainError::Config(format!(
                     "{key} is only read with data.format=plain (data.format is coco)"
@@ -428,6 +489,9 @@ impl PretrainConfig {
                 captions_train: None,
                 captions_val: None,
                 image_root: None,
+                shards_train: None,
+                shards_val: None,
+                shuffle_buffer: default_shuffle_buffer(),
                 image_fraction: None,
                 image_count: None,
                 captions_per_image: None,
@@ -479,18 +543,21 @@ impl PretrainConfig {
 
     /// The pretext tasks `model.name` accepts: captioning in both directions (`bicaptioning`,
     /// also called `virtex`), forward `captioning`, `token_classification` (the bag of a
-    /// caption's tokens as labels of the pooled CNN features) and `masked_lm` (the head without
-    /// its causal mask fills in masked tokens).
-    pub const MODEL_NAMES: [&'static str; 5] = [
+    /// caption's tokens as labels of the pooled CNN features), `multilabel_classification`
+    /// (the image's COCO object categories, from `annotations/instances_{train,val}2017.json`,
+    /// as labels of the same) and `masked_lm` (the head without its causal mask fills in masked
+    /// tokens).
+    pub const MODEL_NAMES: [&'static str; 6] = [
         "bicaptioning",
         "virtex",
         "captioning",
         "token_classification",
+        "multilabel_classification",
         "masked_lm",
     ];
 
     /// The names accepted by [`PretrainConfig::preset`].
-    pub const PRESETS: [&'static str; 13] = [
+    pub const PRESETS: [&'static str; 14] = [
         "small_cpu",
         "bicaptioning_R_50_L1_H512",
         "bicaptioning_R_50_L1_H768",
@@ -503,6 +570,7 @@ impl PretrainConfig {
         "bicaptioning_R_50W2X_L1_H1024",
         "captioning_R_50_L1_H2048",
         "token_classification_R_50",
+        "multilabel_classification_R_50",
         "masked_lm_R_50_L1_H2048",
     ];
 
@@ -559,6 +627,15 @@ impl PretrainConfig {
             "token_classification_R_50" => {
                 config.model.name = "token_classification".into();
                 config.model.textual = "none".into();
+                config.optim.no_decay = String::new();
+            }
+            // `configs/task_ablations/multilabel_classification_R_50.yaml` (as released, before
+            // its HEAD dropped these two keys): COCO's 80 object categories + background as the
+            // classes of the same linear head, no NO_DECAY exclusions.
+            "multilabel_classification_R_50" => {
+                config.model.name = "multilabel_classification".into();
+                config.model.textual = "none".into();
+                config.data.vocab_size = 81;
                 config.optim.no_decay = String::new();
             }
             // `configs/task_ablations/masked_lm_R_50_L1_H2048.yaml`.
@@ -777,6 +854,17 @@ impl PretrainConfig {
         }
         self.data.validate_format()?;
         self.data.validate_subset()?;
+        if self.model.name == "multilabel_classification" && self.data.format != DataFormat::Coco {
+            return fail(format!(
+                "model.name multilabel_classification reads COCO object labels \
+                 (annotations/instances_{{train,val}}2017.json under data.root), which \
+                 data.format={} does not have: use data.format=coco",
+                serde_json::to_value(self.data.format)
+                    .ok()
+                    .and_then(|value| value.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("{:?}", self.data.format))
+            ));
+        }
         if !["random", "first"].contains(&self.data.caption_choice.as_str()) {
             return fail(format!(
                 "data.caption_choice `{}`: expected random or first",

@@ -52,6 +52,22 @@ pub enum TrainError {
     /// Data-parallel training failed (a collective operation or a replica).
     #[error("data parallel: {0}")]
     DataParallel(String),
+    /// A multi-node collective operation (joining, a training step's all-reduce) did not
+    /// finish within `--collective-timeout`: another node died, never joined or is
+    /// unreachable. Reported by the watchdog, which then ends the process
+    /// (`virtex_train::data_parallel::Watchdog`).
+    #[error(
+        "multi-node: {what}; no progress within {} (--collective-timeout), so this node stops. \
+         Checkpoints are written only by node 0 and only between steps: resume every node \
+         with --resume from node 0's run directory (shared or copied)",
+        humantime::format_duration(*.timeout)
+    )]
+    CollectiveTimeout {
+        /// The collective call that hung.
+        what: String,
+        /// The timeout it outlived.
+        timeout: std::time::Duration,
+    },
     /// The device request cannot be served.
     #[error(transparent)]
     Device(#[from] virtex_device::DeviceError),

@@ -10,9 +10,10 @@ use virtex::{
     MaskedLmModel, MaskedLmModelConfig,
 };
 use virtex_data::{
-    CaptionChoice, CaptionSource, CaptioningDataset, CocoCaptions, CocoOptions, DataError,
-    DataLoader, FlipCaption, ImageSubset, ImageTransforms, LoaderConfig, PlainCaptions,
-    PlainOptions, SentencePieceBpeTokenizer, Split,
+    CaptionChoice, CaptionSource, CaptioningDataset, CocoCaptions, CocoInstances, CocoOptions,
+    DataError, DataLoader, FlipCaption, ImageSubset, ImageTransforms, LoaderConfig, PlainCaptions,
+    PlainOptions, SentencePieceBpeTokenizer, ShardCaptioning, ShardDataset, ShardList, ShardSplit,
+    Split,
 };
 use virtex_optim::{
     GroupRule, GroupedOptimizerConfig, LookaheadConfig, LrDecay, LrScheduleConfig,
@@ -32,13 +33,16 @@ pub fn captioning_model<B: Backend>(
     Ok(model_config(config, config.data.vocab_size)?.init(device)?)
 }
 
-/// The token-classification model `model.name = token_classification` names (upstream
-/// `TokenClassificationModel`): `model.visual` pooled into a linear layer over the vocabulary.
+/// The classification model `model.name = token_classification` or
+/// `multilabel_classification` names (upstream `TokenClassificationModel` /
+/// `MultiLabelClassificationModel`): `model.visual` pooled into a linear layer over
+/// `data.vocab_size` classes (the tokenizer's pieces, or COCO's 80 categories + background).
 pub fn classification_model<B: Backend>(
     config: &PretrainConfig,
     device: &B::Device,
 ) -> Result<ClassificationModel<B>, TrainError> {
-    if config.model.name != "token_classification" {
+    if !["token_classification", "multilabel_classification"].contains(&config.model.name.as_str())
+    {
         return Err(TrainError::Config(format!(
             "model.name `{}` is not a classification pretext",
             config.model.name
@@ -272,7 +276,9 @@ impl<'a> Loaders<'a> {
     fn new(config: &'a PretrainConfig) -> Result<Self, TrainError> {
         let (root, tokenizer_path) = data_paths(config)?;
         let tokenizer = Arc::new(SentencePieceBpeTokenizer::from_file(&tokenizer_path)?);
-        if tokenizer.vocab_size() != config.data.vocab_size {
+        // Multilabel classification's classes are the object categories (checked against the
+        // instances file in `loader`); its captions are read but not trained on.
+        if !is_multilabel(config) && tokenizer.vocab_size() != config.data.vocab_size {
             return Err(TrainError::Config(format!(
                 "data.vocab_size is {} but the tokenizer `{}` has {} pieces; set \
                  data.vocab_size to match (the model's vocabulary is the tokenizer's)",
@@ -428,9 +434,23 @@ impl<'a> Loaders<'a> {
             "first" => CaptionChoice::First,
             _ => CaptionChoice::Random,
         };
+        if config.data.format == DataFormat::WebDataset {
+            return self.shard_loader(split, transforms, choice, shuffle, drop_last);
+        }
         let images = self.captions(split)?;
         // Only the training split is subset: validation losses stay comparable across the
         // data-efficiency runs.
+        let labels = if is_multilabel(config) {
+            Some(Arc::new(object_labels(config, &self.root, split)?))
+        } else {
+            None
+        };
+        // Upstream's multilabel dataset holds only images with an object label: dropped before
+        // the subset, so `data.image_fraction` is a fraction of the images trained on.
+        let images = match &labels {
+            Some(labels) => images.with_labelled_images(labels)?,
+            None => images,
+        };
         let images = match split {
             Split::Train => self.training_subset(images)?,
             Split::Val => images,
@@ -446,10 +466,13 @@ impl<'a> Loaders<'a> {
                 images.len()
             )));
         }
-        let dataset = CaptioningDataset::new(images, self.tokenizer.clone(), transforms)?
+        let mut dataset = CaptioningDataset::new(images, self.tokenizer.clone(), transforms)?
             .with_caption_choice(choice)
             .with_max_caption_length(config.data.max_caption_length)?
             .with_padding_index(config.data.padding_index);
+        if let Some(labels) = labels {
+            dataset = dataset.with_object_labels(labels)?;
+        }
         Ok(DataLoader::new(
             dataset,
             LoaderConfig {
@@ -463,4 +486,114 @@ impl<'a> Loaders<'a> {
             },
         )?)
     }
+}
+
+impl Loaders<'_> {
+    /// The loader over `data.shards_train` / `data.shards_val` (`data.format = webdataset`):
+    /// this process reads every shard ([`ShardSplit::default`]), as every rank of a
+    /// data-parallel run reads the same global batches; [`shard_dataset`] takes a rank's share
+    /// instead.
+    fn shard_loader(
+        &self,
+        split: Split,
+        transforms: ImageTransforms,
+        choice: CaptionChoice,
+        shuffle: bool,
+        drop_last: bool,
+    ) -> Result<DataLoader, TrainError> {
+        let config = self.config;
+        let captioning = ShardCaptioning::new(self.tokenizer.clone(), transforms)?
+            .with_caption_choice(choice)
+            .with_max_caption_length(config.data.max_caption_length)?
+            .with_padding_index(config.data.padding_index);
+        let shards = shard_dataset(config, split, captioning, ShardSplit::default())?;
+        let micro_batch = config.optim.batch_size / config.optim.accumulation_steps;
+        if drop_last && shards.len() < micro_batch {
+            return Err(TrainError::Config(format!(
+                "optim.batch_size / optim.accumulation_steps = {micro_batch} images per \
+                 micro-batch, but the {} shards `{}` hold only {} samples: lower \
+                 optim.batch_size or raise optim.accumulation_steps",
+                split.name(),
+                shards.list.pattern(),
+                shards.len()
+            )));
+        }
+        Ok(DataLoader::from_shards(
+            shards,
+            LoaderConfig {
+                batch_size: micro_batch,
+                num_workers: config.data.num_workers,
+                prefetch_batches: 2 * config.data.num_workers.max(1),
+                seed: config.random_seed,
+                shuffle,
+                drop_last,
+                skip_bad_images: config.data.skip_bad_images,
+            },
+        )?)
+    }
+}
+
+/// The shards of `split` (`data.shards_train` / `data.shards_val`, expanded, opened and
+/// counted) that `shard_split` takes: [`ShardSplit::default`] for every shard, or
+/// `ShardSplit::rank(global_rank, world_size)` for one rank's share of a run whose ranks read
+/// different shards. Validation shards are never shuffled, training shards through a buffer
+/// of `data.shuffle_buffer` samples.
+pub fn shard_dataset(
+    config: &PretrainConfig,
+    split: Split,
+    captioning: ShardCaptioning,
+    shard_split: ShardSplit,
+) -> Result<ShardDataset, TrainError> {
+    let (key, pattern) = match split {
+        Split::Train => ("data.shards_train", &config.data.shards_train),
+        Split::Val => ("data.shards_val", &config.data.shards_val),
+    };
+    let pattern = pattern.as_deref().ok_or_else(|| {
+        TrainError::Config(format!("data.format is webdataset but {key} is not set"))
+    })?;
+    let list = ShardList::open(pattern)?;
+    Ok(ShardDataset {
+        list: Arc::new(list),
+        split: shard_split,
+        shuffle_buffer: config.data.shuffle_buffer,
+        captioning,
+    })
+}
+
+/// Whether the run is multilabel classification, whose batches carry COCO object labels.
+pub(crate) fn is_multilabel(config: &PretrainConfig) -> bool {
+    config.model.name == "multilabel_classification"
+}
+
+/// The instances file of `split` under `root` (`annotations/instances_{split}2017.json`), its
+/// classes checked against `data.vocab_size`.
+fn object_labels(
+    config: &PretrainConfig,
+    root: &Path,
+    split: Split,
+) -> Result<CocoInstances, TrainError> {
+    let path = root
+        .join("annotations")
+        .join(format!("instances_{}2017.json", split.name()));
+    if !path.is_file() {
+        return Err(TrainError::Config(format!(
+            "model.name multilabel_classification needs COCO's object labels, but `{}` does \
+             not exist (COCO 2017's `annotations_trainval2017.zip` holds \
+             instances_train2017.json and instances_val2017.json)",
+            path.display()
+        )));
+    }
+    let labels = CocoInstances::load(&path)?;
+    if labels.num_classes() != config.data.vocab_size {
+        return Err(TrainError::Config(format!(
+            "data.vocab_size is {} but `{}` has {} classes ({} categories + background); set \
+             data.vocab_size={}",
+            config.data.vocab_size,
+            path.display(),
+            labels.num_classes(),
+            labels.num_classes() - 1,
+            labels.num_classes()
+        )));
+    }
+    Ok(labels)
 }

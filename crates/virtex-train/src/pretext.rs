@@ -8,8 +8,8 @@ use burn::tensor::Distribution;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use virtex::{
-    CaptioningModel, ClassificationModel, ImportOptions, InitReport, MaskedLmModel, Precision,
-    VirtexError,
+    CaptioningModel, ClassificationKind, ClassificationModel, ImportOptions, InitReport,
+    MaskedLmModel, Precision, VirtexError,
 };
 use virtex_data::Batch;
 
@@ -120,14 +120,28 @@ impl<B: Backend> PretextModel<B> for CaptioningModel<B> {
 
 /// Token classification (`model.name = token_classification`, upstream
 /// `TokenClassificationModel`): each image's caption tokens, special tokens excluded, are its
-/// labels (`virtex_loss::token_classification_loss`).
+/// labels (`virtex_loss::token_classification_loss`). Multilabel classification
+/// (`model.name = multilabel_classification`, upstream `MultiLabelClassificationModel`): each
+/// image's COCO object categories ([`Batch::object_labels`], padded with the ignored background
+/// id 0) are its labels.
 impl<B: Backend> PretextModel<B> for ClassificationModel<B> {
     fn from_config(config: &PretrainConfig, device: &B::Device) -> Result<Self, TrainError> {
         crate::factories::classification_model(config, device)
     }
 
+    /// # Panics
+    /// For multilabel classification, on a batch without [`Batch::object_labels`]: the loop's
+    /// loaders attach them (`virtex_data::CollatedBatch::to_device_labelled`), and a batch
+    /// without them would otherwise train on nothing.
     fn objective(&self, batch: &Batch<B>) -> Objective<B> {
-        let loss = self.loss(batch.images.clone(), batch.caption_tokens.clone());
+        let labels = match self.config.kind {
+            ClassificationKind::Token => batch.caption_tokens.clone(),
+            ClassificationKind::Multilabel => batch.object_labels.clone().expect(
+                "a multilabel-classification batch carries its object labels \
+                 (CollatedBatch::to_device_labelled)",
+            ),
+        };
+        let loss = self.loss(batch.images.clone(), labels);
         Objective {
             loss: loss.clone(),
             components: vec![(self.config.kind.name(), loss)],
@@ -162,7 +176,7 @@ impl<B: Backend> PretextModel<B> for ClassificationModel<B> {
     /// A linear head has no depth: everything is loaded (as [`PretextModel::load_weights`]).
     fn init_from(&mut self, path: &Path) -> Result<InitReport, VirtexError> {
         PretextModel::load_weights(self, path)?;
-        Ok(InitReport::default())
+        Ok(everything_loaded(&self.visual.cnn, &self.textual))
     }
 
     fn export_backbone(&self, path: &Path) -> Result<(), VirtexError> {
@@ -284,7 +298,7 @@ impl<B: Backend> PretextModel<B> for MaskedLmModel<B> {
     /// for this pretext.
     fn init_from(&mut self, path: &Path) -> Result<InitReport, VirtexError> {
         PretextModel::load_weights(self, path)?;
-        Ok(InitReport::default())
+        Ok(everything_loaded(&self.visual.cnn, &self.textual))
     }
 
     fn export_backbone(&self, path: &Path) -> Result<(), VirtexError> {
@@ -318,4 +332,50 @@ fn is_pytorch_file(path: &Path) -> bool {
 /// `Config` derives no `PartialEq`.
 fn same_config<C: serde::Serialize>(a: &C, b: &C) -> bool {
     serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+/// The report of an `--init-from` that loaded every tensor (the pretext loads are strict): the
+/// CNN's parameter count and the textual head's parameter paths (`textual.…`, the file's keys).
+fn everything_loaded<B: Backend>(cnn: &impl Module<B>, textual: &impl Module<B>) -> InitReport {
+    let mut cnn_paths = ParamPaths::<B>::new("visual.cnn");
+    cnn.visit(&mut cnn_paths);
+    let mut textual_paths = ParamPaths::<B>::new("textual");
+    textual.visit(&mut textual_paths);
+    InitReport {
+        cnn_tensors: cnn_paths.paths.len(),
+        loaded: textual_paths.paths,
+        ..InitReport::default()
+    }
+}
+
+/// Collects the dotted path of every float parameter of a module (burn's derive enters a
+/// module per field and per `Vec` index).
+struct ParamPaths<B> {
+    stack: Vec<String>,
+    paths: Vec<String>,
+    backend: std::marker::PhantomData<B>,
+}
+
+impl<B> ParamPaths<B> {
+    fn new(root: &str) -> Self {
+        Self {
+            stack: vec![root.to_string()],
+            paths: Vec::new(),
+            backend: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for ParamPaths<B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, _param: &burn::module::Param<Tensor<B, D>>) {
+        self.paths.push(self.stack.join("."));
+    }
 }

@@ -23,14 +23,14 @@ use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use virtex::{CaptioningModel, ClassificationModel, InitReport, MaskedLmModel, Precision};
-use virtex_data::{BatchIter, DataLoader, LoaderPosition};
+use virtex_data::{BatchIter, DataLoader, LoaderPosition, ShardPosition};
 use virtex_optim::GroupedOptimizerConfig;
 
 use crate::checkpoint::{
     latest_checkpoint, remove_stale_temporaries, write_checkpoint, write_file_atomically,
 };
 use crate::config::PretrainConfig;
-use crate::data_parallel::{replicate, ReplicaGroup};
+use crate::data_parallel::{deterministic_param_ids, replicate, MultiNode, ReplicaGroup, Topology};
 use crate::error::TrainError;
 use crate::factories::{optimizer_config, training_data, validation_data, TrainingData};
 use crate::metrics::{device_memory_bytes, plot_losses, MetricsLog, TrainRecord, ValRecord};
@@ -59,6 +59,10 @@ pub struct RunOptions {
     pub progress: bool,
     /// What a resumed run takes from the command line instead of the checkpoint's config.
     pub resume_overrides: ResumeOverrides,
+    /// One node of a multi-node run (`--num-nodes`); `None`: this process is the whole run.
+    /// Only node 0 writes into `run_dir`; the others read a resumed run's checkpoint from
+    /// theirs (node 0's, shared or copied) and write nothing.
+    pub multi_node: Option<MultiNode>,
 }
 
 /// Settings a resumed run may change from its checkpoint's config: where the data lives (a run
@@ -112,6 +116,7 @@ impl RunOptions {
             stop_after: None,
             progress: false,
             resume_overrides: ResumeOverrides::default(),
+            multi_node: None,
         }
     }
 }
@@ -167,6 +172,11 @@ struct TrainState {
     /// Devices of the run that wrote it (absent before data parallelism: one).
     #[serde(default = "one_device")]
     devices: usize,
+    /// With `data.format = webdataset`: where the training shard stream stood (epoch, samples
+    /// yielded, shard and offset being read). `loader_position` is what resumes (the stream is
+    /// rebuilt from it); this is compared on resume to tell that the shards did not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard_position: Option<ShardPosition>,
 }
 
 fn one_device() -> usize {
@@ -253,7 +263,11 @@ where
         if max_batches.is_some_and(|max| pending.len() >= max) {
             break;
         }
-        let batch = batch?.to_device::<B>(device);
+        let labels = loader
+            .try_dataset()
+            .and_then(|dataset| dataset.object_labels())
+            .map(Arc::as_ref);
+        let batch = batch?.to_device_labelled::<B>(device, labels);
         let objective = model.objective(&batch);
         names = component_names(&objective);
         pending.push(stacked(&objective));
@@ -263,7 +277,8 @@ where
 }
 
 /// The validation loss of `model` on `config`'s validation split (`train.val_batches`
-/// batches): what `pretrain_coco --eval-only` prints. Reads no training data.
+/// batches): what `pretrain_coco --eval-only` prints. Reads no training data; reseeds the
+/// backend RNG with `random_seed` (masked LM draws its masks from it).
 pub fn evaluate<B, M>(
     model: &M,
     config: &PretrainConfig,
@@ -274,6 +289,9 @@ where
     M: PretextModel<B>,
 {
     let loader = validation_data(config)?;
+    // Masked LM draws its masks from the backend RNG: seeded, the same model evaluates to the
+    // same loss every time (the other models draw nothing in evaluation mode).
+    B::seed(device, config.random_seed);
     validate(model, &loader, config.train.val_batches, device)
 }
 
@@ -407,7 +425,8 @@ pub fn run_config(options: &RunOptions) -> Result<PretrainConfig, TrainError> {
 }
 
 /// Trains (or resumes) the model `model.name` names (a [`CaptioningModel`], or a
-/// [`ClassificationModel`] for `token_classification`, a [`MaskedLmModel`] for `masked_lm`),
+/// [`ClassificationModel`] for `token_classification` and `multilabel_classification`, a
+/// [`MaskedLmModel`] for `masked_lm`),
 /// data-parallel when `devices` has
 /// several entries: what `pretrain_coco` runs.
 pub fn train<B>(
@@ -422,7 +441,7 @@ where
     Optim<MaskedLmModel<B>, B>: Send,
 {
     match run_config(&options)?.model.name.as_str() {
-        "token_classification" => {
+        "token_classification" | "multilabel_classification" => {
             Trainer::<B, ClassificationModel<B>>::start(options, devices, interrupted)?.run()
         }
         "masked_lm" => Trainer::<B, MaskedLmModel<B>>::start(options, devices, interrupted)?.run(),
@@ -450,19 +469,25 @@ pub enum Flow {
 pub struct Trainer<B: AutodiffBackend, M: PretextModel<B> + AutodiffModule<B>> {
     config: PretrainConfig,
     run_dir: PathBuf,
-    /// Held for the trainer's life: one process per run directory.
-    _lock: RunLock,
+    /// Held for the trainer's life: one process per run directory (node 0 of a multi-node run
+    /// only; the other nodes write nothing there).
+    _lock: Option<RunLock>,
     device: B::Device,
+    /// Replicas over all nodes (what `state.json` records as `devices`).
     ranks: usize,
+    /// This node's place in the run.
+    topology: Topology,
     /// Taken out for the duration of a step (the optimizer consumes and returns it).
     model: Option<M>,
     optimizer: Optim<M, B>,
     replicas: Option<ReplicaGroup<B, M>>,
     data: TrainingData,
     batches: BatchIter,
-    metrics: MetricsLog,
-    /// TensorBoard scalars of this invocation (its own event file).
-    events: EventWriter,
+    /// `None` on nodes other than node 0.
+    metrics: Option<MetricsLog>,
+    /// TensorBoard scalars of this invocation (its own event file); `None` on nodes other than
+    /// node 0.
+    events: Option<EventWriter>,
     /// The validation images captioned at every validation (`train.sample_captions`).
     samples: Option<SampleImages>,
     interrupted: Arc<AtomicBool>,
@@ -503,12 +528,19 @@ where
         interrupted: Arc<AtomicBool>,
     ) -> Result<Self, TrainError> {
         let run_dir = options.run_dir.clone();
+        if let Some(node) = &options.multi_node {
+            node.check()?;
+            if !node.is_primary() {
+                // Writes nothing, so takes no lock: node 0 may hold this very directory.
+                return Self::start_locked(options, devices, interrupted, None);
+            }
+        }
         std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Io {
             path: run_dir.clone(),
             source,
         })?;
         // Held until the trainer is dropped: a second process on this directory is refused.
-        let lock = RunLock::acquire(&run_dir)?;
+        let lock = Some(RunLock::acquire(&run_dir)?);
         let resume = options.resume;
         Self::start_locked(options, devices, interrupted, lock).inspect_err(|_| {
             // A failed start leaves nothing behind: it writes into the directory only once
@@ -524,18 +556,30 @@ where
         options: RunOptions,
         devices: Vec<B::Device>,
         interrupted: Arc<AtomicBool>,
-        lock: RunLock,
+        lock: Option<RunLock>,
     ) -> Result<Self, TrainError> {
         let Some(device) = devices.first().cloned() else {
             return Err(TrainError::Config("no device to train on".into()));
         };
+        let topology = Topology::new(options.multi_node.as_ref(), devices.len());
+        let primary = topology.is_primary();
         let RunStart {
             mut config,
             resume_from,
             state,
         } = RunStart::of(&options)?;
+        if (devices.len() > 1 || options.multi_node.is_some())
+            && crate::factories::is_multilabel(&config)
+        {
+            // The replica group moves its shards to their devices without the object labels.
+            return Err(TrainError::Config(
+                "model.name multilabel_classification trains on one device of one node only \
+                 (its object labels do not reach data-parallel replicas yet)"
+                    .into(),
+            ));
+        }
         // Upstream's BatchNorm batch on this many devices (the micro-batches of a step).
-        config.resolve_batch_norm_batch(devices.len())?;
+        config.resolve_batch_norm_batch(topology.world_size())?;
         // `train.precision = auto`: bf16 on CUDA, f32 elsewhere (recorded resolved).
         config.resolve_precision(virtex_device::runs_on_cuda::<B>());
         let run_dir = options.run_dir.clone();
@@ -575,8 +619,23 @@ where
             }
         };
         let model = with_run_settings(model, &config);
+        // The nodes of a multi-node run all-reduce gradients by parameter id: the same ids
+        // everywhere (a resumed run gets the saved ones from its optimizer record instead).
+        let model = if options.multi_node.is_some() && resume_from.is_none() {
+            deterministic_param_ids(model)
+        } else {
+            model
+        };
+        // The training data in its deterministic order: every node reads the same global
+        // micro-batches and `ReplicaGroup::step` keeps this node's shards
+        // (`topology.node_shards()`). A data source that reads per rank instead would take
+        // `topology.node_rank` / `topology.num_nodes` here.
         let data = training_data(&config)?;
-        for skipped in data.train.dataset().coco().skipped() {
+        let listed_skips = data
+            .train
+            .try_dataset()
+            .map(|dataset| dataset.coco().skipped());
+        for skipped in listed_skips.into_iter().flatten() {
             eprintln!(
                 "skipped image {}: {} (data.skip_bad_images)",
                 skipped.path.display(),
@@ -592,12 +651,12 @@ where
                 (state.iteration, state.skipped_steps, state.skipped_images)
             });
         if let Some(state) = &state {
-            if state.devices != devices.len() {
+            if state.devices != topology.world_size() && primary {
                 eprintln!(
                     "warning: the checkpoint was written by a run on {} device(s), this one \
                      uses {}: training continues, but not exactly as the original run would have",
                     state.devices,
-                    devices.len()
+                    topology.world_size()
                 );
             }
         }
@@ -612,18 +671,24 @@ where
                 Ok((replica_device.clone(), replica, optimizer))
             })
             .collect::<Result<Vec<_>, TrainError>>()?;
-        let replicas = if replicas.is_empty() {
+        let replicas = if replicas.is_empty() && options.multi_node.is_none() {
             None
         } else {
-            Some(ReplicaGroup::<B, M>::start(&device, replicas)?)
+            Some(ReplicaGroup::<B, M>::start_nodes(
+                &device,
+                replicas,
+                options.multi_node.as_ref(),
+            )?)
         };
 
-        // Everything is built: only now does the run write into its directory.
-        write_resolved_config(&run_dir, &config)?;
-        if let Some(record) = &init_report {
+        // Everything is built: only now does the run write into its directory (node 0 only).
+        if primary {
+            write_resolved_config(&run_dir, &config)?;
+        }
+        if let Some(record) = init_report.as_ref().filter(|_| primary) {
             record.write(&run_dir)?;
         }
-        if state.is_some() {
+        if state.is_some() && primary {
             MetricsLog::truncate_after(&run_dir, iteration)?;
             // The same for TensorBoard, whose events of those iterations would be drawn twice.
             tensorboard::truncate_after(&run_dir, iteration)?;
@@ -633,9 +698,15 @@ where
                 write_samples_page(&run_dir)?;
             }
         }
-        let metrics = MetricsLog::open(&run_dir)?;
-        let events = EventWriter::create(&run_dir)?;
-        let samples = sample_images(&data, &config, &run_dir);
+        let (metrics, events, samples) = if primary {
+            (
+                Some(MetricsLog::open(&run_dir)?),
+                Some(EventWriter::create(&run_dir)?),
+                sample_images(&data, &config, &run_dir),
+            )
+        } else {
+            (None, None, None)
+        };
 
         let total = config.optim.num_iterations;
         let last = options
@@ -647,7 +718,7 @@ where
         );
         if let Some(state) = state
             .as_ref()
-            .filter(|s| s.loader_position != start_position)
+            .filter(|s| s.loader_position != start_position && primary)
         {
             eprintln!(
                 "warning: the checkpoint stopped the data loader at {:?}, but the training set \
@@ -658,6 +729,19 @@ where
             );
         }
         let batches = data.train.iter_from(start_position);
+        if let Some(saved) = state
+            .as_ref()
+            .and_then(|s| s.shard_position.as_ref())
+            .filter(|_| primary)
+        {
+            if batches.shard_position().as_ref() != Some(saved) {
+                eprintln!(
+                    "warning: the checkpoint's shard stream stood at {saved:?}, but the shards \
+                     now give {:?} at the same batch: the shards changed, resuming is not exact",
+                    batches.shard_position()
+                );
+            }
+        }
         Ok(Self {
             progress: Progress::new(options.progress, total, iteration),
             config,
@@ -665,7 +749,8 @@ where
             run_dir,
             _lock: lock,
             device,
-            ranks: devices.len(),
+            ranks: topology.world_size(),
+            topology,
             model: Some(model),
             optimizer,
             replicas,
@@ -753,6 +838,12 @@ where
             .take()
             .expect("the model is back after every step");
         let device = &self.device;
+        let labels = self
+            .data
+            .train
+            .try_dataset()
+            .and_then(|dataset| dataset.object_labels())
+            .map(Arc::as_ref);
         let (model, step) = match &mut self.replicas {
             Some(group) => group.step(model, &mut self.optimizer, &host_batches, device, seed)?,
             None => train_step(
@@ -760,7 +851,7 @@ where
                 &mut self.optimizer,
                 host_batches
                     .iter()
-                    .map(|batch| batch.to_device::<B>(device)),
+                    .map(|batch| batch.to_device_labelled::<B>(device, labels)),
             )?,
         };
         self.model = Some(model);
@@ -793,6 +884,22 @@ where
 
         let train = &self.config.train;
         let stopping = skipped && self.consecutive_skips >= train.max_consecutive_skips;
+        if !self.topology.is_primary() {
+            // Node 0 logs, validates and checkpoints; the others only follow the same
+            // decisions (they see the same all-reduced gradients, so the same skips).
+            if stopping {
+                return Err(TrainError::Diverged {
+                    count: self.consecutive_skips,
+                    iteration,
+                    checkpoint: self.run_dir.clone(),
+                });
+            }
+            if self.interrupted.load(Ordering::SeqCst) {
+                self.stopped_by_interrupt = true;
+                return Ok(Flow::Stop);
+            }
+            return Ok(Flow::Continue);
+        }
         if iteration.is_multiple_of(train.log_every) || iteration == self.last || stopping {
             self.log(step)?;
         }
@@ -853,7 +960,10 @@ where
     /// After an error: a checkpoint of the last completed iteration when the model is intact
     /// and that iteration has none yet; the error, wrapped to name it.
     fn save_before_stopping(&mut self, cause: TrainError) -> TrainError {
-        if matches!(cause, TrainError::Diverged { .. }) || self.model.is_none() {
+        if matches!(cause, TrainError::Diverged { .. })
+            || self.model.is_none()
+            || !self.topology.is_primary()
+        {
             return cause;
         }
         if let Some(group) = self.replicas.take() {
@@ -887,7 +997,7 @@ where
             group.finish()?;
         }
         self.progress.bar.finish_and_clear();
-        if self.iteration == self.config.optim.num_iterations {
+        if self.iteration == self.config.optim.num_iterations && self.topology.is_primary() {
             self.model()
                 .export_backbone(&self.run_dir.join("backbone.safetensors"))?;
         }
@@ -931,7 +1041,7 @@ where
                 self.skipped_steps,
             )
         };
-        self.metrics.append(&record)?;
+        primary_only(&mut self.metrics)?.append(&record)?;
         let mut scalars = vec![("train/loss".to_string(), record.loss)];
         scalars.extend(
             record
@@ -950,7 +1060,7 @@ where
         if let Some(bytes) = record.device_memory_bytes {
             scalars.push(("train/device_memory_bytes".into(), bytes as f64));
         }
-        self.events.scalars(self.iteration, &scalars)?;
+        primary_only(&mut self.events)?.scalars(self.iteration, &scalars)?;
         let line = format!(
             "loss {:.4} ({components}) {} {images_per_second:.1} img/s",
             step.losses.loss,
@@ -976,7 +1086,7 @@ where
             &self.device,
         )?;
         let record = ValRecord::new(self.iteration, &val);
-        self.metrics.append(&record)?;
+        primary_only(&mut self.metrics)?.append(&record)?;
         let mut scalars = vec![("val/loss".to_string(), record.val_loss)];
         scalars.extend(
             record
@@ -984,7 +1094,7 @@ where
                 .iter()
                 .map(|(name, value)| (format!("val/{name}"), value.0)),
         );
-        self.events.scalars(self.iteration, &scalars)?;
+        primary_only(&mut self.events)?.scalars(self.iteration, &scalars)?;
         let components = val.components_line();
         self.progress.say(format!(
             "iteration {}: val loss {:.4} ({components})",
@@ -994,12 +1104,12 @@ where
         if let Some(samples) = &self.samples {
             let record = samples.caption::<B::InnerBackend, _>(
                 &model,
-                self.data.val.dataset().tokenizer(),
+                self.data.val.tokenizer(),
                 self.iteration,
                 &self.device,
             )?;
             if let Some(record) = record {
-                self.metrics.append(&record)?;
+                primary_only(&mut self.metrics)?.append(&record)?;
                 // The page is a view of metrics.jsonl: failing to write it must not stop
                 // training.
                 if let Err(err) = write_samples_page(&self.run_dir) {
@@ -1025,6 +1135,7 @@ where
             skipped_images: self.skipped_images,
             config: self.config.clone(),
             devices: self.ranks,
+            shard_position: self.batches.shard_position(),
         };
         let model = self.model();
         let path = write_checkpoint(
@@ -1053,6 +1164,13 @@ where
         }
         Ok(path)
     }
+}
+
+/// The metrics or event writer, which only node 0 of a multi-node run has.
+fn primary_only<T>(writer: &mut Option<T>) -> Result<&mut T, TrainError> {
+    writer.as_mut().ok_or_else(|| {
+        TrainError::DataParallel("only node 0 of a multi-node run writes metrics".into())
+    })
 }
 
 /// The progress bar, or plain lines without one.
@@ -1197,6 +1315,11 @@ fn sample_images(
     config: &PretrainConfig,
     run_dir: &Path,
 ) -> Option<SampleImages> {
+    if config.train.sample_captions > 0 && data.val.shards().is_some() {
+        // The samples page shows validation image files; shard members have none.
+        eprintln!("note: no sample captions (train.sample_captions) with data.format=webdataset");
+        return None;
+    }
     let samples =
         SampleImages::from_loader(&data.val, config.train.sample_captions).and_then(|samples| {
             if let Some(samples) = &samples {

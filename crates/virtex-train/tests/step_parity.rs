@@ -194,6 +194,7 @@ fn batch(reference: &HashMap<String, TensorData>) -> Batch<B> {
         caption_tokens: Tensor::from_data(reference["input.caption_tokens"].clone(), &device),
         noitpac_tokens: Tensor::from_data(reference["input.noitpac_tokens"].clone(), &device),
         caption_lengths: Tensor::from_data(reference["input.caption_lengths"].clone(), &device),
+        object_labels: None,
     }
 }
 
@@ -205,6 +206,7 @@ fn micro_batch(batch: &Batch<B>, start: usize, size: usize) -> Batch<B> {
         caption_tokens: batch.caption_tokens.clone().narrow(0, start, size),
         noitpac_tokens: batch.noitpac_tokens.clone().narrow(0, start, size),
         caption_lengths: batch.caption_lengths.clone().narrow(0, start, size),
+        object_labels: None,
     }
 }
 

@@ -105,6 +105,15 @@ pub fn train(
     // The preset's datasets (sample data, tokenizer, transforms, caption choice), taken out of
     // our loaders to be served by burn's.
     let data = training_data(&config)?;
+    // burn's DataLoaderBuilder serves an indexed `Dataset`; WebDataset shards are a stream.
+    let (Some(train_set), Some(valid_set)) = (data.train.try_dataset(), data.val.try_dataset())
+    else {
+        return Err(TrainError::Config(
+            "data.format=webdataset: burn-train's Learner needs an indexed dataset; train from \
+             shards with pretrain_coco"
+                .to_string(),
+        ));
+    };
     let batch_size = config.optim.batch_size;
     let train_loader: Arc<dyn DataLoader<TrainBackend, CaptionBatch<TrainBackend>>> =
         DataLoaderBuilder::new(CaptionBatcher)
@@ -112,11 +121,11 @@ pub fn train(
             .shuffle(config.random_seed)
             .num_workers(config.data.num_workers)
             .build(RepeatedCaptions::new(
-                data.train.dataset().clone(),
+                train_set.clone(),
                 config.random_seed,
                 iterations * batch_size,
             ));
-    let valid_set = data.val.dataset().clone();
+    let valid_set = valid_set.clone();
     let valid_len = valid_set.len();
     let valid_loader: Arc<dyn DataLoader<Flex, CaptionBatch<Flex>>> =
         DataLoaderBuilder::new(CaptionBatcher)

@@ -54,6 +54,16 @@ fn try_main(mut args: Args) -> Result<u8, TrainError> {
         println!("{text}");
         return Ok(0);
     }
+    if args.coordinator_only {
+        let address = args.coordinator.as_deref().unwrap_or_default();
+        let port = virtex_train::data_parallel::port_of("--coordinator", address)?;
+        eprintln!("coordinator listening on port {port} (stop with Ctrl-C)");
+        virtex_train::data_parallel::run_coordinator(port)?;
+        return Ok(0);
+    }
+    // Multi-node: checked before anything is read; node 0 starts the coordinator the other
+    // nodes meet at.
+    let multi_node = args.multi_node()?;
     let devices = args.training_devices()?;
     let mut config = args.config()?;
     config.model.visual_pretrained = config
@@ -90,7 +100,11 @@ fn try_main(mut args: Args) -> Result<u8, TrainError> {
         (None, None) => (default_run_dir()?, false),
     };
     eprintln!("run directory: {}", run_dir.display());
+    if let Some(node) = multi_node.as_ref().filter(|node| node.start_coordinator) {
+        virtex_train::data_parallel::spawn_coordinator(node.coordinator_port()?)?;
+    }
     let options = RunOptions {
+        multi_node,
         resume,
         init_from: args.init_from.clone(),
         stop_after: args.stop_after,
@@ -152,7 +166,7 @@ fn read_model(
     };
     with_backend!(*device, |B, device| {
         match name.as_str() {
-            "token_classification" => {
+            "token_classification" | "multilabel_classification" => {
                 use_model::<B, ClassificationModel<B>>(args, source, config, &device)?
             }
             "masked_lm" => use_model::<B, MaskedLmModel<B>>(args, source, config, &device)?,
