@@ -108,11 +108,11 @@ pub fn train(
     // burn's DataLoaderBuilder serves an indexed `Dataset`; WebDataset shards are a stream.
     let (Some(train_set), Some(valid_set)) = (data.train.try_dataset(), data.val.try_dataset())
     else {
-        return Err(TrainError::Config(
+        return Err(LearnerError::from(TrainError::Config(
             "data.format=webdataset: burn-train's Learner needs an indexed dataset; train from \
              shards with pretrain_coco"
                 .to_string(),
-        ));
+        )));
     };
     let batch_size = config.optim.batch_size;
     let train_loader: Arc<dyn DataLoader<TrainBackend, CaptionBatch<TrainBackend>>> =
