@@ -692,17 +692,52 @@ where
             })
             .map_err(|_| TrainError::DataParallel(format!("rank {rank} has stopped")))?;
         }
-        let own = data_parallel_step(
-            model,
-            optimizer,
-            own.iter().map(|batch| batch.to_device::<B>(device)),
-            PeerId::from(0),
-        )
-        .and_then(|(model, mut step)| {
-            if let Some(world) = self.reduce_world {
-                reduce_step_values::<B>(PeerId::from(0), device, &mut step, world)?;
+        let reduce_world = self.reduce_world;
+        // burn-collective 0.21 panics (instead of returning an error) when a peer node's
+        // connection breaks mid-all-reduce, e.g. because that node died: turn the panic into
+        // an error that says so, rather than a bare panic from inside burn.
+        let own = catch_unwind(AssertUnwindSafe(|| {
+            data_parallel_step(
+                model,
+                optimizer,
+                own.iter().map(|batch| batch.to_device::<B>(device)),
+                PeerId::from(0),
+            )
+            .and_then(|(model, mut step)| {
+                if let Some(world) = reduce_world {
+                    reduce_step_values::<B>(PeerId::from(0), device, &mut step, world)?;
+                }
+                Ok((model, step))
+            })
+        }))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(TrainError::DataParallel(if reduce_world.is_some() {
+                format!(
+                    "the all-reduce with the other nodes broke off ({message}): a node died or \
+                     its connection closed; resume every node with --resume from node 0's run \
+                     directory"
+                )
+            } else {
+                format!("rank 0 panicked: {message}")
+            }))
+        });
+        // When a peer node's connection breaks, burn-collective's local server task dies and
+        // every later call fails with `LocalServerMissing`: say what that means here.
+        let own = own.map_err(|err| {
+            if reduce_world.is_some() && err.to_string().contains("LocalServerMissing") {
+                TrainError::DataParallel(format!(
+                    "{err}: the all-reduce with the other nodes broke off (a node died or its \
+                     connection closed); resume every node with --resume from node 0's run \
+                     directory"
+                ))
+            } else {
+                err
             }
-            Ok((model, step))
         });
         let mut others = Vec::with_capacity(ranks - 1);
         for _ in 1..ranks {
@@ -777,9 +812,16 @@ impl<B: AutodiffBackend, M> Drop for ReplicaGroup<B, M> {
     fn drop(&mut self) {
         if !self.finished {
             self.jobs.clear();
-            reset_collective::<B::InnerBackend>();
+            reset_collective_quietly::<B>();
         }
     }
+}
+
+/// Resets burn-collective's state after a failure. burn-collective 0.21 panics here when its
+/// server task is already gone (a peer node's connection broke and took it down); the run is
+/// ending with the error that caused it, so that second panic is swallowed.
+fn reset_collective_quietly<B: AutodiffBackend>() {
+    let _ = catch_unwind(AssertUnwindSafe(reset_collective::<B::InnerBackend>));
 }
 
 /// Global rank 0 keeps the one-device seed, other ranks get their own. Burn 0.21's RNG is one per
@@ -838,7 +880,7 @@ where
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "unknown panic".into());
                 // Release the ranks waiting for this one in the all-reduce.
-                reset_collective::<B::InnerBackend>();
+                reset_collective_quietly::<B>();
                 Err(TrainError::DataParallel(format!("panicked: {message}")))
             }
         };
