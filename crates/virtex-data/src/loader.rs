@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::coco::SkippedImage;
 use crate::collate::{collate_padded, CollatedBatch};
-use crate::dataset::CaptioningDataset;
+use crate::dataset::{CaptioningDataset, CaptioningSample};
 use crate::error::{DataError, Result};
 use crate::rng::{mix_seed, SampleRng, STREAM_SHUFFLE};
 use crate::tokenizer::SentencePieceBpeTokenizer;
@@ -371,14 +371,7 @@ impl Inner {
                 Err(err) => return Err(err),
             }
         }
-        self.skipped_total
-            .fetch_add(skipped.len(), Ordering::Relaxed);
-        if samples.is_empty() {
-            if let Some(err) = last_error {
-                return Err(err);
-            }
-        }
-        collate_padded(samples, skipped, dataset.padding_index())
+        self.finish_batch(samples, skipped, last_error, dataset.padding_index())
     }
 
     /// Decodes and batches samples read from shards (`(stream index, sample)` pairs).
@@ -411,6 +404,23 @@ impl Inner {
                 Err(err) => return Err(err),
             }
         }
+        self.finish_batch(
+            samples,
+            skipped,
+            last_error,
+            shards.captioning.padding_index(),
+        )
+    }
+
+    /// Counts the skipped images and batches the samples; a batch whose every image was bad
+    /// fails with the error of its last one.
+    fn finish_batch(
+        &self,
+        samples: Vec<CaptioningSample>,
+        skipped: Vec<SkippedImage>,
+        last_error: Option<DataError>,
+        padding_index: u32,
+    ) -> Result<CollatedBatch> {
         self.skipped_total
             .fetch_add(skipped.len(), Ordering::Relaxed);
         if samples.is_empty() {
@@ -418,7 +428,7 @@ impl Inner {
                 return Err(err);
             }
         }
-        collate_padded(samples, skipped, shards.captioning.padding_index())
+        collate_padded(samples, skipped, padding_index)
     }
 }
 

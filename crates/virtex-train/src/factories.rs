@@ -475,15 +475,12 @@ impl<'a> Loaders<'a> {
         }
         Ok(DataLoader::new(
             dataset,
-            LoaderConfig {
-                batch_size: config.optim.batch_size / config.optim.accumulation_steps,
-                num_workers: config.data.num_workers,
-                prefetch_batches: 2 * config.data.num_workers.max(1),
-                seed: config.random_seed,
+            loader_config(
+                config,
+                config.optim.batch_size / config.optim.accumulation_steps,
                 shuffle,
                 drop_last,
-                skip_bad_images: config.data.skip_bad_images,
-            },
+            ),
         )?)
     }
 }
@@ -520,15 +517,7 @@ impl Loaders<'_> {
         }
         Ok(DataLoader::from_shards(
             shards,
-            LoaderConfig {
-                batch_size: micro_batch,
-                num_workers: config.data.num_workers,
-                prefetch_batches: 2 * config.data.num_workers.max(1),
-                seed: config.random_seed,
-                shuffle,
-                drop_last,
-                skip_bad_images: config.data.skip_bad_images,
-            },
+            loader_config(config, micro_batch, shuffle, drop_last),
         )?)
     }
 }
@@ -596,4 +585,22 @@ fn object_labels(
         )));
     }
     Ok(labels)
+}
+
+/// The loader settings of a split: `batch_size` samples per batch, the rest from `config`.
+fn loader_config(
+    config: &PretrainConfig,
+    batch_size: usize,
+    shuffle: bool,
+    drop_last: bool,
+) -> LoaderConfig {
+    LoaderConfig {
+        batch_size,
+        num_workers: config.data.num_workers,
+        prefetch_batches: 2 * config.data.num_workers.max(1),
+        seed: config.random_seed,
+        shuffle,
+        drop_last,
+        skip_bad_images: config.data.skip_bad_images,
+    }
 }
