@@ -298,6 +298,7 @@ impl Topology {
 /// a coordinator that never started. The orchestrator stops on SIGINT/SIGTERM (its own
 /// handler); by then the nodes have registered and need it only to unregister.
 pub fn spawn_coordinator(port: u16) -> Result<JoinHandle<()>, TrainError> {
+    quiet_collective_logging();
     let runtime = coordinator_runtime(port)?;
     std::thread::Builder::new()
         .name("collective-coordinator".into())
@@ -310,6 +311,7 @@ pub fn spawn_coordinator(port: u16) -> Result<JoinHandle<()>, TrainError> {
 /// Runs the coordinator on `port` in this thread until SIGINT/SIGTERM
 /// (`pretrain_coco --coordinator-only`).
 pub fn run_coordinator(port: u16) -> Result<(), TrainError> {
+    quiet_collective_logging();
     coordinator_runtime(port)?.block_on(burn_collective::start_global_orchestrator(port));
     Ok(())
 }
@@ -325,6 +327,28 @@ fn coordinator_runtime(port: u16) -> Result<tokio::runtime::Runtime, TrainError>
         .enable_all()
         .build()
         .map_err(|err| TrainError::DataParallel(format!("the coordinator's runtime: {err}")))
+}
+
+/// Installs a process-wide `tracing` subscriber that prints warnings and errors to stderr
+/// (`RUST_LOG` overrides the filter, e.g. `RUST_LOG=burn_collective=info`), unless the program
+/// already installed one, which is then kept.
+///
+/// Why: burn-communication 0.21 installs its own subscriber when its server starts, at INFO and
+/// on stdout, and logs two lines per all-reduce ("Downloading tensor from …"), about 200 per
+/// training step. Besides burying the progress lines, a node whose stdout is a pipe that nobody
+/// reads fast enough blocks in that write inside the collective's runtime, and every node of the
+/// run then waits on it. burn-communication's `try_init` gives way to a subscriber that is
+/// already there, so installing this one first is enough.
+pub fn quiet_collective_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, EnvFilter, Layer};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let layer = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    // An error only means a subscriber is already installed (ours or the program's).
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 /// Ends the process when a collective operation outlives its timeout.
@@ -584,6 +608,9 @@ where
             None => CollectiveConfig::default().with_num_devices(local),
         };
         let reduce_world = multi_node.map(|_| topology.world_size());
+        if multi_node.is_some() {
+            quiet_collective_logging();
+        }
         let watchdog = multi_node.map(|node| Watchdog::start(node.timeout));
         // Forget whatever an earlier run in this process left behind (one data-parallel run
         // per backend at a time: the collective server is process-wide).
