@@ -91,7 +91,7 @@ pub use image_io::{
     decode_image, decode_image_with_limits, image_limits, load_image, set_image_limits, ImageLimits,
 };
 pub use instances::CocoInstances;
-pub use loader::{BatchIter, DataLoader, LoaderConfig, LoaderPosition};
+pub use loader::{BatchIter, BatchPart, DataLoader, LoaderConfig, LoaderPosition};
 pub use plain_captions::{
     read_plain_captions, CaptionSource, PlainCaptions, PlainFormat, PlainOptions,
 };

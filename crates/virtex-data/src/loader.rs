@@ -52,6 +52,59 @@ pub struct LoaderConfig {
     /// reason, in [`CollatedBatch::skipped`]; a batch whose every image is bad is returned as
     /// the error of its last one.
     pub skip_bad_images: bool,
+    /// Decode only these rows of every batch (`None`: all of them). One node of a multi-node
+    /// run reads the same global batches as every other node, in the same order, but decodes
+    /// and transforms only the samples its own devices train on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<BatchPart>,
+}
+
+/// A contiguous part of every batch: the batch is cut into `parts` consecutive pieces whose
+/// sizes differ by at most one (the first pieces are the larger, as a data-parallel split of
+/// the batch cuts it), and the part is pieces `first .. first + count`.
+///
+/// In a multi-node run: `parts` = the global world size, `first` = this node's first global
+/// rank, `count` = its devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BatchPart {
+    /// The first piece taken.
+    pub first: usize,
+    /// Pieces taken (at least 1).
+    pub count: usize,
+    /// Pieces the batch is cut into (at least 1).
+    pub parts: usize,
+}
+
+impl BatchPart {
+    /// The rows of a batch of `len` samples this part takes.
+    pub fn rows(&self, len: usize) -> std::ops::Range<usize> {
+        let start = |piece: usize| piece * (len / self.parts) + piece.min(len % self.parts);
+        start(self.first)..start(self.first + self.count)
+    }
+
+    fn check(&self, batch_size: usize) -> Result<()> {
+        if self.parts == 0 || self.count == 0 || self.first + self.count > self.parts {
+            return Err(DataError::config(
+                "LoaderConfig.part",
+                format!(
+                    "pieces {}..{} of {} do not exist (at least one piece, within the batch's)",
+                    self.first,
+                    self.first + self.count,
+                    self.parts
+                ),
+            ));
+        }
+        if batch_size < self.parts {
+            return Err(DataError::config(
+                "LoaderConfig.part",
+                format!(
+                    "a batch of {batch_size} samples cannot be cut into {} non-empty pieces",
+                    self.parts
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for LoaderConfig {
@@ -66,6 +119,7 @@ impl Default for LoaderConfig {
             shuffle: true,
             drop_last: true,
             skip_bad_images: false,
+            part: None,
         }
     }
 }
@@ -165,6 +219,9 @@ impl DataLoader {
                 "LoaderConfig.prefetch_batches",
                 "must be at least 1",
             ));
+        }
+        if let Some(part) = &config.part {
+            part.check(config.batch_size)?;
         }
         if config.drop_last && len < config.batch_size {
             return Err(DataError::config(
@@ -352,7 +409,10 @@ impl Inner {
         };
         let order = self.epoch_order(position.epoch);
         let b = self.config.batch_size;
-        let indices = &order[position.batch * b..((position.batch + 1) * b).min(order.len())];
+        let mut indices = &order[position.batch * b..((position.batch + 1) * b).min(order.len())];
+        if let Some(part) = &self.config.part {
+            indices = &indices[part.rows(indices.len())];
+        }
         let mut samples = Vec::with_capacity(indices.len());
         let mut skipped = Vec::new();
         let mut last_error = None;
@@ -383,10 +443,16 @@ impl Inner {
         let Source::Shards(shards) = &self.source else {
             return Err(DataError::config("DataLoader", "not a loader over shards"));
         };
-        let mut samples = Vec::with_capacity(raw.len());
+        // Every sample of the batch was read (the stream's position moves past them all);
+        // only this loader's part of them is decoded.
+        let rows = match &self.config.part {
+            Some(part) => part.rows(raw.len()),
+            None => 0..raw.len(),
+        };
+        let mut samples = Vec::with_capacity(rows.len());
         let mut skipped = Vec::new();
         let mut last_error = None;
-        for (index, sample) in &raw {
+        for (index, sample) in &raw[rows] {
             let index = shards.sample_index(*index);
             match shards
                 .captioning

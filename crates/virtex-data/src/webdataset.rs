@@ -1589,10 +1589,12 @@ mod tests {
             shuffle: true,
             ..config
         };
+        let loader_shards = shuffled.clone();
         let loader = DataLoader::from_shards(shuffled, config).unwrap();
         let mut iter = loader.iter_from(LoaderPosition::default());
         let first: Vec<_> = (&mut iter).take(4).map(|b| b.unwrap()).collect();
         let position = (iter.position(), iter.shard_position());
+        let iter_position_after_first = position.1.clone();
         let after: Vec<_> = (&mut iter).take(2).map(|b| b.unwrap()).collect();
         let resumed_iter = loader.iter_from(position.0);
         assert_eq!(resumed_iter.shard_position(), position.1);
@@ -1605,5 +1607,32 @@ mod tests {
             .collect();
         assert_eq!(again, first);
         assert_ne!(first[0].image_ids, first[3].image_ids);
+        // A part of each shuffled batch (one node of a multi-node run) reads the same stream
+        // and decodes only its rows.
+        let part = crate::BatchPart {
+            first: 1,
+            count: 1,
+            parts: 2,
+        };
+        let partial = DataLoader::from_shards(
+            loader_shards,
+            LoaderConfig {
+                part: Some(part),
+                ..loader.config().clone()
+            },
+        )
+        .unwrap();
+        let mut partial_iter = partial.iter_from(LoaderPosition::default());
+        for whole in &first {
+            let got = partial_iter.next().unwrap().unwrap();
+            let rows = part.rows(whole.batch_size());
+            assert_eq!(got.image_ids, whole.image_ids[rows.clone()]);
+            let pixels = 3 * whole.image_size.0 * whole.image_size.1;
+            assert_eq!(
+                got.images,
+                whole.images[rows.start * pixels..rows.end * pixels]
+            );
+        }
+        assert_eq!(partial_iter.shard_position(), iter_position_after_first);
     }
 }

@@ -4,7 +4,7 @@
 use burn::backend::Flex;
 use burn::tensor::Int;
 use virtex_data::{
-    sample_data_root, sample_vocab_path, CaptionChoice, CaptioningDataset, CocoCaptions,
+    sample_data_root, sample_vocab_path, BatchPart, CaptionChoice, CaptioningDataset, CocoCaptions,
     CocoOptions, CollatedBatch, DataError, DataLoader, FlipCaption, ImageTransforms, LoaderConfig,
     LoaderPosition, SentencePieceBpeTokenizer, Split,
 };
@@ -27,6 +27,7 @@ fn loader(workers: usize, batch: usize, drop_last: bool) -> DataLoader {
         shuffle: true,
         drop_last,
         skip_bad_images: false,
+        part: None,
     };
     DataLoader::new(dataset_at(&sample_data_root(), Split::Train), config).unwrap()
 }
@@ -232,4 +233,104 @@ fn config_is_validated() {
     assert!(err.to_string().contains("batch_size"), "{err}");
     let l = loader(0, 4, true);
     assert!(l.load_batch(LoaderPosition { epoch: 0, batch: 2 }).is_err());
+}
+
+/// Ids, pixels, lengths, captions and unpadded tokens of some rows of a batch.
+type Rows = (Vec<String>, Vec<f32>, Vec<i64>, Vec<String>, Vec<Vec<i64>>);
+
+/// The rows `rows` of `batch`: ids, pixels, lengths, captions and tokens up to each caption's
+/// length (a part is padded to its own longest caption, the whole batch to its longest).
+fn rows_of(batch: &CollatedBatch, rows: std::ops::Range<usize>) -> Rows {
+    let pixels = 3 * batch.image_size.0 * batch.image_size.1;
+    let t = batch.max_length;
+    (
+        rows.clone()
+            .map(|row| format!("{:?}", batch.image_ids[row]))
+            .collect(),
+        batch.images[rows.start * pixels..rows.end * pixels].to_vec(),
+        batch.caption_lengths[rows.clone()].to_vec(),
+        batch.captions[rows.clone()].to_vec(),
+        rows.map(|row| {
+            let len = batch.caption_lengths[row] as usize;
+            batch.caption_tokens[row * t..row * t + len].to_vec()
+        })
+        .collect(),
+    )
+}
+
+/// A loader with a part decodes exactly those rows of every batch the whole loader makes (same
+/// samples, same augmentation), for every way a node's devices can sit in the world.
+#[test]
+fn a_part_of_each_batch_is_those_rows_of_the_whole_batch() {
+    let whole = take(&loader(2, 5, true), LoaderPosition::default(), 4);
+    for (first, count, parts) in [(0, 1, 2), (1, 1, 2), (0, 2, 3), (2, 1, 3), (1, 3, 4)] {
+        let part = BatchPart {
+            first,
+            count,
+            parts,
+        };
+        let config = LoaderConfig {
+            part: Some(part),
+            ..loader(2, 5, true).config().clone()
+        };
+        let partial =
+            DataLoader::new(dataset_at(&sample_data_root(), Split::Train), config).unwrap();
+        let got = take(&partial, LoaderPosition::default(), 4);
+        for (whole, got) in whole.iter().zip(&got) {
+            let rows = part.rows(whole.batch_size());
+            assert_eq!(got.batch_size(), rows.len(), "{part:?}");
+            assert_eq!(
+                rows_of(got, 0..rows.len()),
+                rows_of(whole, rows),
+                "{part:?}"
+            );
+        }
+    }
+    // The parts of a world cover every row once, larger parts first (as a data-parallel split).
+    let rows: Vec<_> = (0..3)
+        .map(|first| {
+            BatchPart {
+                first,
+                count: 1,
+                parts: 3,
+            }
+            .rows(8)
+        })
+        .collect();
+    assert_eq!(rows, [0..3, 3..6, 6..8]);
+    assert_eq!(
+        BatchPart {
+            first: 1,
+            count: 2,
+            parts: 3
+        }
+        .rows(8),
+        3..8
+    );
+    // Pieces that do not exist, or a batch too small to cut, are refused.
+    for part in [
+        BatchPart {
+            first: 2,
+            count: 2,
+            parts: 3,
+        },
+        BatchPart {
+            first: 0,
+            count: 0,
+            parts: 3,
+        },
+        BatchPart {
+            first: 0,
+            count: 1,
+            parts: 6,
+        },
+    ] {
+        let config = LoaderConfig {
+            part: Some(part),
+            ..loader(0, 5, true).config().clone()
+        };
+        let err =
+            DataLoader::new(dataset_at(&sample_data_root(), Split::Train), config).unwrap_err();
+        assert!(err.to_string().contains("LoaderConfig.part"), "{err}");
+    }
 }

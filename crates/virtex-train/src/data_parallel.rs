@@ -235,11 +235,11 @@ impl MultiNode {
 /// The ranks of a (possibly multi-node) data-parallel run: `num_nodes` nodes with
 /// `local_devices` devices each. Global rank = `node_rank · local_devices + local rank`.
 ///
-/// This is what a data source needs to read its part of the data: the folder loader reads the
-/// whole global micro-batch and keeps [`Topology::node_shards`]; a stream that assigns files
-/// per rank (WebDataset shards) takes [`Topology::node_rank`] / [`Topology::num_nodes`] (one
-/// reader per node feeding its local devices) or [`Topology::global_rank`] /
-/// [`Topology::world_size`] (one reader per device).
+/// This is what a data source needs to read its part of the data: each node's loader goes
+/// through the global micro-batches in the one deterministic order and decodes only
+/// [`Topology::batch_part`] of each (its devices' shards); a stream that assigns files per rank
+/// instead would take [`Topology::node_rank`] / [`Topology::num_nodes`] (one reader per node
+/// feeding its local devices) or [`Topology::global_rank`] / [`Topology::world_size`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Topology {
     /// Number of nodes.
@@ -283,6 +283,16 @@ impl Topology {
     /// devices train on, in local-rank order.
     pub fn node_shards(&self) -> Range<usize> {
         self.global_rank(0)..self.global_rank(self.local_devices)
+    }
+
+    /// The part of every global micro-batch this node decodes (its devices' shards of
+    /// [`Topology::world_size`]), or `None` on a single node (every sample).
+    pub fn batch_part(&self) -> Option<virtex_data::BatchPart> {
+        (self.num_nodes > 1).then_some(virtex_data::BatchPart {
+            first: self.global_rank(0),
+            count: self.local_devices,
+            parts: self.world_size(),
+        })
     }
 
     /// Whether this node holds global rank 0 (logs, validates, checkpoints).
@@ -677,7 +687,9 @@ where
     }
 
     /// One iteration on every rank: splits each micro-batch of `batches` into one shard per
-    /// rank, hands ranks 1… theirs, runs rank 0's share here, and waits for all. The result
+    /// rank, hands ranks 1… theirs, runs rank 0's share here, and waits for all. In a
+    /// multi-node run `batches` are this node's part of the global micro-batches (loaded with
+    /// [`Topology::batch_part`]); on one node, the whole micro-batches. The result
     /// has the mean of the ranks' losses, the images of all ranks and rank 0's optimizer
     /// report (the same on every rank: the reduced gradients are identical).
     pub fn step(
@@ -690,14 +702,13 @@ where
     ) -> Result<(M, StepResult), TrainError> {
         let ranks = self.ranks();
         let topology = self.topology;
-        // Every node cuts each global micro-batch into one shard per global rank and keeps its
-        // own devices' shards: `N` nodes × `D` devices see the samples of one device with
-        // `N·D`× the accumulation steps, in the same order.
+        // Each node's loader decoded its devices' consecutive shards of every global
+        // micro-batch (`Topology::batch_part`); cutting that part into one shard per local
+        // device gives each rank its global shard, so `N` nodes × `D` devices see the samples
+        // of one device with `N·D`× the accumulation steps, in the same order.
         let mut shards: Vec<Vec<CollatedBatch>> = vec![Vec::with_capacity(batches.len()); ranks];
         for batch in batches {
-            let all = shard_batch(batch, topology.world_size())?;
-            let own = all.into_iter().skip(topology.global_rank(0)).take(ranks);
-            for (rank, shard) in own.enumerate() {
+            for (rank, shard) in shard_batch(batch, ranks)?.into_iter().enumerate() {
                 shards[rank].push(shard);
             }
         }

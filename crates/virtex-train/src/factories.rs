@@ -10,10 +10,10 @@ use virtex::{
     MaskedLmModel, MaskedLmModelConfig,
 };
 use virtex_data::{
-    CaptionChoice, CaptionSource, CaptioningDataset, CocoCaptions, CocoInstances, CocoOptions,
-    DataError, DataLoader, FlipCaption, ImageSubset, ImageTransforms, LoaderConfig, PlainCaptions,
-    PlainOptions, SentencePieceBpeTokenizer, ShardCaptioning, ShardDataset, ShardList, ShardSplit,
-    Split,
+    BatchPart, CaptionChoice, CaptionSource, CaptioningDataset, CocoCaptions, CocoInstances,
+    CocoOptions, DataError, DataLoader, FlipCaption, ImageSubset, ImageTransforms, LoaderConfig,
+    PlainCaptions, PlainOptions, SentencePieceBpeTokenizer, ShardCaptioning, ShardDataset,
+    ShardList, ShardSplit, Split,
 };
 use virtex_optim::{
     GroupRule, GroupedOptimizerConfig, LookaheadConfig, LrDecay, LrScheduleConfig,
@@ -251,9 +251,19 @@ pub struct TrainingData {
 /// Both loaders of a run ([`TrainingData`]); `data.vocab_size` is checked against the
 /// tokenizer.
 pub fn training_data(config: &PretrainConfig) -> Result<TrainingData, TrainError> {
+    training_data_part(config, None)
+}
+
+/// [`training_data`] for one node of a multi-node run: the training loader reads every global
+/// micro-batch but decodes only `part` of it (this node's devices' shards, see
+/// `Topology::batch_part`); the validation loader is whole (node 0 validates).
+pub fn training_data_part(
+    config: &PretrainConfig,
+    part: Option<BatchPart>,
+) -> Result<TrainingData, TrainError> {
     let loaders = Loaders::new(config)?;
     Ok(TrainingData {
-        train: loaders.train()?,
+        train: loaders.train(part)?,
         val: loaders.val()?,
     })
 }
@@ -308,7 +318,7 @@ impl<'a> Loaders<'a> {
         })
     }
 
-    fn train(&self) -> Result<DataLoader, TrainError> {
+    fn train(&self, part: Option<BatchPart>) -> Result<DataLoader, TrainError> {
         let data = &self.config.data;
         let flip = if data.upstream_flip_substring_swap {
             FlipCaption::Substring
@@ -321,7 +331,7 @@ impl<'a> Loaders<'a> {
             ImageTransforms::from_names(&data.image_transform_train, data.image_crop_size, flip)
         }?
         .with_resize_mode(data.resize_mode);
-        self.loader(Split::Train, transforms, data.shuffle, true)
+        self.loader(Split::Train, transforms, data.shuffle, true, part)
     }
 
     fn val(&self) -> Result<DataLoader, TrainError> {
@@ -332,7 +342,7 @@ impl<'a> Loaders<'a> {
             FlipCaption::WholeWord,
         )?
         .with_resize_mode(data.resize_mode);
-        self.loader(Split::Val, transforms, false, false)
+        self.loader(Split::Val, transforms, false, false, None)
     }
 
     /// The captioned images of `split`, in the format `data.format` names.
@@ -428,6 +438,7 @@ impl<'a> Loaders<'a> {
         transforms: ImageTransforms,
         shuffle: bool,
         drop_last: bool,
+        part: Option<BatchPart>,
     ) -> Result<DataLoader, TrainError> {
         let config = self.config;
         let choice = match config.data.caption_choice.as_str() {
@@ -435,7 +446,7 @@ impl<'a> Loaders<'a> {
             _ => CaptionChoice::Random,
         };
         if config.data.format == DataFormat::WebDataset {
-            return self.shard_loader(split, transforms, choice, shuffle, drop_last);
+            return self.shard_loader(split, transforms, choice, (shuffle, drop_last), part);
         }
         let images = self.captions(split)?;
         // Only the training split is subset: validation losses stay comparable across the
@@ -478,8 +489,8 @@ impl<'a> Loaders<'a> {
             loader_config(
                 config,
                 config.optim.batch_size / config.optim.accumulation_steps,
-                shuffle,
-                drop_last,
+                (shuffle, drop_last),
+                part,
             ),
         )?)
     }
@@ -495,8 +506,8 @@ impl Loaders<'_> {
         split: Split,
         transforms: ImageTransforms,
         choice: CaptionChoice,
-        shuffle: bool,
-        drop_last: bool,
+        (shuffle, drop_last): (bool, bool),
+        part: Option<BatchPart>,
     ) -> Result<DataLoader, TrainError> {
         let config = self.config;
         let captioning = ShardCaptioning::new(self.tokenizer.clone(), transforms)?
@@ -517,7 +528,7 @@ impl Loaders<'_> {
         }
         Ok(DataLoader::from_shards(
             shards,
-            loader_config(config, micro_batch, shuffle, drop_last),
+            loader_config(config, micro_batch, (shuffle, drop_last), part),
         )?)
     }
 }
@@ -587,12 +598,13 @@ fn object_labels(
     Ok(labels)
 }
 
-/// The loader settings of a split: `batch_size` samples per batch, the rest from `config`.
+/// The loader settings of a split: `batch_size` samples per batch, of which `part` is decoded,
+/// the rest from `config`.
 fn loader_config(
     config: &PretrainConfig,
     batch_size: usize,
-    shuffle: bool,
-    drop_last: bool,
+    (shuffle, drop_last): (bool, bool),
+    part: Option<BatchPart>,
 ) -> LoaderConfig {
     LoaderConfig {
         batch_size,
@@ -602,5 +614,6 @@ fn loader_config(
         shuffle,
         drop_last,
         skip_bad_images: config.data.skip_bad_images,
+        part,
     }
 }

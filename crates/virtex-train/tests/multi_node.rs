@@ -24,15 +24,20 @@ use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, Flex};
 use clap::Parser;
+use virtex_data::{
+    sample_data_root, write_shards, CocoCaptions, CocoOptions, ShardWriterOptions, Split,
+};
 use virtex_train::checkpoint::latest_checkpoint;
 use virtex_train::cli::Args;
+use virtex_train::config::DataFormat;
 use virtex_train::data_parallel::{spawn_coordinator, MultiNode, COLLECTIVE_TIMEOUT_EXIT_CODE};
 use virtex_train::{train, PretrainConfig, RunOptions, RunSummary};
 
 type B = Autodiff<Flex>;
 
 /// Set in a node process: `RUN_DIR;NODE_RANK;COORDINATOR_PORT;DATA_PORT;TIMEOUT_MS;ITERATIONS;
-/// CHECKPOINT_EVERY;ACCUMULATION`.
+/// CHECKPOINT_EVERY;ACCUMULATION;STOP_AFTER;RESUME;SHARDS` (STOP_AFTER 0: none; RESUME 0/1;
+/// SHARDS: empty, or the train and val shard patterns joined by `|`).
 const NODE: &str = "VIRTEX_MULTI_NODE_TEST_NODE";
 
 /// `small_cpu` at 32 pixels, global batch 8, dropout 0, augmentation on (drawn per sample, so
@@ -44,6 +49,37 @@ fn config(iterations: u64, checkpoint_every: u64, accumulation_steps: usize) -> 
     config.optim.accumulation_steps = accumulation_steps;
     config.train.keep_last = 3;
     config
+}
+
+/// [`config`] reading WebDataset shards (`train|val` patterns), shuffled through a buffer.
+fn shard_config(mut config: PretrainConfig, shards: &str) -> PretrainConfig {
+    let (train, val) = shards.split_once('|').unwrap();
+    config.data.format = DataFormat::WebDataset;
+    config.data.shards_train = Some(train.into());
+    config.data.shards_val = Some(val.into());
+    config.data.shuffle_buffer = 4;
+    config.data.tokenizer = Some(virtex_data::sample_vocab_path());
+    config.validate().unwrap();
+    config
+}
+
+/// The sample's train and val splits as shards of 3 samples in `dir`: `train|val` patterns.
+fn write_sample_shards(dir: &Path) -> String {
+    let patterns: Vec<String> = [Split::Train, Split::Val]
+        .into_iter()
+        .map(|split| {
+            let coco =
+                CocoCaptions::load(sample_data_root(), split, &CocoOptions::default()).unwrap();
+            let options = ShardWriterOptions {
+                samples_per_shard: 3,
+                ..ShardWriterOptions::default()
+            };
+            write_shards(coco.images(), &dir.join(split.name()), &options)
+                .unwrap()
+                .pattern
+        })
+        .collect();
+    patterns.join("|")
 }
 
 /// A port nobody listens on now.
@@ -64,12 +100,42 @@ struct NodeSpec {
     iterations: u64,
     checkpoint_every: u64,
     accumulation: usize,
+    /// Stop after this many iterations of this invocation (a checkpoint is written there).
+    stop_after: Option<u64>,
+    resume: bool,
+    /// `train|val` shard patterns; `None`: the sample's COCO folder.
+    shards: Option<String>,
 }
 
 impl NodeSpec {
+    /// A fresh node of a run on the sample folder, without early stop.
+    fn new(run_dir: PathBuf, rank: usize, coordinator_port: u16, timeout: Duration) -> Self {
+        Self {
+            run_dir,
+            rank,
+            coordinator_port,
+            data_port: free_port(),
+            timeout,
+            iterations: 3,
+            checkpoint_every: 1000,
+            accumulation: 1,
+            stop_after: None,
+            resume: false,
+            shards: None,
+        }
+    }
+
+    fn config(&self) -> PretrainConfig {
+        let config = config(self.iterations, self.checkpoint_every, self.accumulation);
+        match &self.shards {
+            Some(shards) => shard_config(config, shards),
+            None => config,
+        }
+    }
+
     fn encode(&self) -> String {
         format!(
-            "{};{};{};{};{};{};{};{}",
+            "{};{};{};{};{};{};{};{};{};{};{}",
             self.run_dir.display(),
             self.rank,
             self.coordinator_port,
@@ -77,7 +143,10 @@ impl NodeSpec {
             self.timeout.as_millis(),
             self.iterations,
             self.checkpoint_every,
-            self.accumulation
+            self.accumulation,
+            self.stop_after.unwrap_or(0),
+            u8::from(self.resume),
+            self.shards.as_deref().unwrap_or("")
         )
     }
 
@@ -92,6 +161,9 @@ impl NodeSpec {
             iterations: parts[5].parse().unwrap(),
             checkpoint_every: parts[6].parse().unwrap(),
             accumulation: parts[7].parse().unwrap(),
+            stop_after: Some(parts[8].parse().unwrap()).filter(|&n| n > 0),
+            resume: parts[9] == "1",
+            shards: Some(parts[10].to_string()).filter(|shards| !shards.is_empty()),
         }
     }
 
@@ -151,10 +223,9 @@ fn node_main(spec: &NodeSpec) -> ExitCode {
     }
     let options = RunOptions {
         multi_node: Some(node),
-        ..RunOptions::new(
-            config(spec.iterations, spec.checkpoint_every, spec.accumulation),
-            &spec.run_dir,
-        )
+        resume: spec.resume,
+        stop_after: spec.stop_after,
+        ..RunOptions::new(spec.config(), &spec.run_dir)
     };
     match train::<B>(
         options,
@@ -177,11 +248,15 @@ fn main() -> ExitCode {
         return node_main(&NodeSpec::decode(&spec));
     }
     let arguments: Vec<String> = std::env::args().skip(1).collect();
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
         ("multi_node_flags_are_checked", multi_node_flags_are_checked),
         (
             "two_nodes_match_one_process_with_twice_the_accumulation",
             two_nodes_match_one_process_with_twice_the_accumulation,
+        ),
+        (
+            "two_nodes_resume_from_shards_where_they_stopped",
+            two_nodes_resume_from_shards_where_they_stopped,
         ),
         (
             "a_node_that_never_joins_ends_the_run",
@@ -289,14 +364,13 @@ fn two_nodes_match_one_process_with_twice_the_accumulation() {
     let nodes: Vec<Node> = (0..2)
         .map(|rank| {
             NodeSpec {
-                run_dir: node_dirs[rank].path().join("run"),
-                rank,
-                coordinator_port,
-                data_port: free_port(),
-                timeout: Duration::from_secs(40),
                 iterations,
-                checkpoint_every: 1000,
-                accumulation: 1,
+                ..NodeSpec::new(
+                    node_dirs[rank].path().join("run"),
+                    rank,
+                    coordinator_port,
+                    Duration::from_secs(40),
+                )
             }
             .spawn()
         })
@@ -373,19 +447,83 @@ fn two_nodes_match_one_process_with_twice_the_accumulation() {
     assert!(state.contains("\"devices\": 2"), "{state}");
 }
 
+/// Two nodes on one shared run directory read shuffled shards, stop after 2 of 3 iterations
+/// (node 0 checkpoints), and both `--resume` from that checkpoint: the finished run has the
+/// parameters and last loss of one uninterrupted process with twice the accumulation steps.
+fn two_nodes_resume_from_shards_where_they_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = write_sample_shards(&dir.path().join("shards"));
+    let iterations = 3;
+    let one_dir = dir.path().join("one");
+    let one = train::<B>(
+        RunOptions::new(shard_config(config(iterations, 1000, 2), &shards), &one_dir),
+        vec![Default::default()],
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    let run_dir = dir.path().join("run");
+    let run_nodes = |stop_after: Option<u64>, resume: bool| -> Vec<RunSummary> {
+        let coordinator_port = free_port();
+        let nodes: Vec<Node> = (0..2)
+            .map(|rank| {
+                NodeSpec {
+                    iterations,
+                    stop_after,
+                    resume,
+                    shards: Some(shards.clone()),
+                    ..NodeSpec::new(
+                        run_dir.clone(),
+                        rank,
+                        coordinator_port,
+                        Duration::from_secs(40),
+                    )
+                }
+                .spawn()
+            })
+            .collect();
+        let outputs: Vec<_> = nodes
+            .into_iter()
+            .map(|node| finish(node, Duration::from_secs(300)))
+            .collect();
+        for (rank, (code, stdout, stderr)) in outputs.iter().enumerate() {
+            assert_eq!(*code, Some(0), "node {rank}:\n{stdout}\n{stderr}");
+        }
+        outputs.iter().map(|(_, out, _)| summary_of(out)).collect()
+    };
+    let first = run_nodes(Some(2), false);
+    assert!(first.iter().all(|summary| summary.iteration == 2));
+    let (stopped_at, _) = latest_checkpoint(&run_dir).unwrap().unwrap();
+    assert_eq!(stopped_at, 2);
+    let resumed = run_nodes(None, true);
+    for summary in &resumed {
+        assert_eq!(summary.iteration, iterations);
+        let (a, b) = (one.losses.last().unwrap(), summary.losses.last().unwrap());
+        assert!((a - b).abs() / a.abs() < 1e-5, "last loss {a} vs {b}");
+    }
+    let checkpoint = format!("checkpoint_{iterations:08}/model.safetensors");
+    let reference = tensors(&one_dir.join(&checkpoint));
+    let resumed = tensors(&run_dir.join(&checkpoint));
+    assert_eq!(reference.len(), resumed.len());
+    let mut compared = 0;
+    for ((name, a), (_, b)) in reference.iter().zip(&resumed) {
+        if name.contains("running_mean") || name.contains("running_var") {
+            continue;
+        }
+        let relative = relative_difference(b, a);
+        assert!(relative < 1e-5, "{name}: relative difference {relative:e}");
+        compared += 1;
+    }
+    assert!(compared > 10);
+}
+
 fn a_node_that_never_joins_ends_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let timeout = Duration::from_secs(3);
     let started = Instant::now();
     let node0 = NodeSpec {
-        run_dir: dir.path().join("run"),
-        rank: 0,
-        coordinator_port: free_port(),
-        data_port: free_port(),
-        timeout,
         iterations: 4,
         checkpoint_every: 1,
-        accumulation: 1,
+        ..NodeSpec::new(dir.path().join("run"), 0, free_port(), timeout)
     }
     .spawn();
     let (code, stdout, stderr) = finish(node0, Duration::from_secs(120));
@@ -412,14 +550,9 @@ fn a_killed_node_ends_every_node() {
     let coordinator_port = free_port();
     let timeout = Duration::from_secs(8);
     let spec = |rank| NodeSpec {
-        run_dir: run_dir.clone(),
-        rank,
-        coordinator_port,
-        data_port: free_port(),
-        timeout,
         iterations: 1000,
         checkpoint_every: 1,
-        accumulation: 1,
+        ..NodeSpec::new(run_dir.clone(), rank, coordinator_port, timeout)
     };
     // Both nodes on the same directory, as on shared storage: only node 0 writes there (node 1
     // takes no lock, so it is not refused).
