@@ -145,7 +145,7 @@ fn node(spec: &str) -> ExitCode {
             .expect("all-reduce");
             // Wait for the result's data: the operation is complete only then.
             let _ = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(reduced))
-                .slice([0..1])
+                .slice(0..1)
                 .into_data();
         });
         if primary {
