@@ -64,6 +64,15 @@ pub struct DataConfig {
     /// holds more encoded images in memory and makes a resume re-read more of the epoch.
     #[serde(default = "default_shuffle_buffer")]
     pub shuffle_buffer: usize,
+    /// `format = webdataset`, multi-node runs: each node reads only its own training shards
+    /// (shard `i` goes to node `i % num_nodes`, WebDataset's split by node) and batches its
+    /// share of every global micro-batch from them. Off (default): every node reads the one
+    /// global stream and decodes only its part of each micro-batch, so the run sees exactly
+    /// the batches of one process, at the cost of every node reading every shard's bytes. On,
+    /// each node reads `1/num_nodes` of the bytes; the run is still deterministic and resumes
+    /// exactly, but its batches differ from a one-process run's.
+    #[serde(default)]
+    pub shards_by_node: bool,
     /// Tokenizer / vocabulary file; `None` means the one next to the data
     /// (`vocab.json` in the root, or the sample's vocabulary).
     pub tokenizer: Option<PathBuf>,
@@ -174,6 +183,11 @@ impl DataConfig {
             ("data.shards_val", &self.shards_val),
         ];
         if self.format != DataFormat::WebDataset {
+            if self.shards_by_node {
+                return Err(TrainError::Config(
+                    "data.shards_by_node is only read with data.format=webdataset".into(),
+                ));
+            }
             if let Some((key, _)) = shard_keys.iter().find(|(_, value)| value.is_some()) {
                 return Err(TrainError::Config(format!(
                     "{key} is only read with data.format=webdataset"
@@ -492,6 +506,7 @@ impl PretrainConfig {
                 shards_train: None,
                 shards_val: None,
                 shuffle_buffer: default_shuffle_buffer(),
+                shards_by_node: false,
                 image_fraction: None,
                 image_count: None,
                 captions_per_image: None,

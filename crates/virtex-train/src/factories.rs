@@ -21,6 +21,7 @@ use virtex_optim::{
 };
 
 use crate::config::{DataFormat, PretrainConfig};
+use crate::data_parallel::Topology;
 use crate::error::TrainError;
 
 /// Upstream's `PretrainingModelFactory`: the model `model.name` names, freshly initialised.
@@ -251,19 +252,26 @@ pub struct TrainingData {
 /// Both loaders of a run ([`TrainingData`]); `data.vocab_size` is checked against the
 /// tokenizer.
 pub fn training_data(config: &PretrainConfig) -> Result<TrainingData, TrainError> {
-    training_data_part(config, None)
+    training_data_for_node(config, Topology::single_node(1))
 }
 
-/// [`training_data`] for one node of a multi-node run: the training loader reads every global
-/// micro-batch but decodes only `part` of it (this node's devices' shards, see
-/// `Topology::batch_part`); the validation loader is whole (node 0 validates).
-pub fn training_data_part(
+/// [`training_data`] for one node of a (multi-node) run: the training loader yields this
+/// node's part of every global micro-batch (its devices' shards). It reads every global
+/// micro-batch and decodes only that part ([`Topology::batch_part`]), or, with
+/// `data.shards_by_node`, reads only this node's WebDataset shards and batches its share from
+/// them. The validation loader is whole (node 0 validates).
+pub fn training_data_for_node(
     config: &PretrainConfig,
-    part: Option<BatchPart>,
+    topology: Topology,
 ) -> Result<TrainingData, TrainError> {
     let loaders = Loaders::new(config)?;
+    let train = if config.data.shards_by_node && topology.num_nodes > 1 {
+        loaders.train_shards_by_node(topology)?
+    } else {
+        loaders.train(topology.batch_part())?
+    };
     Ok(TrainingData {
-        train: loaders.train(part)?,
+        train,
         val: loaders.val()?,
     })
 }
@@ -319,6 +327,51 @@ impl<'a> Loaders<'a> {
     }
 
     fn train(&self, part: Option<BatchPart>) -> Result<DataLoader, TrainError> {
+        self.loader(
+            Split::Train,
+            self.train_transforms()?,
+            self.config.data.shuffle,
+            true,
+            part,
+        )
+    }
+
+    /// The training loader over this node's own shards (`data.shards_by_node`): shard `i` goes
+    /// to node `i % num_nodes`; each batch is the node's share of a global micro-batch.
+    fn train_shards_by_node(&self, topology: Topology) -> Result<DataLoader, TrainError> {
+        let config = self.config;
+        let micro_batch = config.optim.batch_size / config.optim.accumulation_steps;
+        if micro_batch % topology.num_nodes != 0 {
+            return Err(TrainError::Config(format!(
+                "data.shards_by_node: each node batches its share of every micro-batch of                  {micro_batch} images, which {} nodes cannot share evenly; make                  optim.batch_size / optim.accumulation_steps a multiple of the node count",
+                topology.num_nodes
+            )));
+        }
+        let node_batch = micro_batch / topology.num_nodes;
+        let captioning = self.shard_captioning(self.train_transforms()?)?;
+        let split = ShardSplit {
+            rank: topology.node_rank,
+            world_size: topology.num_nodes,
+            worker: 0,
+            num_workers: 1,
+        };
+        let shards = shard_dataset(config, Split::Train, captioning, split)?;
+        if shards.len() < node_batch {
+            return Err(TrainError::Config(format!(
+                "data.shards_by_node: node {}'s shards of `{}` hold {} samples, fewer than its                  {node_batch} per micro-batch",
+                topology.node_rank,
+                shards.list.pattern(),
+                shards.len()
+            )));
+        }
+        Ok(DataLoader::from_shards(
+            shards,
+            loader_config(config, node_batch, (config.data.shuffle, true), None),
+        )?)
+    }
+
+    /// The training split's transforms (`data.image_transform_train`, augmentations on).
+    fn train_transforms(&self) -> Result<ImageTransforms, TrainError> {
         let data = &self.config.data;
         let flip = if data.upstream_flip_substring_swap {
             FlipCaption::Substring
@@ -331,7 +384,7 @@ impl<'a> Loaders<'a> {
             ImageTransforms::from_names(&data.image_transform_train, data.image_crop_size, flip)
         }?
         .with_resize_mode(data.resize_mode);
-        self.loader(Split::Train, transforms, data.shuffle, true, part)
+        Ok(transforms)
     }
 
     fn val(&self) -> Result<DataLoader, TrainError> {
@@ -446,7 +499,7 @@ impl<'a> Loaders<'a> {
             _ => CaptionChoice::Random,
         };
         if config.data.format == DataFormat::WebDataset {
-            return self.shard_loader(split, transforms, choice, (shuffle, drop_last), part);
+            return self.shard_loader(split, transforms, (shuffle, drop_last), part);
         }
         let images = self.captions(split)?;
         // Only the training split is subset: validation losses stay comparable across the
@@ -497,6 +550,20 @@ impl<'a> Loaders<'a> {
 }
 
 impl Loaders<'_> {
+    /// Turns shard samples into training samples: the tokenizer, `transforms`, the caption
+    /// choice, maximum length and padding of `config.data`.
+    fn shard_captioning(&self, transforms: ImageTransforms) -> Result<ShardCaptioning, TrainError> {
+        let data = &self.config.data;
+        let choice = match data.caption_choice.as_str() {
+            "first" => CaptionChoice::First,
+            _ => CaptionChoice::Random,
+        };
+        Ok(ShardCaptioning::new(self.tokenizer.clone(), transforms)?
+            .with_caption_choice(choice)
+            .with_max_caption_length(data.max_caption_length)?
+            .with_padding_index(data.padding_index))
+    }
+
     /// The loader over `data.shards_train` / `data.shards_val` (`data.format = webdataset`):
     /// this process reads every shard ([`ShardSplit::default`]), as every rank of a
     /// data-parallel run reads the same global batches; [`shard_dataset`] takes a rank's share
@@ -505,15 +572,11 @@ impl Loaders<'_> {
         &self,
         split: Split,
         transforms: ImageTransforms,
-        choice: CaptionChoice,
         (shuffle, drop_last): (bool, bool),
         part: Option<BatchPart>,
     ) -> Result<DataLoader, TrainError> {
         let config = self.config;
-        let captioning = ShardCaptioning::new(self.tokenizer.clone(), transforms)?
-            .with_caption_choice(choice)
-            .with_max_caption_length(config.data.max_caption_length)?
-            .with_padding_index(config.data.padding_index);
+        let captioning = self.shard_captioning(transforms)?;
         let shards = shard_dataset(config, split, captioning, ShardSplit::default())?;
         let micro_batch = config.optim.batch_size / config.optim.accumulation_steps;
         if drop_last && shards.len() < micro_batch {

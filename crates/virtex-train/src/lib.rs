@@ -41,7 +41,7 @@ pub use config::PretrainConfig;
 pub use error::TrainError;
 pub use factories::{
     captioning_model, data_paths, default_tokenizer_candidates, model_config, optimizer_config,
-    shard_dataset, training_data, training_data_part, validation_data, TrainingData,
+    shard_dataset, training_data, training_data_for_node, validation_data, TrainingData,
 };
 pub use pretext::{Objective, PretextModel};
 pub use samples::SampleCaptioner;

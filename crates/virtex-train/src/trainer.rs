@@ -32,7 +32,7 @@ use crate::checkpoint::{
 use crate::config::PretrainConfig;
 use crate::data_parallel::{deterministic_param_ids, replicate, MultiNode, ReplicaGroup, Topology};
 use crate::error::TrainError;
-use crate::factories::{optimizer_config, training_data_part, validation_data, TrainingData};
+use crate::factories::{optimizer_config, training_data_for_node, validation_data, TrainingData};
 use crate::metrics::{device_memory_bytes, plot_losses, MetricsLog, TrainRecord, ValRecord};
 use crate::pretext::PretextModel;
 use crate::run_dir::{results_in, RunLock, LOCK_FILE};
@@ -626,10 +626,9 @@ where
         } else {
             model
         };
-        // The training data in its deterministic order: every node goes through the same
-        // global micro-batches and decodes only its devices' shards of each
-        // (`topology.batch_part()`); `ReplicaGroup::step` hands them to the devices.
-        let data = training_data_part(&config, topology.batch_part())?;
+        // The training data in its deterministic order: this node's part of every global
+        // micro-batch (its devices' shards; `ReplicaGroup::step` hands them to the devices).
+        let data = training_data_for_node(&config, topology)?;
         let listed_skips = data
             .train
             .try_dataset()

@@ -30,14 +30,17 @@ use virtex_data::{
 use virtex_train::checkpoint::latest_checkpoint;
 use virtex_train::cli::Args;
 use virtex_train::config::DataFormat;
-use virtex_train::data_parallel::{spawn_coordinator, MultiNode, COLLECTIVE_TIMEOUT_EXIT_CODE};
-use virtex_train::{train, PretrainConfig, RunOptions, RunSummary};
+use virtex_train::data_parallel::{
+    spawn_coordinator, MultiNode, Topology, COLLECTIVE_TIMEOUT_EXIT_CODE,
+};
+use virtex_train::{train, training_data_for_node, PretrainConfig, RunOptions, RunSummary};
 
 type B = Autodiff<Flex>;
 
 /// Set in a node process: `RUN_DIR;NODE_RANK;COORDINATOR_PORT;DATA_PORT;TIMEOUT_MS;ITERATIONS;
-/// CHECKPOINT_EVERY;ACCUMULATION;STOP_AFTER;RESUME;SHARDS` (STOP_AFTER 0: none; RESUME 0/1;
-/// SHARDS: empty, or the train and val shard patterns joined by `|`).
+/// CHECKPOINT_EVERY;ACCUMULATION;STOP_AFTER;RESUME;SHARDS;BY_NODE` (STOP_AFTER 0: none;
+/// RESUME 0/1; SHARDS: empty, or the train and val shard patterns joined by `|`; BY_NODE 0/1:
+/// `data.shards_by_node`).
 const NODE: &str = "VIRTEX_MULTI_NODE_TEST_NODE";
 
 /// `small_cpu` at 32 pixels, global batch 8, dropout 0, augmentation on (drawn per sample, so
@@ -105,6 +108,8 @@ struct NodeSpec {
     resume: bool,
     /// `train|val` shard patterns; `None`: the sample's COCO folder.
     shards: Option<String>,
+    /// `data.shards_by_node`.
+    by_node: bool,
 }
 
 impl NodeSpec {
@@ -122,20 +127,25 @@ impl NodeSpec {
             stop_after: None,
             resume: false,
             shards: None,
+            by_node: false,
         }
     }
 
     fn config(&self) -> PretrainConfig {
         let config = config(self.iterations, self.checkpoint_every, self.accumulation);
         match &self.shards {
-            Some(shards) => shard_config(config, shards),
+            Some(shards) => {
+                let mut config = shard_config(config, shards);
+                config.data.shards_by_node = self.by_node;
+                config
+            }
             None => config,
         }
     }
 
     fn encode(&self) -> String {
         format!(
-            "{};{};{};{};{};{};{};{};{};{};{}",
+            "{};{};{};{};{};{};{};{};{};{};{};{}",
             self.run_dir.display(),
             self.rank,
             self.coordinator_port,
@@ -146,7 +156,8 @@ impl NodeSpec {
             self.accumulation,
             self.stop_after.unwrap_or(0),
             u8::from(self.resume),
-            self.shards.as_deref().unwrap_or("")
+            self.shards.as_deref().unwrap_or(""),
+            u8::from(self.by_node)
         )
     }
 
@@ -164,6 +175,7 @@ impl NodeSpec {
             stop_after: Some(parts[8].parse().unwrap()).filter(|&n| n > 0),
             resume: parts[9] == "1",
             shards: Some(parts[10].to_string()).filter(|shards| !shards.is_empty()),
+            by_node: parts[11] == "1",
         }
     }
 
@@ -248,7 +260,7 @@ fn main() -> ExitCode {
         return node_main(&NodeSpec::decode(&spec));
     }
     let arguments: Vec<String> = std::env::args().skip(1).collect();
-    let tests: [(&str, fn()); 5] = [
+    let tests: [(&str, fn()); 6] = [
         ("multi_node_flags_are_checked", multi_node_flags_are_checked),
         (
             "two_nodes_match_one_process_with_twice_the_accumulation",
@@ -257,6 +269,10 @@ fn main() -> ExitCode {
         (
             "two_nodes_resume_from_shards_where_they_stopped",
             two_nodes_resume_from_shards_where_they_stopped,
+        ),
+        (
+            "nodes_reading_their_own_shards_resume_exactly",
+            nodes_reading_their_own_shards_resume_exactly,
         ),
         (
             "a_node_that_never_joins_ends_the_run",
@@ -462,39 +478,18 @@ fn two_nodes_resume_from_shards_where_they_stopped() {
     )
     .unwrap();
     let run_dir = dir.path().join("run");
-    let run_nodes = |stop_after: Option<u64>, resume: bool| -> Vec<RunSummary> {
-        let coordinator_port = free_port();
-        let nodes: Vec<Node> = (0..2)
-            .map(|rank| {
-                NodeSpec {
-                    iterations,
-                    stop_after,
-                    resume,
-                    shards: Some(shards.clone()),
-                    ..NodeSpec::new(
-                        run_dir.clone(),
-                        rank,
-                        coordinator_port,
-                        Duration::from_secs(40),
-                    )
-                }
-                .spawn()
-            })
-            .collect();
-        let outputs: Vec<_> = nodes
-            .into_iter()
-            .map(|node| finish(node, Duration::from_secs(300)))
-            .collect();
-        for (rank, (code, stdout, stderr)) in outputs.iter().enumerate() {
-            assert_eq!(*code, Some(0), "node {rank}:\n{stdout}\n{stderr}");
-        }
-        outputs.iter().map(|(_, out, _)| summary_of(out)).collect()
+    let node = |stop_after, resume| NodeSpec {
+        iterations,
+        stop_after,
+        resume,
+        shards: Some(shards.clone()),
+        ..NodeSpec::new(run_dir.clone(), 0, 0, Duration::from_secs(40))
     };
-    let first = run_nodes(Some(2), false);
+    let first = run_two_nodes(&node(Some(2), false));
     assert!(first.iter().all(|summary| summary.iteration == 2));
     let (stopped_at, _) = latest_checkpoint(&run_dir).unwrap().unwrap();
     assert_eq!(stopped_at, 2);
-    let resumed = run_nodes(None, true);
+    let resumed = run_two_nodes(&node(None, true));
     for summary in &resumed {
         assert_eq!(summary.iteration, iterations);
         let (a, b) = (one.losses.last().unwrap(), summary.losses.last().unwrap());
@@ -514,6 +509,88 @@ fn two_nodes_resume_from_shards_where_they_stopped() {
         compared += 1;
     }
     assert!(compared > 10);
+}
+
+/// Runs nodes 0 and 1 of `spec` (its rank and ports replaced) to the end; returns their
+/// summaries, failing with every node's output if one fails.
+fn run_two_nodes(spec: &NodeSpec) -> Vec<RunSummary> {
+    let coordinator_port = free_port();
+    let nodes: Vec<Node> = (0..2)
+        .map(|rank| {
+            NodeSpec {
+                rank,
+                coordinator_port,
+                data_port: free_port(),
+                run_dir: spec.run_dir.clone(),
+                shards: spec.shards.clone(),
+                ..*spec
+            }
+            .spawn()
+        })
+        .collect();
+    let outputs: Vec<_> = nodes
+        .into_iter()
+        .map(|node| finish(node, Duration::from_secs(300)))
+        .collect();
+    if outputs.iter().any(|(code, _, _)| *code != Some(0)) {
+        let report: Vec<String> = outputs
+            .iter()
+            .enumerate()
+            .map(|(rank, (code, stdout, stderr))| {
+                format!("node {rank} exited {code:?}:\n{stdout}\n{stderr}")
+            })
+            .collect();
+        panic!("{}", report.join("\n----\n"));
+    }
+    outputs.iter().map(|(_, out, _)| summary_of(out)).collect()
+}
+
+/// `data.shards_by_node`: each node reads only its own shards. Deterministic and exactly
+/// resumable (stopped after 2 of 3 iterations and resumed: the uninterrupted run's parameters),
+/// and really by node: the batches differ from the global-order run's.
+fn nodes_reading_their_own_shards_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = write_sample_shards(&dir.path().join("shards"));
+    let spec = |run: &str, by_node, stop_after, resume| NodeSpec {
+        stop_after,
+        resume,
+        shards: Some(shards.clone()),
+        by_node,
+        ..NodeSpec::new(dir.path().join(run), 0, 0, Duration::from_secs(40))
+    };
+    let whole = run_two_nodes(&spec("whole", true, None, false));
+    run_two_nodes(&spec("stopped", true, Some(2), false));
+    let resumed = run_two_nodes(&spec("stopped", true, None, true));
+    assert_eq!(
+        whole[0].losses.last(),
+        resumed[0].losses.last(),
+        "the resumed run's last loss"
+    );
+    let checkpoint = "checkpoint_00000003/model.safetensors";
+    let reference = tensors(&dir.path().join("whole").join(checkpoint));
+    let continued = tensors(&dir.path().join("stopped").join(checkpoint));
+    assert_eq!(reference, continued, "parameters after the resume");
+    // Refused: shards_by_node without shards, and a micro-batch the nodes cannot share evenly.
+    let mut folder = config(3, 1000, 1);
+    folder.data.shards_by_node = true;
+    let err = folder.validate().unwrap_err().to_string();
+    assert!(err.contains("data.shards_by_node"), "{err}");
+    let by_node = spec("x", true, None, false).config();
+    let three_nodes = Topology {
+        num_nodes: 3,
+        node_rank: 0,
+        local_devices: 1,
+    };
+    let err = training_data_for_node(&by_node, three_nodes)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("multiple of the node count"), "{err}");
+    let global_order = run_two_nodes(&spec("global", false, Some(1), false));
+    assert_ne!(
+        global_order[0].losses[0], whole[0].losses[0],
+        "reading by node should give other batches than the global order"
+    );
 }
 
 fn a_node_that_never_joins_ends_the_run() {
