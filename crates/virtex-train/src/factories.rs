@@ -341,7 +341,7 @@ impl<'a> Loaders<'a> {
     fn train_shards_by_node(&self, topology: Topology) -> Result<DataLoader, TrainError> {
         let config = self.config;
         let micro_batch = config.optim.batch_size / config.optim.accumulation_steps;
-        if micro_batch % topology.num_nodes != 0 {
+        if !micro_batch.is_multiple_of(topology.num_nodes) {
             return Err(TrainError::Config(format!(
                 "data.shards_by_node: each node batches its share of every micro-batch of                  {micro_batch} images, which {} nodes cannot share evenly; make                  optim.batch_size / optim.accumulation_steps a multiple of the node count",
                 topology.num_nodes
