@@ -24,11 +24,12 @@
 //! rank before each forward, so there too the running statistics are rank 0's.
 //!
 //! Multi-node ([`MultiNode`], [`Topology`]): the same group, registered with burn-collective's
-//! multi-node configuration (a coordinator, each node's data service); each node keeps its own
-//! shards of every global micro-batch, the loss values are all-reduced too, and a [`Watchdog`]
-//! ends the process when a collective call outlives `--collective-timeout`. With
-//! burn-collective 0.21.0 the node-to-node all-reduce hangs after its first use, so a
-//! multi-node run ends at its first step with that timeout (docs/architecture.md § Multi-node).
+//! multi-node configuration (a coordinator, each node's data service, with the two fixes in
+//! `vendor/`); each node trains on its own shards of every global micro-batch (its loader
+//! decodes only those, [`Topology::batch_part`]), the loss values are all-reduced too, and a
+//! [`Watchdog`] ends the process when a collective call outlives `--collective-timeout`. Nodes
+//! log quietly ([`quiet_collective_logging`]): burn-communication's own INFO logging to stdout
+//! can block a node (docs/architecture.md § Multi-node).
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
