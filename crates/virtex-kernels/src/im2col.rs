@@ -10,16 +10,26 @@
 //! NCHW tensors in place. A 1×1, stride-1, unpadded convolution needs no im2col at all.
 //!
 //! Threads: the GEMMs use `gemm`'s rayon parallelism (it stays serial below its own size
-//! threshold); im2col, col2im and the layout copies split their rows across rayon's pool.
+//! threshold), except a small weight gradient, whose batch is split across threads
+//! ([`SPLIT_BATCH_MAX_OUTPUTS`]); im2col, col2im and the layout copies split their rows across
+//! rayon's pool.
 
 use burn::tensor::ops::ConvOptions;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
 /// Below this many output columns per GEMM, neighbouring images are merged into one chunk.
 const MIN_COLUMNS: usize = 1024;
+
+/// Weight gradients of at most this many elements (`O·K`) split the batch across threads: each
+/// thread multiplies its own images into a private `[O, K]` sum, and the sums are added.
+/// `gemm` parallelises over the rows and columns of its output only, so a small `[O, K]` with
+/// a long reduction (`N·P`: the stem's 64×147, layer 1's 64×64 and 64×576 at 56² or 32²) ran
+/// on one core; oneDNN splits the reduction the same way.
+const SPLIT_BATCH_MAX_OUTPUTS: usize = 64 * 1024;
 
 /// The sizes of one 2-D convolution, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +134,8 @@ impl ConvGeometry {
     }
 }
 
-/// `dst := [dst +] lhs · rhs` with explicit row/column strides (elements).
+/// `dst := [dst +] lhs · rhs` with explicit row/column strides (elements), on `parallelism`'s
+/// threads.
 ///
 /// # Safety
 /// Every pointer must address the strided `m×k`, `k×n` and `m×n` matrices it describes, and
@@ -139,6 +150,7 @@ unsafe fn gemm_f32(
     [lhs_rs, lhs_cs]: [isize; 2],
     rhs: *const f32,
     [rhs_rs, rhs_cs]: [isize; 2],
+    parallelism: gemm::Parallelism,
 ) {
     // SAFETY: forwarded from the caller's contract.
     unsafe {
@@ -161,7 +173,7 @@ unsafe fn gemm_f32(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            parallelism,
         )
     }
 }
@@ -296,11 +308,16 @@ fn scatter(
 
 /// Chunks of images: `(first, nb)`.
 fn chunks(g: &ConvGeometry) -> impl Iterator<Item = (usize, usize)> {
+    chunks_in(g, 0..g.batch)
+}
+
+/// Chunks of images `images`: `(first, nb)`.
+fn chunks_in(g: &ConvGeometry, images: Range<usize>) -> impl Iterator<Item = (usize, usize)> {
     let step = g.chunk();
-    let batch = g.batch;
-    (0..batch)
+    let end = images.end;
+    images
         .step_by(step)
-        .map(move |first| (first, step.min(batch - first)))
+        .map(move |first| (first, step.min(end - first)))
 }
 
 /// A result buffer of `len` floats that the kernel initialises completely.
@@ -398,6 +415,7 @@ pub(crate) fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32>
                     [k as isize, 1],
                     rhs.as_ptr(),
                     [cols as isize, 1],
+                    gemm::Parallelism::Rayon(0),
                 );
             }
             if !direct {
@@ -447,6 +465,7 @@ pub(crate) fn conv2d_data_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f
                     [1, k as isize],
                     lhs_dy.as_ptr(),
                     [cols as isize, 1],
+                    gemm::Parallelism::Rayon(0),
                 );
             }
             if direct {
@@ -465,6 +484,46 @@ pub(crate) fn conv2d_data_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f
 
 /// `dw = ∂L/∂w` from `x` and `dy`. Returns `dw [O, C, KH, KW]`.
 pub(crate) fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (k, o) = (g.k(), g.c_out);
+    let groups = rayon::current_num_threads().min(g.batch);
+    if groups < 2 || o * k > SPLIT_BATCH_MAX_OUTPUTS {
+        return weight_grad_of(g, x, dy, 0..g.batch, gemm::Parallelism::Rayon(0));
+    }
+    // Each thread sums its own images' products (serial GEMMs), then the sums are added.
+    let per_group = g.batch.div_ceil(groups);
+    let firsts: Vec<usize> = (0..g.batch).step_by(per_group).collect();
+    let sums: Vec<Vec<f32>> = firsts
+        .into_par_iter()
+        .map(|first| {
+            let images = first..(first + per_group).min(g.batch);
+            weight_grad_of(g, x, dy, images, gemm::Parallelism::None)
+        })
+        .collect();
+    let mut sums = sums.into_iter();
+    let mut dw = sums.next().expect("at least two groups");
+    for sum in sums {
+        dw.par_chunks_mut(SUM_TASK)
+            .zip(sum.par_chunks(SUM_TASK))
+            .for_each(|(into, from)| {
+                for (a, b) in into.iter_mut().zip(from) {
+                    *a += b;
+                }
+            });
+    }
+    dw
+}
+
+/// Elements per task when the threads' weight-gradient sums are added.
+const SUM_TASK: usize = 16 * 1024;
+
+/// The weight gradient's part from images `images` (all of them: the whole gradient).
+fn weight_grad_of(
+    g: &ConvGeometry,
+    x: &[f32],
+    dy: &[f32],
+    images: Range<usize>,
+    parallelism: gemm::Parallelism,
+) -> Vec<f32> {
     let (k, p, o) = (g.k(), g.p(), g.c_out);
     let mut dw = Output::new(o * k);
     let nb_max = g.chunk();
@@ -475,7 +534,7 @@ pub(crate) fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec
         k * nb_max * p
     };
     with_scratch(col_len, dy_len, |col, dy_chunk| {
-        for (index, (first, nb)) in chunks(g).enumerate() {
+        for (index, (first, nb)) in chunks_in(g, images).enumerate() {
             let cols = nb * p;
             let lhs_dy: &[f32] = if nb == 1 {
                 &dy[first * o * p..][..o * p]
@@ -507,11 +566,12 @@ pub(crate) fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec
                     [cols as isize, 1],
                     rhs.as_ptr(),
                     [1, cols as isize],
+                    parallelism,
                 );
             }
         }
     });
-    // SAFETY: the first chunk's GEMM wrote all of dw (the batch is never empty).
+    // SAFETY: the first chunk's GEMM wrote all of dw (`images` is never empty).
     unsafe { dw.finish() }
 }
 
@@ -660,6 +720,37 @@ mod tests {
             [6, 8, 3, 3],
             ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
         );
+    }
+
+    #[test]
+    fn a_weight_gradient_split_across_threads_equals_the_serial_one() {
+        // 3 threads over 5 images: groups of 2, 2 and 1; one image per chunk (P = 1056 ≥
+        // MIN_COLUMNS) and merged chunks (P = 16), im2col and pointwise.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("a thread pool");
+        let plain = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let pointwise = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        for (x_shape, w_shape, options) in [
+            ([5, 3, 32, 33], [4, 3, 3, 3], plain.clone()),
+            ([5, 6, 4, 4], [3, 6, 3, 3], plain),
+            ([5, 6, 32, 33], [3, 6, 1, 1], pointwise),
+        ] {
+            let g = ConvGeometry::new(x_shape, w_shape, &options).expect("supported geometry");
+            assert!(g.c_out * g.k() <= SPLIT_BATCH_MAX_OUTPUTS);
+            let x = values(x_shape.iter().product(), 4);
+            let dy = values(g.output_shape().iter().product(), 5);
+            let split = pool.install(|| conv2d_weight_grad(&g, &x, &dy));
+            let serial = weight_grad_of(&g, &x, &dy, 0..g.batch, gemm::Parallelism::None);
+            assert_eq!(split.len(), serial.len());
+            for (got, want) in split.iter().zip(&serial) {
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{x_shape:?}: {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]
