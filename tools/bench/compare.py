@@ -4,7 +4,7 @@ and filter, then prints one side-by-side table with Burn ÷ PyTorch time ratios.
 
 Usage (from anywhere in the repository):
   ~/.venvs/ref/bin/python tools/bench/compare.py [--threads 2] [--filter REGEX]
-      [--markdown] [--skip-burn] [--skip-torch] [--torch-json FILE]
+      [--markdown] [--skip-burn] [--skip-torch] [--torch-json FILE] [--interleave ROUNDS]
 
 - Burn's numbers are criterion's median per-iteration times, read from
   `target/criterion/**/new/{benchmark,estimates}.json` written by this run (or by the latest run
@@ -12,6 +12,10 @@ Usage (from anywhere in the repository):
   `VIRTEX_BENCH_*` pass through.
 - PyTorch's come from `kernels.py` with `torch.set_num_threads(--threads)`, run by the venv
   interpreter (`~/.venvs/ref/bin/python`, or `--python`).
+- `--interleave ROUNDS`: instead of all of Burn's rows and then all of PyTorch's (minutes
+  apart, on a VM whose speed drifts by ±25 % within minutes), each row runs on both sides back to
+  back, Burn first in odd rounds and PyTorch first in even ones; the table shows each side's
+  median over the rounds and every round's ratio.
 - Ratio > 1: Burn is slower. Throughput is GFLOP/s for FLOP-counted rows and GB/s (bytes of the
   input) for memory-bound rows.
 """
@@ -21,6 +25,7 @@ import os
 import pathlib
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -144,6 +149,67 @@ def order(row_id):
     return GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER)
 
 
+def burn_row_ids(args, env):
+    """The ids of the criterion rows `--filter` selects (`cargo bench … -- --list`)."""
+    command = ["cargo", "bench", "--bench", "kernels", "--", "--list"]
+    if args.filter:
+        command.insert(-1, args.filter)
+    out = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True,
+                         text=True).stdout
+    return [line.rsplit(": ", 1)[0] for line in out.splitlines() if line.endswith(": benchmark")]
+
+
+def interleaved(args, env, rounds):
+    """{id: [(burn_seconds, torch_seconds), ...]} and the rows' work, one row at a time."""
+    pairs, work = {}, {}
+    torch_version = "?"
+    for round_index in range(rounds):
+        for row_id in burn_row_ids(args, env):
+            exact = argparse.Namespace(**vars(args))
+            exact.filter = "^" + re.escape(row_id) + "$"
+            sides = ["burn", "torch"] if round_index % 2 == 0 else ["torch", "burn"]
+            measured = {}
+            for side in sides:
+                if side == "burn":
+                    started = time.time()
+                    run_burn(exact, env)
+                    measured["burn"] = read_burn(started, exact.filter).get(row_id)
+                else:
+                    path = pathlib.Path(args.torch_json).with_suffix(".row.json")
+                    run_torch(exact, path)
+                    rows, torch_version = read_torch(path)
+                    measured["torch"] = rows.get(row_id)
+            b, t = measured["burn"], measured["torch"]
+            if b:
+                work[row_id] = b
+            pairs.setdefault(row_id, []).append((b and b[0], t and t[0]))
+    return pairs, work, torch_version
+
+
+def interleaved_table(pairs, work, markdown):
+    header = ["row", "Burn (median)", "Burn rate", "PyTorch (median)",
+              "Burn ÷ PyTorch (median)", "Burn ÷ PyTorch per round"]
+    lines = []
+    for row_id in sorted(pairs, key=lambda i: (order(i), i)):
+        burn = [b for b, _ in pairs[row_id] if b]
+        torch_times = [t for _, t in pairs[row_id] if t]
+        ratios = [b / t for b, t in pairs[row_id] if b and t]
+        b_med = statistics.median(burn) if burn else None
+        rate = fmt_rate((b_med, work[row_id][1], work[row_id][2])) if burn else "—"
+        lines.append([row_id, fmt_time(b_med), rate,
+                      fmt_time(statistics.median(torch_times) if torch_times else None),
+                      f"{statistics.median(ratios):.2f}" if ratios else "—",
+                      " / ".join(f"{r:.2f}" for r in ratios) or "—"])
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    render = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+    return "\n".join([render(header), render(["-" * w for w in widths])] +
+                      [render(line) for line in lines])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -156,12 +222,23 @@ def main():
     parser.add_argument("--skip-burn", action="store_true", help="reuse criterion's last results")
     parser.add_argument("--skip-torch", action="store_true", help="reuse --torch-json")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="run each row on both sides back to back, ROUNDS times")
     args = parser.parse_args()
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads),
                VIRTEX_BENCH_BATCHES=args.batches, VIRTEX_BENCH_CONV_SIZE=str(args.size))
     started = time.time()
     load_before = os.getloadavg()
+    if args.interleave > 0:
+        pairs, work, torch_version = interleaved(args, env, args.interleave)
+        load_after = os.getloadavg()
+        print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {cpu_name()}, "
+              f"{os.cpu_count()} CPUs, {args.threads} threads, torch {torch_version}, "
+              f"interleaved {args.interleave} rounds, load average "
+              f"{load_before[0]:.2f} before / {load_after[0]:.2f} after")
+        print(interleaved_table(pairs, work, args.markdown))
+        return
     if not args.skip_burn:
         run_burn(args, env)
     burn = read_burn(0 if args.skip_burn else started, args.filter)

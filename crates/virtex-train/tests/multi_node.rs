@@ -308,6 +308,27 @@ fn main() -> ExitCode {
 
 /// Waits for `child` (at most `limit`), killing it past that; returns its status code, stdout
 /// and stderr.
+/// Waits for every node (up to 300 s each) and returns their exit codes and output; panics with
+/// every node's output, not just the first failing one's, when any node failed: a node that
+/// ends with the timeout error is usually waiting for another that failed first.
+fn finish_all(nodes: Vec<Node>) -> Vec<(Option<i32>, String, String)> {
+    let outputs: Vec<_> = nodes
+        .into_iter()
+        .map(|node| finish(node, Duration::from_secs(300)))
+        .collect();
+    if outputs.iter().any(|(code, _, _)| *code != Some(0)) {
+        let report: Vec<String> = outputs
+            .iter()
+            .enumerate()
+            .map(|(rank, (code, stdout, stderr))| {
+                format!("node {rank} exited {code:?}:\n{stdout}\n{stderr}")
+            })
+            .collect();
+        panic!("{}", report.join("\n----\n"));
+    }
+    outputs
+}
+
 fn finish(node: Node, limit: Duration) -> (Option<i32>, String, String) {
     let Node {
         mut child,
@@ -398,22 +419,7 @@ fn two_nodes_match_one_process_with_twice_the_accumulation() {
         Arc::new(AtomicBool::new(false)),
     )
     .unwrap();
-    let outputs: Vec<_> = nodes
-        .into_iter()
-        .map(|child| finish(child, Duration::from_secs(300)))
-        .collect();
-    // Every node's output, not just the first failing one: a node that ends with the timeout
-    // error is usually waiting for another that failed first.
-    if outputs.iter().any(|(code, _, _)| *code != Some(0)) {
-        let report: Vec<String> = outputs
-            .iter()
-            .enumerate()
-            .map(|(rank, (code, stdout, stderr))| {
-                format!("node {rank} exited {code:?}:\n{stdout}\n{stderr}")
-            })
-            .collect();
-        panic!("{}", report.join("\n----\n"));
-    }
+    let outputs = finish_all(nodes);
     // burn-communication's per-transfer INFO lines (two per all-reduce) are filtered out.
     for (_, stdout, stderr) in &outputs {
         assert!(
@@ -528,20 +534,7 @@ fn run_two_nodes(spec: &NodeSpec) -> Vec<RunSummary> {
             .spawn()
         })
         .collect();
-    let outputs: Vec<_> = nodes
-        .into_iter()
-        .map(|node| finish(node, Duration::from_secs(300)))
-        .collect();
-    if outputs.iter().any(|(code, _, _)| *code != Some(0)) {
-        let report: Vec<String> = outputs
-            .iter()
-            .enumerate()
-            .map(|(rank, (code, stdout, stderr))| {
-                format!("node {rank} exited {code:?}:\n{stdout}\n{stderr}")
-            })
-            .collect();
-        panic!("{}", report.join("\n----\n"));
-    }
+    let outputs = finish_all(nodes);
     outputs.iter().map(|(_, out, _)| summary_of(out)).collect()
 }
 
