@@ -130,6 +130,10 @@ def table(burn, torch_rows, markdown):
         ratio = f"{b[0] / t[0]:.2f}" if b and t else "—"
         lines.append([row_id, fmt_time(b and b[0]), fmt_rate(b), fmt_time(t and t[0]),
                       fmt_rate(t), ratio])
+    return render_table(header, lines, markdown)
+
+
+def render_table(header, lines, markdown):
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -200,14 +204,7 @@ def interleaved_table(pairs, work, markdown):
                       fmt_time(statistics.median(torch_times) if torch_times else None),
                       f"{statistics.median(ratios):.2f}" if ratios else "—",
                       " / ".join(f"{r:.2f}" for r in ratios) or "—"])
-    if markdown:
-        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(line) + " |" for line in lines]
-        return "\n".join(out)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    render = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
-    return "\n".join([render(header), render(["-" * w for w in widths])] +
-                      [render(line) for line in lines])
+    return render_table(header, lines, markdown)
 
 
 def main():

@@ -445,20 +445,7 @@ fn two_nodes_match_one_process_with_twice_the_accumulation() {
     let checkpoint = format!("checkpoint_{iterations:08}/model.safetensors");
     let reference = tensors(&one_dir.path().join(&checkpoint));
     let node0 = tensors(&node_dirs[0].path().join("run").join(&checkpoint));
-    assert_eq!(reference.len(), node0.len());
-    let mut compared = 0;
-    for ((name, a), (other, b)) in reference.iter().zip(&node0) {
-        assert_eq!(name, other);
-        // Left out: BatchNorm running statistics (one process updates them once per
-        // micro-batch, node 0 from its own shards only, as PyTorch DDP keeps rank 0's).
-        if name.contains("running_mean") || name.contains("running_var") {
-            continue;
-        }
-        let relative = relative_difference(b, a);
-        assert!(relative < 1e-5, "{name}: relative difference {relative:e}");
-        compared += 1;
-    }
-    assert!(compared > 10);
+    assert_parameters_match(&reference, &node0);
     // The state records the world size, so a one-process resume warns that it differs.
     let state = std::fs::read_to_string(
         node_dirs[0]
@@ -504,9 +491,17 @@ fn two_nodes_resume_from_shards_where_they_stopped() {
     let checkpoint = format!("checkpoint_{iterations:08}/model.safetensors");
     let reference = tensors(&one_dir.join(&checkpoint));
     let resumed = tensors(&run_dir.join(&checkpoint));
-    assert_eq!(reference.len(), resumed.len());
+    assert_parameters_match(&reference, &resumed);
+}
+
+/// Every parameter of `other` within 1e-5 relative of `reference`'s, key by key. Left out:
+/// BatchNorm running statistics (one process updates them once per micro-batch, node 0 from its
+/// own rows only, as PyTorch DDP keeps rank 0's).
+fn assert_parameters_match(reference: &[(String, Vec<f32>)], other: &[(String, Vec<f32>)]) {
+    assert_eq!(reference.len(), other.len());
     let mut compared = 0;
-    for ((name, a), (_, b)) in reference.iter().zip(&resumed) {
+    for ((name, a), (other_name, b)) in reference.iter().zip(other) {
+        assert_eq!(name, other_name);
         if name.contains("running_mean") || name.contains("running_var") {
             continue;
         }
