@@ -28,7 +28,7 @@ const MIN_COLUMNS: usize = 1024;
 /// thread multiplies its own images into a private `[O, K]` sum, and the sums are added.
 /// `gemm` parallelises over the rows and columns of its output only, so a small `[O, K]` with
 /// a long reduction (`N·P`: the stem's 64×147, layer 1's 64×64 and 64×576 at 56² or 32²) ran
-/// on one core; oneDNN splits the reduction the same way.
+/// on one core (a split-K GEMM, in effect).
 const SPLIT_BATCH_MAX_OUTPUTS: usize = 64 * 1024;
 
 /// The sizes of one 2-D convolution, validated.

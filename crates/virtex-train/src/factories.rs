@@ -343,7 +343,9 @@ impl<'a> Loaders<'a> {
         let micro_batch = config.optim.batch_size / config.optim.accumulation_steps;
         if !micro_batch.is_multiple_of(topology.num_nodes) {
             return Err(TrainError::Config(format!(
-                "data.shards_by_node: each node batches its share of every micro-batch of                  {micro_batch} images, which {} nodes cannot share evenly; make                  optim.batch_size / optim.accumulation_steps a multiple of the node count",
+                "data.shards_by_node: each node batches its share of every micro-batch of \
+                 {micro_batch} images, which {} nodes cannot share evenly; make \
+                 optim.batch_size / optim.accumulation_steps a multiple of the node count",
                 topology.num_nodes
             )));
         }
@@ -358,7 +360,8 @@ impl<'a> Loaders<'a> {
         let shards = shard_dataset(config, Split::Train, captioning, split)?;
         if shards.len() < node_batch {
             return Err(TrainError::Config(format!(
-                "data.shards_by_node: node {}'s shards of `{}` hold {} samples, fewer than its                  {node_batch} per micro-batch",
+                "data.shards_by_node: node {}'s shards of `{}` hold {} samples, fewer than its \
+                 {node_batch} per micro-batch",
                 topology.node_rank,
                 shards.list.pattern(),
                 shards.len()
@@ -494,10 +497,6 @@ impl<'a> Loaders<'a> {
         part: Option<BatchPart>,
     ) -> Result<DataLoader, TrainError> {
         let config = self.config;
-        let choice = match config.data.caption_choice.as_str() {
-            "first" => CaptionChoice::First,
-            _ => CaptionChoice::Random,
-        };
         if config.data.format == DataFormat::WebDataset {
             return self.shard_loader(split, transforms, (shuffle, drop_last), part);
         }
@@ -531,7 +530,7 @@ impl<'a> Loaders<'a> {
             )));
         }
         let mut dataset = CaptioningDataset::new(images, self.tokenizer.clone(), transforms)?
-            .with_caption_choice(choice)
+            .with_caption_choice(caption_choice(config))
             .with_max_caption_length(config.data.max_caption_length)?
             .with_padding_index(config.data.padding_index);
         if let Some(labels) = labels {
@@ -554,12 +553,8 @@ impl Loaders<'_> {
     /// choice, maximum length and padding of `config.data`.
     fn shard_captioning(&self, transforms: ImageTransforms) -> Result<ShardCaptioning, TrainError> {
         let data = &self.config.data;
-        let choice = match data.caption_choice.as_str() {
-            "first" => CaptionChoice::First,
-            _ => CaptionChoice::Random,
-        };
         Ok(ShardCaptioning::new(self.tokenizer.clone(), transforms)?
-            .with_caption_choice(choice)
+            .with_caption_choice(caption_choice(self.config))
             .with_max_caption_length(data.max_caption_length)?
             .with_padding_index(data.padding_index))
     }
@@ -659,6 +654,14 @@ fn object_labels(
         )));
     }
     Ok(labels)
+}
+
+/// `data.caption_choice`: `first`, or a random caption of each image.
+fn caption_choice(config: &PretrainConfig) -> CaptionChoice {
+    match config.data.caption_choice.as_str() {
+        "first" => CaptionChoice::First,
+        _ => CaptionChoice::Random,
+    }
 }
 
 /// The loader settings of a split: `batch_size` samples per batch, of which `part` is decoded,
