@@ -151,17 +151,14 @@ fn flex_sgd_update(
     // `storage_mut` copies a shared buffer first (copy-on-write), so the write stays private.
     let p: &mut [f32] = param.storage_mut();
     let Some(momentum) = update.momentum else {
+        let step: fn(&mut [f32], &[f32], [f32; 2]) = match decay {
+            Some(_) => plain_step::<true>,
+            None => plain_step::<false>,
+        };
+        let decay = decay.unwrap_or(0.0);
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
-            .for_each(|(p, g)| {
-                for (p, &g) in p.iter_mut().zip(g) {
-                    let d = match decay {
-                        Some(decay) => *p * decay + g,
-                        None => g,
-                    };
-                    *p -= d * lr;
-                }
-            });
+            .for_each(|(p, g)| step(p, g, [decay, lr]));
         return (param, None);
     };
     let first = velocity.is_none();
@@ -171,28 +168,57 @@ fn flex_sgd_update(
     };
     let v: &mut [f32] = velocity.storage_mut();
     debug_assert_eq!((p.len(), g.len(), v.len()), (elements, elements, elements));
+    let decay_or_zero = decay.unwrap_or(0.0);
+    let step: fn(&mut [f32], &[f32], &mut [f32], [f32; 3]) =
+        match (decay.is_some(), first, nesterov) {
+            (false, false, false) => momentum_step::<false, false, false>,
+            (false, false, true) => momentum_step::<false, false, true>,
+            (false, true, false) => momentum_step::<false, true, false>,
+            (false, true, true) => momentum_step::<false, true, true>,
+            (true, false, false) => momentum_step::<true, false, false>,
+            (true, false, true) => momentum_step::<true, false, true>,
+            (true, true, false) => momentum_step::<true, true, false>,
+            (true, true, true) => momentum_step::<true, true, true>,
+        };
     p.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
-        .for_each(|((p, g), v)| {
-            for ((p, &g), v) in p.iter_mut().zip(g).zip(v.iter_mut()) {
-                // Same f32 operations, in the same order, as burn's ops (no fused multiply-add:
-                // Rust never contracts them).
-                let d = match decay {
-                    Some(decay) => *p * decay + g,
-                    None => g,
-                };
-                let new_v = if first { d } else { d * 1.0 + *v * momentum };
-                let u = if nesterov {
-                    new_v * momentum + d
-                } else {
-                    new_v
-                };
-                *v = new_v;
-                *p -= u * lr;
-            }
-        });
+        .for_each(|((p, g), v)| step(p, g, v, [decay_or_zero, momentum, lr]));
     (param, Some(velocity))
+}
+
+// The options are const parameters so that each loop body is branch-free and the compiler
+// vectorises it: with run-time branches inside, the loop stayed scalar (9 % of the `small_cpu`
+// step).
+
+/// `p ← p − lr·(g [+ decay·p])` over one chunk: `[decay, lr]`.
+fn plain_step<const DECAY: bool>(p: &mut [f32], g: &[f32], [decay, lr]: [f32; 2]) {
+    for (p, &g) in p.iter_mut().zip(g) {
+        let d = if DECAY { *p * decay + g } else { g };
+        *p -= d * lr;
+    }
+}
+
+/// The momentum update of [`sgd_update`]'s formula over one chunk: `[decay, μ, lr]`.
+fn momentum_step<const DECAY: bool, const FIRST: bool, const NESTEROV: bool>(
+    p: &mut [f32],
+    g: &[f32],
+    v: &mut [f32],
+    [decay, momentum, lr]: [f32; 3],
+) {
+    for ((p, &g), v) in p.iter_mut().zip(g).zip(v.iter_mut()) {
+        // Same f32 operations, in the same order, as burn's ops (no fused multiply-add: Rust
+        // never contracts them).
+        let d = if DECAY { *p * decay + g } else { g };
+        let new_v = if FIRST { d } else { d * 1.0 + *v * momentum };
+        let u = if NESTEROV {
+            new_v * momentum + d
+        } else {
+            new_v
+        };
+        *v = new_v;
+        *p -= u * lr;
+    }
 }
 
 /// `Σ x²` over every element of `tensor`, as a `[1]` tensor on its device: the squared L2
@@ -209,17 +235,34 @@ pub fn squared_norm<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Tensor
             let sum: f64 = flex
                 .storage::<f32>()
                 .par_chunks(CHUNK)
-                .map(|chunk| {
-                    chunk
-                        .iter()
-                        .map(|&x| f64::from(x) * f64::from(x))
-                        .sum::<f64>()
-                })
+                .map(sum_of_squares)
                 .sum();
             return Tensor::from_data([sum as f32], &tensor.device());
         }
     }
     tensor.clone().mul(tensor.clone()).sum()
+}
+
+/// Lanes of independent partial sums in [`sum_of_squares`].
+const LANES: usize = 8;
+
+/// `Σ x²` in `f64`, over [`LANES`] interleaved partial sums: one running sum is a chain of
+/// dependent additions the compiler may not reorder (scalar, latency-bound: 4 % of the
+/// `small_cpu` step); independent lanes vectorise.
+fn sum_of_squares(chunk: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; LANES];
+    let mut blocks = chunk.chunks_exact(LANES);
+    for block in &mut blocks {
+        for (lane, &x) in lanes.iter_mut().zip(block) {
+            *lane += f64::from(x) * f64::from(x);
+        }
+    }
+    let tail: f64 = blocks
+        .remainder()
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
 fn param_shape(tensor: &FlexTensor) -> burn::tensor::Shape {
