@@ -169,17 +169,16 @@ fn flex_sgd_update(
     let v: &mut [f32] = velocity.storage_mut();
     debug_assert_eq!((p.len(), g.len(), v.len()), (elements, elements, elements));
     let decay_or_zero = decay.unwrap_or(0.0);
-    let step: fn(&mut [f32], &[f32], &mut [f32], [f32; 3]) =
-        match (decay.is_some(), first, nesterov) {
-            (false, false, false) => momentum_step::<false, false, false>,
-            (false, false, true) => momentum_step::<false, false, true>,
-            (false, true, false) => momentum_step::<false, true, false>,
-            (false, true, true) => momentum_step::<false, true, true>,
-            (true, false, false) => momentum_step::<true, false, false>,
-            (true, false, true) => momentum_step::<true, false, true>,
-            (true, true, false) => momentum_step::<true, true, false>,
-            (true, true, true) => momentum_step::<true, true, true>,
-        };
+    let step: MomentumStep = match (decay.is_some(), first, nesterov) {
+        (false, false, false) => momentum_step::<false, false, false>,
+        (false, false, true) => momentum_step::<false, false, true>,
+        (false, true, false) => momentum_step::<false, true, false>,
+        (false, true, true) => momentum_step::<false, true, true>,
+        (true, false, false) => momentum_step::<true, false, false>,
+        (true, false, true) => momentum_step::<true, false, true>,
+        (true, true, false) => momentum_step::<true, true, false>,
+        (true, true, true) => momentum_step::<true, true, true>,
+    };
     p.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
@@ -198,6 +197,10 @@ fn plain_step<const DECAY: bool>(p: &mut [f32], g: &[f32], [decay, lr]: [f32; 2]
         *p -= d * lr;
     }
 }
+
+/// One monomorphised [`momentum_step`]: parameter, gradient and buffer chunks,
+/// `[decay, μ, lr]`.
+type MomentumStep = fn(&mut [f32], &[f32], &mut [f32], [f32; 3]);
 
 /// The momentum update of [`sgd_update`]'s formula over one chunk: `[decay, μ, lr]`.
 fn momentum_step<const DECAY: bool, const FIRST: bool, const NESTEROV: bool>(
