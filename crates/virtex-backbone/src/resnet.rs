@@ -166,7 +166,27 @@ impl<B: Backend> ResNet<B> {
             self.bn1
                 .forward(self.precision.forward_conv2d(&self.conv1, images)),
         );
-        self.maxpool.forward(x)
+        self.max_pool(x)
+    }
+
+    /// `self.maxpool` through `virtex_kernels::max_pool2d` (a fast kernel on the CPU backend)
+    /// when its padding is symmetric and it floors, as torchvision's stem; the module otherwise.
+    fn max_pool(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let pool = &self.maxpool;
+        match pool.padding {
+            PaddingConfig2d::Explicit(top, left, bottom, right)
+                if top == bottom && left == right && !pool.ceil_mode =>
+            {
+                virtex_kernels::max_pool2d(
+                    x,
+                    pool.kernel_size,
+                    pool.stride,
+                    [top, left],
+                    pool.dilation,
+                )
+            }
+            _ => pool.forward(x),
+        }
     }
 }
 

@@ -17,6 +17,8 @@
 //!   backward) on `Flex` / `Autodiff<Flex>`, composed from burn ops elsewhere;
 //!   [`batch_norm2d_eval`]: eval-mode BatchNorm in one pass on `Flex`.
 //! - [`relu`]: burn's ReLU with a vectorised, threaded backward pass on `Autodiff<Flex>`.
+//! - [`max_pool2d`]: max pooling in one threaded pass on `Flex` / `Autodiff<Flex>` (an argmax
+//!   kept only for training), burn's op elsewhere.
 //! - [`sgd_update`]: `torch.optim.SGD`'s update (coupled decay, momentum, step) as one
 //!   threaded pass on `Flex`, in place where the buffers are not shared; burn's ops elsewhere;
 //!   [`squared_norm`]: `Σ x²` in one read-only pass (global gradient clipping).
@@ -49,6 +51,7 @@ mod dispatch;
 mod flex;
 mod im2col;
 mod optim;
+mod pool;
 mod precision;
 mod selection;
 
@@ -56,5 +59,6 @@ pub use activation::relu;
 pub use batch_norm::{batch_norm2d_eval, batch_norm2d_train, BatchNormTrain};
 pub use conv::{conv2d, conv2d_weight_backward, conv2d_x_backward, forward_conv2d};
 pub use optim::{sgd_update, squared_norm, SgdUpdate};
+pub use pool::max_pool2d;
 pub use precision::{Precision, UnknownPrecision};
 pub use selection::{fast_kernels_enabled, KERNELS_ENV};
