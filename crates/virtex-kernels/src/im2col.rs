@@ -32,8 +32,8 @@ const MIN_COLUMNS: usize = 1024;
 const SPLIT_BATCH_MAX_OUTPUTS: usize = 64 * 1024;
 
 /// The weight gradient's GEMM takes `dy` transposed (see [`weight_grad_of`]) when the output
-/// has at most this many channels and each GEMM reduces over at least
-/// [`TRANSPOSED_DY_MIN_COLUMNS`] columns. Measured on ResNet-50's layers (`conv_bwd_weight`
+/// has at most this many channels and a chunk of images (of the batch, or of one thread's share
+/// of it) reduces over at least [`TRANSPOSED_DY_MIN_COLUMNS`] columns. Measured on ResNet-50's layers (`conv_bwd_weight`
 /// rows at 64²): 27–54 % faster there; with 512 or more channels, or 128 columns, unpacked
 /// `dy` made gemm 1.4–13× slower.
 const TRANSPOSED_DY_MAX_CHANNELS: usize = 256;
@@ -111,10 +111,12 @@ impl ConvGeometry {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
     }
 
-    /// Whether the weight gradient's GEMM takes `dy` transposed.
-    fn weight_grad_transposes_dy(&self) -> bool {
+    /// Whether the weight gradient's GEMMs take `dy` transposed when they are handed `images`
+    /// images in all (the whole batch, or one thread's share of it): the layout the largest of
+    /// its GEMMs is measured faster in.
+    fn weight_grad_transposes_dy(&self, images: usize) -> bool {
         self.c_out <= TRANSPOSED_DY_MAX_CHANNELS
-            && self.chunk() * self.p() >= TRANSPOSED_DY_MIN_COLUMNS
+            && self.chunk().min(images) * self.p() >= TRANSPOSED_DY_MIN_COLUMNS
     }
 
     /// Images per chunk.
@@ -503,30 +505,35 @@ pub(crate) fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec
     let (k, o) = (g.k(), g.c_out);
     let groups = rayon::current_num_threads().min(g.batch);
     // `weight_grad_of`'s result, `[O, K]` or its transpose.
-    let in_order = |dw: Vec<f32>| {
-        if g.weight_grad_transposes_dy() {
+    let in_order = |dw: Vec<f32>, transpose_dy: bool| {
+        if transpose_dy {
             transposed(&dw, k, o)
         } else {
             dw
         }
     };
     if groups < 2 || o * k > SPLIT_BATCH_MAX_OUTPUTS {
-        return in_order(weight_grad_of(
+        let transpose_dy = g.weight_grad_transposes_dy(g.batch);
+        let dw = weight_grad_of(
             g,
             x,
             dy,
             0..g.batch,
+            transpose_dy,
             gemm::Parallelism::Rayon(0),
-        ));
+        );
+        return in_order(dw, transpose_dy);
     }
-    // Each thread sums its own images' products (serial GEMMs), then the sums are added.
+    // Each thread sums its own images' products (serial GEMMs), then the sums are added; all
+    // of them in the same layout.
     let per_group = g.batch.div_ceil(groups);
+    let transpose_dy = g.weight_grad_transposes_dy(per_group);
     let firsts: Vec<usize> = (0..g.batch).step_by(per_group).collect();
     let sums: Vec<Vec<f32>> = firsts
         .into_par_iter()
         .map(|first| {
             let images = first..(first + per_group).min(g.batch);
-            weight_grad_of(g, x, dy, images, gemm::Parallelism::None)
+            weight_grad_of(g, x, dy, images, transpose_dy, gemm::Parallelism::None)
         })
         .collect();
     let mut sums = sums.into_iter();
@@ -540,7 +547,7 @@ pub(crate) fn conv2d_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec
                 }
             });
     }
-    in_order(dw)
+    in_order(dw, transpose_dy)
 }
 
 /// `src [rows, cols]` transposed: `[cols, rows]`.
@@ -554,8 +561,8 @@ fn transposed(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 const SUM_TASK: usize = 16 * 1024;
 
 /// The weight gradient's part from images `images` (all of them: the whole gradient):
-/// `dw [O, K]`, or its transpose `dwᵀ [K, O]` where
-/// [`ConvGeometry::weight_grad_transposes_dy`].
+/// `dw [O, K]`, or with `transpose_dy` its transpose `dwᵀ [K, O]` (see
+/// [`ConvGeometry::weight_grad_transposes_dy`]).
 ///
 /// Why transposed: gemm computes a row-major destination as its transpose, which makes the
 /// im2col matrix (`[K, cols]`, contiguous along the reduction) its left operand, packed by
@@ -570,10 +577,10 @@ fn weight_grad_of(
     x: &[f32],
     dy: &[f32],
     images: Range<usize>,
+    transpose_dy: bool,
     parallelism: gemm::Parallelism,
 ) -> Vec<f32> {
     let (k, p, o) = (g.k(), g.p(), g.c_out);
-    let transpose_dy = g.weight_grad_transposes_dy();
     let mut dw = Output::new(o * k);
     let nb_max = g.chunk();
     let dy_len = if nb_max == 1 && !transpose_dy {
@@ -690,6 +697,91 @@ mod tests {
         y
     }
 
+    /// `dw[o, c, ki, kj] = Σ_n Σ_(oh, ow) dy[n, o, oh, ow] · x[n, c, ih, iw]`, in f64.
+    fn reference_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let mut dw = vec![0.0f32; g.c_out * g.k()];
+        for o in 0..g.c_out {
+            for c in 0..g.c_in {
+                for ki in 0..g.kernel[0] {
+                    for kj in 0..g.kernel[1] {
+                        let mut acc = 0.0f64;
+                        for n in 0..g.batch {
+                            for oh in 0..g.out_height {
+                                for ow in 0..g.out_width {
+                                    let ih = (oh * g.stride[0] + ki * g.dilation[0]) as isize
+                                        - g.padding[0] as isize;
+                                    let iw = (ow * g.stride[1] + kj * g.dilation[1]) as isize
+                                        - g.padding[1] as isize;
+                                    if ih < 0
+                                        || iw < 0
+                                        || ih >= g.height as isize
+                                        || iw >= g.width as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[((n * g.c_in + c) * g.height + ih as usize)
+                                        * g.width
+                                        + iw as usize];
+                                    let dyv = dy[((n * g.c_out + o) * g.out_height + oh)
+                                        * g.out_width
+                                        + ow];
+                                    acc += f64::from(xv) * f64::from(dyv);
+                                }
+                            }
+                        }
+                        dw[((o * g.c_in + c) * g.kernel[0] + ki) * g.kernel[1] + kj] = acc as f32;
+                    }
+                }
+            }
+        }
+        dw
+    }
+
+    /// Both layouts of the weight gradient's GEMM (`dy` as is and transposed), one image and
+    /// several per chunk, on one thread (the whole batch in one call) and split across three,
+    /// element by element against the definition.
+    #[test]
+    fn both_weight_gradient_layouts_match_the_definition() {
+        let padded = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let pointwise = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        let cases = [
+            // P = 256: 4 images per chunk, 1024 columns: transposed.
+            ([4, 3, 16, 16], [4, 3, 3, 3], padded.clone(), true),
+            // P = 1056: one image per chunk: transposed.
+            ([2, 5, 32, 33], [6, 5, 1, 1], pointwise.clone(), true),
+            // P = 16: 80 columns: as is.
+            ([5, 6, 4, 4], [3, 6, 3, 3], padded, false),
+            // 300 output channels: as is.
+            ([2, 4, 24, 24], [300, 4, 1, 1], pointwise, false),
+        ];
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool");
+            for (x_shape, w_shape, options, transposed_layout) in cases.clone() {
+                let g = ConvGeometry::new(x_shape, w_shape, &options).expect("supported");
+                if threads == 1 {
+                    assert_eq!(
+                        g.weight_grad_transposes_dy(g.batch),
+                        transposed_layout,
+                        "{x_shape:?}"
+                    );
+                }
+                let x = values(x_shape.iter().product(), 6);
+                let dy = values(g.output_shape().iter().product(), 7);
+                let got = pool.install(|| conv2d_weight_grad(&g, &x, &dy));
+                let want = reference_weight_grad(&g, &x, &dy);
+                for (index, (got, want)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{x_shape:?}, {threads} threads, element {index}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
     fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
         (0..len)
@@ -795,7 +887,7 @@ mod tests {
     }
 
     #[test]
-    fn a_weight_gradient_split_across_threads_equals_the_serial_one() {
+    fn a_weight_gradient_split_across_threads_equals_the_definition() {
         // 3 threads over 5 images: groups of 2, 2 and 1; one image per chunk (P = 1056 ≥
         // MIN_COLUMNS) and merged chunks (P = 16), im2col and pointwise.
         let pool = rayon::ThreadPoolBuilder::new()
@@ -814,12 +906,7 @@ mod tests {
             let x = values(x_shape.iter().product(), 4);
             let dy = values(g.output_shape().iter().product(), 5);
             let split = pool.install(|| conv2d_weight_grad(&g, &x, &dy));
-            let serial = weight_grad_of(&g, &x, &dy, 0..g.batch, gemm::Parallelism::None);
-            let serial = if g.weight_grad_transposes_dy() {
-                transposed(&serial, g.k(), g.c_out)
-            } else {
-                serial
-            };
+            let serial = reference_weight_grad(&g, &x, &dy);
             assert_eq!(split.len(), serial.len());
             for (got, want) in split.iter().zip(&serial) {
                 assert!(

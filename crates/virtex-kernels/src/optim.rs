@@ -300,6 +300,8 @@ mod tests {
         let device = Default::default();
         let cases = [
             (Some(1e-4), Some(0.9), false),
+            (Some(1e-4), Some(0.9), true),
+            (None, Some(0.9), false),
             (None, Some(0.9), true),
             (Some(1e-2), None, false),
             (None, None, false),

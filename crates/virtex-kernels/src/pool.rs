@@ -75,8 +75,9 @@ struct PoolGeometry {
 }
 
 impl PoolGeometry {
-    /// `None` for what this kernel leaves to burn: empty tensors, zero sizes, padding of half
-    /// the kernel or more, and any output that would see only padding.
+    /// `None` for what this kernel leaves to burn: empty tensors, zero sizes, padding of more
+    /// than half the kernel (PyTorch refuses it too), planes of 2³² elements or more, and any
+    /// output that would see only padding.
     fn new(
         [batch, channels, height, width]: [usize; 4],
         kernel: [usize; 2],
@@ -94,9 +95,11 @@ impl PoolGeometry {
             kernel[axis] > 0
                 && stride[axis] > 0
                 && dilation[axis] > 0
-                && 2 * padding[axis] < kernel[axis]
+                && 2 * padding[axis] <= kernel[axis]
         });
-        if !valid || batch * channels * height * width == 0 {
+        // The argmax is a u32 position in the input plane.
+        let plane_fits = u32::try_from(height * width).is_ok();
+        if !valid || !plane_fits || batch * channels * height * width == 0 {
             return None;
         }
         let geometry = Self {
@@ -238,7 +241,8 @@ fn pool_forward(g: &PoolGeometry, x: &[f32], keep_argmax: bool) -> (Vec<f32>, Ve
                         let row = &input[ih * g.width..][..g.width];
                         for iw in taps_w.coordinates() {
                             let value = row[iw];
-                            if value > best || (value.is_nan() && !best.is_nan()) {
+                            // PyTorch's test: the last NaN of a window is its argmax.
+                            if value > best || value.is_nan() {
                                 (best, at) = (value, ih * g.width + iw);
                             }
                         }
@@ -272,7 +276,7 @@ fn autodiff_max_pool2d<B: Backend, C: CheckpointStrategy>(
 ) -> Tensor<B, 4> {
     let x: FloatTensor<Autodiff<Flex, C>> = cast(x.into_primitive().tensor())
         .unwrap_or_else(|_| unreachable!("B is Autodiff<Flex, C>"));
-    let input = x.primitive.clone().to_contiguous();
+    let input = x.primitive.to_contiguous();
     let prepared = MaxPoolBackward
         .prepare::<C>([x.node.clone()])
         .compute_bound()
@@ -342,9 +346,10 @@ mod tests {
 
     type Ad = Autodiff<Flex>;
 
-    /// Forward and input gradient against burn's own pooling, for the ResNet stem's pooling,
-    /// a dilated one and a rectangular one with odd sizes; values drawn from a few levels so
-    /// that ties occur (the first in scan order must win, as in burn and PyTorch).
+    /// Forward (both paths) and input gradient of this module's kernels, called directly,
+    /// against burn's own pooling, for the ResNet stem's pooling, a dilated one and a
+    /// rectangular one with odd sizes; values drawn from a few levels so that ties occur (the
+    /// first in scan order must win, as in burn and PyTorch).
     #[test]
     fn matches_burns_pooling_forward_and_backward() {
         let device = Default::default();
@@ -352,11 +357,15 @@ mod tests {
             ([2, 3, 13, 12], [3, 3], [2, 2], [1, 1], [1, 1]),
             ([1, 2, 9, 11], [3, 2], [1, 2], [1, 0], [2, 1]),
             ([2, 1, 7, 5], [2, 2], [2, 2], [0, 0], [1, 1]),
+            // Padding of half the kernel: the corner windows see one element.
+            ([1, 2, 5, 6], [2, 2], [2, 2], [1, 1], [1, 1]),
         ];
         for (shape, kernel, stride, padding, dilation) in cases {
+            let g = PoolGeometry::new(shape, kernel, stride, padding, dilation)
+                .expect("a geometry this kernel handles");
             let x =
                 Tensor::<Flex, 4>::random(shape, Distribution::Uniform(0.0, 4.0), &device).floor();
-            let ours = max_pool2d(x.clone(), kernel, stride, padding, dilation);
+            let values: Vec<f32> = x.to_data().to_vec().expect("f32 values");
             let burns = burn::tensor::module::max_pool2d(
                 x.clone(),
                 kernel,
@@ -365,13 +374,17 @@ mod tests {
                 dilation,
                 false,
             );
-            assert_eq!(ours.to_data(), burns.to_data(), "forward, {shape:?}");
+            let want: Vec<f32> = burns.to_data().to_vec().expect("f32 values");
+            for keep_argmax in [false, true] {
+                let (got, _) = pool_forward(&g, &values, keep_argmax);
+                assert_eq!(got, want, "forward, {shape:?}, argmax kept: {keep_argmax}");
+            }
 
-            let dy = Tensor::<Ad, 4>::random(ours.dims(), Distribution::Default, &device);
+            let dy = Tensor::<Ad, 4>::random(burns.dims(), Distribution::Default, &device);
             let gradient = |fast: bool| {
                 let x = Tensor::<Ad, 4>::from_data(x.to_data(), &device).require_grad();
                 let y = if fast {
-                    max_pool2d(x.clone(), kernel, stride, padding, dilation)
+                    autodiff_max_pool2d::<Ad, NoCheckpointing>(x.clone(), g)
                 } else {
                     burn::tensor::module::max_pool2d(
                         x.clone(),
@@ -389,27 +402,27 @@ mod tests {
         }
     }
 
-    /// A NaN in a window wins it, as in PyTorch.
+    /// A NaN in a window wins it, as in PyTorch (burn-flex keeps the first non-NaN maximum, so
+    /// this also shows that `max_pool2d` takes this kernel on `Flex` and `Autodiff<Flex>`).
     #[test]
     fn a_nan_propagates() {
         let device = Default::default();
-        let x = Tensor::<Flex, 4>::from_data(
-            TensorData::new(vec![1.0, f32::NAN, 3.0, 2.0], [1, 1, 2, 2]),
-            &device,
-        );
-        let y: Vec<f32> = max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1])
-            .into_data()
-            .to_vec()
-            .expect("f32 values");
-        assert!(y[0].is_nan(), "{y:?}");
+        let values = TensorData::new(vec![1.0, f32::NAN, 3.0, 2.0], [1, 1, 2, 2]);
+        let pooled = |y: TensorData| -> f32 { y.to_vec::<f32>().expect("f32 values")[0] };
+        let x = Tensor::<Flex, 4>::from_data(values.clone(), &device);
+        let y = max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1]);
+        assert!(pooled(y.into_data()).is_nan(), "Flex");
+        let x = Tensor::<Ad, 4>::from_data(values, &device).require_grad();
+        let y = max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1]);
+        assert!(pooled(y.into_data()).is_nan(), "Autodiff<Flex>");
     }
 
     #[test]
     fn leaves_what_it_does_not_handle_to_burn() {
         assert_eq!(
-            PoolGeometry::new([1, 1, 4, 4], [2, 2], [1, 1], [1, 1], [1, 1]),
+            PoolGeometry::new([1, 1, 4, 4], [3, 3], [1, 1], [2, 2], [1, 1]),
             None,
-            "padding of half the kernel"
+            "padding of more than half the kernel"
         );
         assert_eq!(
             PoolGeometry::new([1, 1, 2, 2], [3, 3], [1, 1], [0, 0], [1, 1]),
