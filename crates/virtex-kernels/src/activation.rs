@@ -19,6 +19,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::dispatch::{cast, is};
+use crate::flex::unary_backward;
 use crate::selection::fast_kernels_enabled;
 
 /// Elements per parallel task: large enough to amortise rayon, small enough to split a
@@ -79,22 +80,19 @@ impl Backward<Flex, 1> for FastReluBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let Some(parent) = parent else {
-            return;
-        };
-        let (output, grad) = (ops.state.to_contiguous(), grad.to_contiguous());
-        let shape = output.shape();
-        let (out, dy) = (output.storage::<f32>(), grad.storage::<f32>());
-        let mut dx = vec![0.0f32; out.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(out.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .for_each(|(dx, (out, dy))| {
-                for ((d, &o), &g) in dx.iter_mut().zip(out).zip(dy) {
-                    *d = if o > 0.0 { g } else { 0.0 };
-                }
-            });
-        grads.register::<Flex>(parent.id, FlexTensor::from_data(TensorData::new(dx, shape)));
+        unary_backward(ops, grads, |output, grad| {
+            let (output, grad) = (output.to_contiguous(), grad.to_contiguous());
+            let shape = output.shape();
+            let (out, dy) = (output.storage::<f32>(), grad.storage::<f32>());
+            let mut dx = vec![0.0f32; out.len()];
+            dx.par_chunks_mut(CHUNK)
+                .zip(out.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+                .for_each(|(dx, (out, dy))| {
+                    for ((d, &o), &g) in dx.iter_mut().zip(out).zip(dy) {
+                        *d = if o > 0.0 { g } else { 0.0 };
+                    }
+                });
+            FlexTensor::from_data(TensorData::new(dx, shape))
+        });
     }
 }

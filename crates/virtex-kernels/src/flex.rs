@@ -12,6 +12,20 @@ use burn_flex::FlexTensor;
 
 use crate::im2col::{conv2d_data_grad, conv2d_forward, conv2d_weight_grad, ConvGeometry};
 
+/// The backward pass of a one-input operation on `Flex`: `dx = input_grad(state, dy)`,
+/// registered for the input when it needs a gradient (`dy` is consumed either way).
+pub(crate) fn unary_backward<S>(
+    ops: Ops<S, 1>,
+    grads: &mut Gradients,
+    input_grad: impl FnOnce(S, FlexTensor) -> FlexTensor,
+) {
+    let [parent] = ops.parents;
+    let grad = grads.consume::<Flex>(&ops.node);
+    if let Some(parent) = parent {
+        grads.register::<Flex>(parent.id, input_grad(ops.state, grad));
+    }
+}
+
 fn dims4(tensor: &FlexTensor) -> Option<[usize; 4]> {
     let shape = tensor.shape();
     (tensor.dtype() == DType::F32 && shape.num_dims() == 4)

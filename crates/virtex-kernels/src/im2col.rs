@@ -669,23 +669,12 @@ mod tests {
                         for c in 0..g.c_in {
                             for ki in 0..g.kernel[0] {
                                 for kj in 0..g.kernel[1] {
-                                    let ih = (oh * g.stride[0] + ki * g.dilation[0]) as isize
-                                        - g.padding[0] as isize;
-                                    let iw = (ow * g.stride[1] + kj * g.dilation[1]) as isize
-                                        - g.padding[1] as isize;
-                                    if ih < 0
-                                        || iw < 0
-                                        || ih >= g.height as isize
-                                        || iw >= g.width as isize
-                                    {
+                                    let Some(at) = input_at(g, [n, c], [oh, ow], [ki, kj]) else {
                                         continue;
-                                    }
-                                    let xv = x[((n * g.c_in + c) * g.height + ih as usize)
-                                        * g.width
-                                        + iw as usize];
+                                    };
                                     let wv =
                                         w[((o * g.c_in + c) * g.kernel[0] + ki) * g.kernel[1] + kj];
-                                    acc += (xv * wv) as f64;
+                                    acc += (x[at] * wv) as f64;
                                 }
                             }
                         }
@@ -695,6 +684,19 @@ mod tests {
             }
         }
         y
+    }
+
+    /// The index in `x` of the input that output `(oh, ow)` of image `n` reads at channel `c`
+    /// and tap `(ki, kj)`; `None` in the padding.
+    fn input_at(
+        g: &ConvGeometry,
+        [n, c]: [usize; 2],
+        [oh, ow]: [usize; 2],
+        [ki, kj]: [usize; 2],
+    ) -> Option<usize> {
+        let ih = (oh * g.stride[0] + ki * g.dilation[0]).checked_sub(g.padding[0])?;
+        let iw = (ow * g.stride[1] + kj * g.dilation[1]).checked_sub(g.padding[1])?;
+        (ih < g.height && iw < g.width).then(|| ((n * g.c_in + c) * g.height + ih) * g.width + iw)
     }
 
     /// `dw[o, c, ki, kj] = Σ_n Σ_(oh, ow) dy[n, o, oh, ow] · x[n, c, ih, iw]`, in f64.
@@ -708,24 +710,13 @@ mod tests {
                         for n in 0..g.batch {
                             for oh in 0..g.out_height {
                                 for ow in 0..g.out_width {
-                                    let ih = (oh * g.stride[0] + ki * g.dilation[0]) as isize
-                                        - g.padding[0] as isize;
-                                    let iw = (ow * g.stride[1] + kj * g.dilation[1]) as isize
-                                        - g.padding[1] as isize;
-                                    if ih < 0
-                                        || iw < 0
-                                        || ih >= g.height as isize
-                                        || iw >= g.width as isize
-                                    {
+                                    let Some(at) = input_at(g, [n, c], [oh, ow], [ki, kj]) else {
                                         continue;
-                                    }
-                                    let xv = x[((n * g.c_in + c) * g.height + ih as usize)
-                                        * g.width
-                                        + iw as usize];
+                                    };
                                     let dyv = dy[((n * g.c_out + o) * g.out_height + oh)
                                         * g.out_width
                                         + ow];
-                                    acc += f64::from(xv) * f64::from(dyv);
+                                    acc += f64::from(x[at]) * f64::from(dyv);
                                 }
                             }
                         }

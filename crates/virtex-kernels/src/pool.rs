@@ -22,6 +22,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::dispatch::{cast, is};
+use crate::flex::unary_backward;
 use crate::selection::fast_kernels_enabled;
 
 /// `max_pool2d` as [`burn::tensor::module::max_pool2d`] with `ceil_mode = false` (torchvision's
@@ -324,16 +325,10 @@ impl Backward<Flex, 1> for MaxPoolBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let Some(parent) = parent else {
-            return;
-        };
-        let MaxPoolState { geometry, argmax } = ops.state;
-        let grad = grad.to_contiguous();
-        let dx = pool_backward(&geometry, &argmax, grad.storage());
-        let dx = FlexTensor::from_data(TensorData::new(dx, geometry.input_shape()));
-        grads.register::<Flex>(parent.id, dx);
+        unary_backward(ops, grads, |MaxPoolState { geometry, argmax }, grad| {
+            let dx = pool_backward(&geometry, &argmax, grad.to_contiguous().storage());
+            FlexTensor::from_data(TensorData::new(dx, geometry.input_shape()))
+        });
     }
 }
 
@@ -345,6 +340,17 @@ mod tests {
     use super::*;
 
     type Ad = Autodiff<Flex>;
+
+    /// burn's own max pooling (floor mode), the reference.
+    fn burns_pool<B: Backend>(
+        x: Tensor<B, 4>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+    ) -> Tensor<B, 4> {
+        burn::tensor::module::max_pool2d(x, kernel, stride, padding, dilation, false)
+    }
 
     /// Forward (both paths) and input gradient of this module's kernels, called directly,
     /// against burn's own pooling, for the ResNet stem's pooling, a dilated one and a
@@ -366,14 +372,7 @@ mod tests {
             let x =
                 Tensor::<Flex, 4>::random(shape, Distribution::Uniform(0.0, 4.0), &device).floor();
             let values: Vec<f32> = x.to_data().to_vec().expect("f32 values");
-            let burns = burn::tensor::module::max_pool2d(
-                x.clone(),
-                kernel,
-                stride,
-                padding,
-                dilation,
-                false,
-            );
+            let burns = burns_pool(x.clone(), kernel, stride, padding, dilation);
             let want: Vec<f32> = burns.to_data().to_vec().expect("f32 values");
             for keep_argmax in [false, true] {
                 let (got, _) = pool_forward(&g, &values, keep_argmax);
@@ -386,14 +385,7 @@ mod tests {
                 let y = if fast {
                     autodiff_max_pool2d::<Ad, NoCheckpointing>(x.clone(), g)
                 } else {
-                    burn::tensor::module::max_pool2d(
-                        x.clone(),
-                        kernel,
-                        stride,
-                        padding,
-                        dilation,
-                        false,
-                    )
+                    burns_pool(x.clone(), kernel, stride, padding, dilation)
                 };
                 let grads = (y * dy.clone()).sum().backward();
                 x.grad(&grads).expect("x has a gradient").to_data()
