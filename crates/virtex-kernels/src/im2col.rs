@@ -114,8 +114,13 @@ impl ConvGeometry {
     /// Whether the weight gradient's GEMMs take `dy` transposed when they are handed `images`
     /// images in all (the whole batch, or one thread's share of it): the layout the largest of
     /// its GEMMs is measured faster in.
+    ///
+    /// Transposing `dy` costs `O·cols` copies where packing the im2col matrix cost `K·cols`
+    /// gathers: with more outputs than inputs per tap group (`O > K`, ResNet's 1×1 64→256 at 56²)
+    /// the transpose is the larger (1.5× slower there).
     fn weight_grad_transposes_dy(&self, images: usize) -> bool {
         self.c_out <= TRANSPOSED_DY_MAX_CHANNELS
+            && self.c_out <= self.k()
             && self.chunk().min(images) * self.p() >= TRANSPOSED_DY_MIN_COLUMNS
     }
 
@@ -739,7 +744,9 @@ mod tests {
             // P = 256: 4 images per chunk, 1024 columns: transposed.
             ([4, 3, 16, 16], [4, 3, 3, 3], padded.clone(), true),
             // P = 1056: one image per chunk: transposed.
-            ([2, 5, 32, 33], [6, 5, 1, 1], pointwise.clone(), true),
+            ([2, 5, 32, 33], [4, 5, 1, 1], pointwise.clone(), true),
+            // More outputs than K: as is.
+            ([2, 5, 32, 33], [6, 5, 1, 1], pointwise.clone(), false),
             // P = 16: 80 columns: as is.
             ([5, 6, 4, 4], [3, 6, 3, 3], padded, false),
             // 300 output channels: as is.
