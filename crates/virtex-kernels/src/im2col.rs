@@ -32,10 +32,10 @@ const MIN_COLUMNS: usize = 1024;
 const SPLIT_BATCH_MAX_OUTPUTS: usize = 64 * 1024;
 
 /// The weight gradient's GEMM takes `dy` transposed (see [`weight_grad_of`]) when the output
-/// has at most this many channels and a chunk of images (of the batch, or of one thread's share
-/// of it) reduces over at least [`TRANSPOSED_DY_MIN_COLUMNS`] columns. Measured on ResNet-50's layers (`conv_bwd_weight`
-/// rows at 64²): 27–54 % faster there; with 512 or more channels, or 128 columns, unpacked
-/// `dy` made gemm 1.4–13× slower.
+/// has at most this many channels (and no more than `K`), and a chunk of images (of the batch,
+/// or of one thread's share of it) reduces over at least [`TRANSPOSED_DY_MIN_COLUMNS`] columns.
+/// Measured on ResNet-50's layers (`conv_bwd_weight` rows at 64²): 27–54 % faster there; with
+/// 512 or more channels, or 128 columns, unpacked `dy` made gemm 1.4–13× slower.
 const TRANSPOSED_DY_MAX_CHANNELS: usize = 256;
 
 /// See [`TRANSPOSED_DY_MAX_CHANNELS`].
