@@ -39,23 +39,33 @@ const NODE: &str = "VIRTEX_COLLECTIVE_BENCH_NODE";
 const NODES: usize = 2;
 const MIB: usize = 1 << 20;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free local port")
+/// `count` distinct ports nobody listens on now. The probe sockets stay open until all are
+/// chosen: the kernel may give a just-closed probe's port to the next `bind(0)`.
+fn free_ports(count: usize) -> Vec<u16> {
+    let probes: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free local port"))
+        .collect();
+    probes
+        .iter()
+        .map(|probe| probe.local_addr().expect("a bound address").port())
+        .collect()
 }
 
 fn main() -> ExitCode {
     if let Ok(spec) = std::env::var(NODE) {
         return node(&spec);
     }
-    let coordinator_port = free_port();
+    // The coordinator's port, then each node's data-service port.
+    let ports = free_ports(1 + NODES);
+    let coordinator_port = ports[0];
     let exe = std::env::current_exe().expect("this bench's path");
     let nodes: Vec<_> = (0..NODES)
         .map(|rank| {
             Command::new(&exe)
-                .env(NODE, format!("{rank};{coordinator_port};{}", free_port()))
+                .env(
+                    NODE,
+                    format!("{rank};{coordinator_port};{}", ports[1 + rank]),
+                )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()

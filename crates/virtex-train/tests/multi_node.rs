@@ -14,12 +14,13 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, Flex};
@@ -85,13 +86,24 @@ fn write_sample_shards(dir: &Path) -> String {
     patterns.join("|")
 }
 
-/// A port nobody listens on now.
+/// A port nobody listens on now, and never handed out before by this process.
+///
+/// The kernel may give the port of a just-closed probe socket to the next `bind(0)`, so two
+/// calls in a row can return the same port (a CI run once got it for both the coordinator and
+/// node 0's data service); remembering every port handed out rules that out.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 struct NodeSpec {
