@@ -45,8 +45,7 @@ pub fn max_pool2d<B: Backend>(
         if is::<B, Flex>() {
             let input: FlexTensor =
                 cast(x.into_primitive().tensor()).unwrap_or_else(|_| unreachable!("B is Flex"));
-            let (output, _) = pool_forward(&g, input.to_contiguous().storage(), false);
-            let output = FlexTensor::from_data(TensorData::new(output, g.output_shape()));
+            let output = pool_for_inference(&g, &input.to_contiguous());
             let output: FloatTensor<B> = cast(output).unwrap_or_else(|_| unreachable!("B is Flex"));
             return Tensor::from_primitive(TensorPrimitive::Float(output));
         }
@@ -202,21 +201,17 @@ fn pool_forward(g: &PoolGeometry, x: &[f32], keep_argmax: bool) -> (Vec<f32>, Ve
                     .chunks_exact(g.width)
                     .zip(across.chunks_exact_mut(g.out_width))
                 {
+                    // Every output has a first valid tap (`PoolGeometry::new` checks it).
                     for (pooled, taps) in pooled.iter_mut().zip(&cols) {
-                        let mut coordinates = taps.coordinates();
-                        let first = coordinates.next().map_or(f32::NEG_INFINITY, |c| row[c]);
-                        *pooled = coordinates.fold(first, |best, c| max_or_nan(best, row[c]));
+                        *pooled = taps
+                            .coordinates()
+                            .skip(1)
+                            .fold(row[taps.first], |best, c| max_or_nan(best, row[c]));
                     }
                 }
                 for (out_row, taps) in out.chunks_exact_mut(g.out_width).zip(&rows) {
-                    let mut coordinates = taps.coordinates();
-                    match coordinates.next() {
-                        Some(first) => {
-                            out_row.copy_from_slice(&across[first * g.out_width..][..g.out_width])
-                        }
-                        None => out_row.fill(f32::NEG_INFINITY),
-                    }
-                    for ih in coordinates {
+                    out_row.copy_from_slice(&across[taps.first * g.out_width..][..g.out_width]);
+                    for ih in taps.coordinates().skip(1) {
                         let pooled = &across[ih * g.out_width..][..g.out_width];
                         for (best, &value) in out_row.iter_mut().zip(pooled) {
                             *best = max_or_nan(*best, value);
@@ -257,6 +252,12 @@ fn pool_forward(g: &PoolGeometry, x: &[f32], keep_argmax: bool) -> (Vec<f32>, Ve
     (output, argmax)
 }
 
+/// The pooled tensor of contiguous `input`, without an argmax (inference).
+fn pool_for_inference(g: &PoolGeometry, input: &FlexTensor) -> FlexTensor {
+    let (output, _) = pool_forward(g, input.storage(), false);
+    FlexTensor::from_data(TensorData::new(output, g.output_shape()))
+}
+
 /// `dx`: each output's gradient added at its argmax, plane by plane.
 fn pool_backward(g: &PoolGeometry, argmax: &[u32], dy: &[f32]) -> Vec<f32> {
     let (in_plane, out_plane) = (g.height * g.width, g.out_height * g.out_width);
@@ -294,13 +295,7 @@ fn autodiff_max_pool2d<B: Backend, C: CheckpointStrategy>(
                 output,
             )
         }
-        OpsKind::UnTracked(prep) => {
-            let (output, _) = pool_forward(&g, input.storage(), false);
-            prep.finish(FlexTensor::from_data(TensorData::new(
-                output,
-                g.output_shape(),
-            )))
-        }
+        OpsKind::UnTracked(prep) => prep.finish(pool_for_inference(&g, &input)),
     };
     let output: FloatTensor<B> = cast(output).unwrap_or_else(|_| unreachable!("B is Autodiff"));
     Tensor::from_primitive(TensorPrimitive::Float(output))
